@@ -1,0 +1,76 @@
+"""Does any process still hold a file of this mount open? (Deciding which flush is the last.)
+
+FUSE sends FLUSH on every close() of a descriptor, dup'd ones included, and pyfuse3 does not
+say which process closed. chute must finalize on the flush that ends the writing open — the
+last close — so that close() can report whether the object landed, and must not finalize on
+the close of a dup (``dd`` reopens its output onto fd 1 and closes the original; a shell's
+``exec 3>file`` lends fd 3 to children that close their copies first).
+
+The kernel removes a descriptor from its process's table before it sends FLUSH, so at that
+moment the closing descriptor is gone from ``/proc/PID/fd``. If no descriptor anywhere still
+refers to the file (same mount id and inode in ``/proc/PID/fdinfo``), this flush is the last
+close. The opener is checked first, because in the common case (the writer closes its only
+descriptor) that is all it takes to see a dup is still open; a full scan runs only when the
+opener holds no descriptor. Processes whose /proc entries we may not read cannot hold a file
+of a mount without ``allow_other``, so they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def mount_id_of(mountpoint: str) -> int | None:
+    """The kernel's id for the mount at ``mountpoint`` (from /proc/self/mountinfo).
+
+    ``mountpoint`` must already be resolved (realpath before mounting): resolving it now
+    would stat the mount from inside its own request loop and deadlock.
+    """
+    target = mountpoint
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode("unicode_escape") == target:
+                found = int(fields[0])  # the last one mounted there is on top
+    return found
+
+
+def _holds(pid: str, mount_id: int, inode: int, prefix: str) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if not target.startswith(prefix):
+            continue
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
+        if fields.get("mnt_id", "").strip() == str(mount_id) and \
+                fields.get("ino", "").strip() == str(inode):
+            return True
+    return False
+
+
+def held_open(mountpoint: str, mount_id: int, inode: int, opener_pid: int) -> bool:
+    """True if some process still has a descriptor for ``inode`` on this mount (blocking).
+
+    ``mountpoint`` is the resolved path; see :func:`mount_id_of`.
+    """
+    prefix = mountpoint
+    if _holds(str(opener_pid), mount_id, inode, prefix):
+        return True
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and pid != me and _holds(pid, mount_id, inode, prefix):
+            return True
+    return False

@@ -1,0 +1,85 @@
+"""Errors chute raises, and the one map from an error to the errno a writer sees.
+
+Every failure that reaches a FUSE handler is turned into an errno here and nowhere else,
+so that what ``cp`` prints is decided in one place::
+
+    ChuteError                      EIO    (anything unexpected)
+    ├── RingExhausted               ENOBUFS  no ring slot can ever free: --ring-size too small
+    ├── FileTooLarge                EFBIG    10,000 parts of --slice-size are written
+    ├── BackwardWrite               EINVAL   a write into bytes already sent to the store
+    ├── UploadFailed                EIO      the upload of this file failed; sticky per file
+    │   └── UploadSessionLost       EIO      the store forgot the multipart upload
+    ├── StoreError                  EIO      the store answered with an S3 error
+    │   └── (code, HTTP status, request id attached; see retry.py for which are retried)
+    └── ConfigError                 -        bad mount options; reported before mounting
+"""
+
+from __future__ import annotations
+
+import errno
+
+import httpx
+
+
+class ChuteError(Exception):
+    """Base class; ``errno`` is what a writer sees if this reaches a FUSE handler."""
+
+    errno: int = errno.EIO
+
+
+class ConfigError(ChuteError):
+    """A mount option or the environment makes mounting impossible (reported, not mounted)."""
+
+
+class RingExhausted(ChuteError):
+    """Every ring slot is held by a file that cannot progress: see ring.py's progress rule."""
+
+    errno = errno.ENOBUFS
+
+
+class FileTooLarge(ChuteError):
+    """The file would need more than 10,000 parts of the configured slice size."""
+
+    errno = errno.EFBIG
+
+
+class BackwardWrite(ChuteError):
+    """A write landed in bytes that have already left the ring for the store."""
+
+    errno = errno.EINVAL
+
+
+class UploadFailed(ChuteError):
+    """This file's upload failed; every later write, fsync and close of it reports EIO."""
+
+    errno = errno.EIO
+
+
+class UploadSessionLost(UploadFailed):
+    """The store no longer knows the multipart upload (NoSuchUpload): the parts are gone."""
+
+
+class StoreError(ChuteError):
+    """The S3 store answered a request with an error response."""
+
+    def __init__(self, operation: str, status: int, code: str, message: str = "",
+                 request_id: str = "") -> None:
+        self.operation = operation
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        super().__init__(
+            f"{operation}: HTTP {status} {code}" + (f": {message}" if message else "")
+        )
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a writer should see for ``exc``."""
+    if isinstance(exc, ChuteError):
+        return exc.errno
+    if isinstance(exc, httpx.TransportError):
+        return errno.EIO
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

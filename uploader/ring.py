@@ -1,0 +1,208 @@
+"""The ring: one fixed, preallocated buffer of N slots of one slice each, shared by every file.
+
+Memory never grows with file size or with the number of open files: all data a mount holds
+lives in this one buffer, allocated once at mount time. A slot holds one slice of one file,
+which becomes one multipart part (or, for a file smaller than a slice, the whole PutObject).
+
+Slot lifecycle (one state machine, every transition is a method here)::
+
+    FREE ──acquire()──> FILLING ──seal()──> SEALED ──start_upload()──> UPLOADING ──release()──> FREE
+                           │                                                          ^
+                           └───────────────release() (file aborted / small file put)──┘
+
+A slot returns to FREE only after its part was acknowledged by the store, or its upload was
+given up for good. Until then its bytes stay put, so any retry replays them from the ring:
+nothing a writer has handed over is ever lost between attempts.
+
+Backpressure: a writer whose slice is full seals it and asks for another slot. If none is
+free its ``write()`` waits in :meth:`Ring.acquire`, first come first served, until an upload
+frees one. A freed slot is handed directly to the longest waiter (no stealing).
+
+The progress rule: a waiting writer is eventually served if and only if some slot will free
+without its help. SEALED and UPLOADING slots always free on their own: the upload either
+succeeds or fails for good, within the retry budget, and both release the slot. A FILLING
+slot frees only when its writer fills it or closes the file. So:
+
+    A writer that waits while no slot is SEALED or UPLOADING, and no FILLING slot has received
+    a byte for ``stall_grace`` seconds, can never be served. Its write fails with ENOBUFS
+    (:class:`RingExhausted`) and a log line naming ``--ring-size``, instead of hanging.
+
+Many concurrent ``cp`` processes always progress (each fills its own slot, seals it, and the
+sealed slot frees). One process writing round-robin to more files than there are slots does
+not: it blocks on file N+1 while holding files 1..N's FILLING slots, which only it could fill.
+S3 forbids parts under 5 MiB, so a partly filled slot cannot be sent early to make room.
+Once the rule has fired, later waiters under the same condition fail at once (the idle slots
+have already been idle for the grace period), so such a writer learns within seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import mmap
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import RingExhausted
+from .sizes import format_size
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+
+class SlotState(enum.Enum):
+    FREE = "free"
+    FILLING = "filling"
+    SEALED = "sealed"
+    UPLOADING = "uploading"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One slice of the ring; ``view`` is the slot's whole capacity, ``length`` is filled."""
+
+    index: int
+    view: memoryview
+    state: SlotState = SlotState.FREE
+    owner: Any = None
+    length: int = 0
+    offset: int = 0
+    """Where in the owner's file this slot's first byte belongs."""
+    part_number: int = 0
+    last_activity: float = 0.0
+
+    @property
+    def data(self) -> memoryview:
+        return self.view[: self.length]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    owner: Any
+    event: trio.Event = field(default_factory=trio.Event)
+    slot: Slot | None = None
+
+
+class Ring:
+    """N slots of ``slice_size`` bytes in one anonymous mapping, allocated once."""
+
+    CHECK_INTERVAL = 0.25
+
+    def __init__(self, slot_count: int, slice_size: int, *, stall_grace: float = 5.0) -> None:
+        if slot_count < 1:
+            raise ValueError("the ring needs at least one slot")
+        self.slice_size = slice_size
+        self.stall_grace = stall_grace
+        self._buffer = mmap.mmap(-1, slot_count * slice_size)
+        whole = memoryview(self._buffer)
+        self.slots = [
+            Slot(i, whole[i * slice_size : (i + 1) * slice_size]) for i in range(slot_count)
+        ]
+        self._free: deque[Slot] = deque(self.slots)
+        self._waiters: deque[_Waiter] = deque()
+        self.blocked_seconds = 0.0
+        """Total time writers have spent waiting for a slot (backpressure)."""
+
+    @property
+    def size(self) -> int:
+        return len(self.slots) * self.slice_size
+
+    def counts(self) -> dict[str, int]:
+        """Slots per state; the values always sum to the number of slots."""
+        result = {state.value: 0 for state in SlotState}
+        for slot in self.slots:
+            result[slot.state.value] += 1
+        return result
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _progress_possible(self) -> bool:
+        now = trio.current_time()
+        for slot in self.slots:
+            if slot.state in (SlotState.SEALED, SlotState.UPLOADING, SlotState.FREE):
+                return True
+            if now - slot.last_activity < self.stall_grace:
+                return True
+        return False
+
+    def _exhausted(self) -> RingExhausted:
+        log.error(
+            "ring exhausted: all %d slots are held by files that are not being written "
+            "(one process writing to more files at once than the ring has slots?); failing "
+            "the blocked write with ENOBUFS. Mount with a larger --ring-size (now %s) so "
+            "every file written at once can hold a slot.",
+            len(self.slots), format_size(self.size),
+        )
+        return RingExhausted(f"no ring slot can free (--ring-size {format_size(self.size)})")
+
+    def _assign(self, slot: Slot, owner: Any) -> Slot:
+        slot.state = SlotState.FILLING
+        slot.owner = owner
+        slot.length = 0
+        slot.last_activity = trio.current_time()
+        return slot
+
+    async def acquire(self, owner: Any) -> Slot:
+        """A FILLING slot for ``owner``; waits while none is free (backpressure).
+
+        Raises :class:`RingExhausted` when the progress rule says no slot can ever free.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._free and not self._waiters:
+            return self._assign(self._free.popleft(), owner)
+        if not self._progress_possible():
+            raise self._exhausted()
+        waiter = _Waiter(owner)
+        self._waiters.append(waiter)
+        started = trio.current_time()
+        try:
+            while waiter.slot is None:
+                with trio.move_on_after(self.CHECK_INTERVAL):
+                    await waiter.event.wait()
+                if waiter.slot is None and not self._progress_possible():
+                    raise self._exhausted()
+        except BaseException:
+            if waiter.slot is not None:
+                self.release(waiter.slot)
+            else:
+                self._waiters.remove(waiter)
+            raise
+        finally:
+            self.blocked_seconds += trio.current_time() - started
+        return waiter.slot
+
+    def touch(self, slot: Slot) -> None:
+        """Record that the writer put bytes into ``slot`` (it is making progress)."""
+        slot.last_activity = trio.current_time()
+
+    def seal(self, slot: Slot) -> None:
+        assert slot.state is SlotState.FILLING, slot.state
+        slot.state = SlotState.SEALED
+
+    def start_upload(self, slot: Slot) -> None:
+        assert slot.state is SlotState.SEALED, slot.state
+        slot.state = SlotState.UPLOADING
+
+    def release(self, slot: Slot) -> None:
+        """Return ``slot`` to FREE, handing it straight to the longest waiter if any."""
+        assert slot.state is not SlotState.FREE, "slot released twice"
+        slot.state = SlotState.FREE
+        slot.owner = None
+        slot.length = 0
+        slot.part_number = 0
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.slot = self._assign(slot, waiter.owner)
+            waiter.event.set()
+        else:
+            self._free.append(slot)
+
+    def held_by(self, owner: Any) -> Iterator[Slot]:
+        return (slot for slot in self.slots if slot.owner is owner)

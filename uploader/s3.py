@@ -1,0 +1,412 @@
+"""A small S3 client on httpx + trio, signing with botocore: only the calls chute makes.
+
+Why not boto3: it is synchronous, and running each part upload in a worker thread would put
+a thread per part in flight and copy each part into a new bytes object. This client streams a
+part straight out of its ring slot (a memoryview) and runs on the trio event loop.
+
+Every call goes through :class:`RetryPolicy` (one policy for the whole mount). There are no
+whole-request timeouts: httpx's connect/read/write timeouts apply to each socket operation,
+so they fire only when a transfer makes no progress for ``stall_timeout`` seconds. A slow
+but moving upload is never cancelled. Bodies are sent in 256 KiB chunks, so each chunk's send
+is a progress tick even on a slow link.
+
+Payloads are sent ``UNSIGNED-PAYLOAD``; their integrity is protected by a checksum header the
+store verifies (``x-amz-checksum-crc32c`` or ``Content-MD5``, see checksums.py). Small XML
+bodies (Complete) are signed in full.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.config
+import httpx
+
+from .credentials import CredentialSource
+from .errors import StoreError
+from .retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_SEND_CHUNK = 256 * 1024
+_UNSIGNED = botocore.config.Config(s3={"payload_signing_enabled": False})
+_SIGNED = botocore.config.Config(s3={"payload_signing_enabled": True})
+COMPLETE_READ_TIMEOUT = 600.0
+"""Complete may take minutes on a large upload (S3 sends whitespace meanwhile)."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Where objects go: endpoint, bucket and key prefix (``s3://bucket/prefix``)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+    @property
+    def path_style(self) -> bool:
+        return self.endpoint_url is not None
+
+    def key(self, path: str) -> str:
+        """The object key of a path relative to the mount root."""
+        return f"{self.prefix}{path}"
+
+    def url(self, key: str = "", query: str = "") -> str:
+        quoted = quote(key, safe="/~")
+        if self.path_style:
+            base = f"{self.endpoint_url.rstrip('/')}/{self.bucket}"
+        else:
+            base = f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
+        url = f"{base}/{quoted}" if key else f"{base}{'/' if not self.path_style else ''}"
+        return f"{url}?{query}" if query else url
+
+
+def _query(params: Mapping[str, str | int | None]) -> str:
+    """A canonical (sorted, RFC 3986 encoded) query string, as SigV4 wants it."""
+    pairs = sorted(
+        (quote(k, safe="-_.~"), quote(str(v), safe="-_.~"))
+        for k, v in params.items()
+        if v is not None
+    )
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def _text(element: ET.Element | None, tag: str, default: str = "") -> str:
+    if element is None:
+        return default
+    found = element.find(_NS + tag)
+    if found is None:
+        found = element.find(tag)
+    return found.text or default if found is not None else default
+
+
+def _parse_error(operation: str, status: int, body: bytes, headers: httpx.Headers) -> StoreError:
+    code, message = f"HTTP{status}", ""
+    if body:
+        try:
+            root = ET.fromstring(body)
+            code = _text(root, "Code", code)
+            message = _text(root, "Message")
+        except ET.ParseError:
+            message = body[:200].decode("utf-8", "replace")
+    elif status == 404:
+        code = "NotFound"
+    elif status == 412:
+        code = "PreconditionFailed"
+    return StoreError(operation, status, code, message, headers.get("x-amz-request-id", ""))
+
+
+@dataclass
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Listing:
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+
+
+@dataclass
+class PendingUpload:
+    key: str
+    upload_id: str
+    initiated: str
+
+
+async def _chunks(body: memoryview, progress: Callable[[int], object] | None) -> AsyncIterator[
+    memoryview
+]:
+    for start in range(0, len(body), _SEND_CHUNK):
+        chunk = body[start : start + _SEND_CHUNK]
+        yield chunk
+        if progress is not None:
+            progress(len(chunk))
+
+
+class S3Client:
+    """The S3 calls chute needs, each retried by the mount's policy."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        credentials: CredentialSource,
+        policy: RetryPolicy,
+        *,
+        stall_timeout: float = 30.0,
+        max_connections: int = 16,
+        on_retry: Callable[[str, str], object] | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.credentials = credentials
+        self.policy = policy
+        self.stall_timeout = stall_timeout
+        self._on_retry = on_retry
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(stall_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport --------------------------------------------------------------------
+
+    async def _send_once(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | memoryview,
+        *,
+        sign_payload: bool,
+        read_timeout: float | None,
+        progress: Callable[[int], object] | None,
+    ) -> httpx.Response:
+        credentials = await self.credentials.get()
+        request = botocore.awsrequest.AWSRequest(
+            method=method, url=url, headers=dict(headers), data=bytes(body) if sign_payload
+            else b"",
+        )
+        request.context["client_config"] = _SIGNED if sign_payload else _UNSIGNED
+        botocore.auth.S3SigV4Auth(credentials, "s3", self.bucket.region).add_auth(request)
+        send_headers = dict(request.headers.items())
+        send_headers["Content-Length"] = str(len(body))
+        timeout = httpx.Timeout(
+            self.stall_timeout, read=max(read_timeout or 0, self.stall_timeout)
+        )
+        content: bytes | AsyncIterator[memoryview]
+        if isinstance(body, memoryview) and len(body) > _SEND_CHUNK:
+            content = _chunks(body, progress)
+        else:
+            content = bytes(body)
+        if method in ("GET", "HEAD", "DELETE") and not body:
+            send_headers.pop("Content-Length")
+            content = b""
+        response = await self._http.request(
+            method, url, headers=send_headers, content=content, timeout=timeout
+        )
+        if response.status_code >= 300:
+            raise _parse_error(operation, response.status_code, response.content, response.headers)
+        return response
+
+    async def request(
+        self,
+        operation: str,
+        method: str,
+        key: str = "",
+        *,
+        query: Mapping[str, str | int | None] | str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes | memoryview = b"",
+        sign_payload: bool = True,
+        read_timeout: float | None = None,
+        progress: Callable[[int], object] | None = None,
+        on_retry: Callable[[str], object] | None = None,
+    ) -> httpx.Response:
+        """Send one S3 request, retried per the policy; raise StoreError on an error answer."""
+        query_string = query if isinstance(query, str) else _query(query)
+        url = self.bucket.url(key, query_string)
+        label = f"{operation} {key}" if key else operation
+
+        def retried(reason: str) -> None:
+            if on_retry is not None:
+                on_retry(reason)
+            if self._on_retry is not None:
+                self._on_retry(operation, reason)
+
+        return await self.policy.run(
+            label,
+            lambda: self._send_once(
+                operation, method, url, headers or {}, body, sign_payload=sign_payload,
+                read_timeout=read_timeout, progress=progress,
+            ),
+            on_retry=retried,
+            on_credential_error=self.credentials.reload,
+        )
+
+    # -- bucket -----------------------------------------------------------------------
+
+    async def head_bucket(self) -> None:
+        await self.request("HeadBucket", "HEAD")
+
+    async def list(
+        self, prefix: str, *, delimiter: str | None = "/", max_keys: int = 1000,
+        start_after: str | None = None,
+    ) -> AsyncIterator[Listing]:
+        """ListObjectsV2, one page at a time (pages follow continuation tokens)."""
+        token: str | None = None
+        while True:
+            response = await self.request(
+                "ListObjectsV2", "GET", query={
+                    "list-type": 2, "prefix": prefix, "delimiter": delimiter,
+                    "max-keys": max_keys, "continuation-token": token,
+                    "start-after": start_after if token is None else None,
+                },
+            )
+            root = ET.fromstring(response.content)
+            objects = [
+                ObjectInfo(
+                    key=_text(c, "Key"), size=int(_text(c, "Size", "0")),
+                    etag=_text(c, "ETag").strip('"'), last_modified=_text(c, "LastModified"),
+                )
+                for c in root.iter(_NS + "Contents")
+            ]
+            prefixes = [_text(p, "Prefix") for p in root.iter(_NS + "CommonPrefixes")]
+            yield Listing(objects, prefixes)
+            token = _text(root, "NextContinuationToken") or None
+            if _text(root, "IsTruncated") != "true" or token is None:
+                return
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
+        uploads: list[PendingUpload] = []
+        key_marker: str | None = None
+        id_marker: str | None = None
+        while True:
+            response = await self.request(
+                "ListMultipartUploads", "GET", query={
+                    "uploads": "", "prefix": prefix, "key-marker": key_marker,
+                    "upload-id-marker": id_marker,
+                },
+            )
+            root = ET.fromstring(response.content)
+            uploads += [
+                PendingUpload(_text(u, "Key"), _text(u, "UploadId"), _text(u, "Initiated"))
+                for u in root.iter(_NS + "Upload")
+            ]
+            if _text(root, "IsTruncated") != "true":
+                return uploads
+            key_marker = _text(root, "NextKeyMarker") or None
+            id_marker = _text(root, "NextUploadIdMarker") or None
+            if key_marker is None:
+                return uploads
+
+    # -- objects ----------------------------------------------------------------------
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and user metadata, or None if there is no such key."""
+        try:
+            response = await self.request("HeadObject", "HEAD", key)
+        except StoreError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        metadata = {
+            name[len("x-amz-meta-"):]: value
+            for name, value in response.headers.items()
+            if name.lower().startswith("x-amz-meta-")
+        }
+        return ObjectInfo(
+            key=key, size=int(response.headers.get("content-length", 0)),
+            etag=response.headers.get("etag", "").strip('"'),
+            last_modified=response.headers.get("last-modified", ""), metadata=metadata,
+        )
+
+    async def put_object(
+        self, key: str, body: memoryview | bytes, headers: Mapping[str, str],
+        on_retry: Callable[[str], object] | None = None,
+    ) -> str:
+        response = await self.request(
+            "PutObject", "PUT", key, headers=headers, body=body, sign_payload=False,
+            on_retry=on_retry,
+        )
+        return response.headers.get("etag", "").strip('"')
+
+    async def delete_object(self, key: str) -> None:
+        await self.request("DeleteObject", "DELETE", key)
+
+    async def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        tagset = "".join(
+            f"<Tag><Key>{_xml(k)}</Key><Value>{_xml(v)}</Value></Tag>" for k, v in tags.items()
+        )
+        body = f"<Tagging><TagSet>{tagset}</TagSet></Tagging>".encode()
+        await self.request("PutObjectTagging", "PUT", key, query="tagging=", body=body)
+
+    async def get_tags(self, key: str) -> dict[str, str]:
+        response = await self.request("GetObjectTagging", "GET", key, query="tagging=")
+        root = ET.fromstring(response.content)
+        return {_text(t, "Key"): _text(t, "Value") for t in root.iter(_NS + "Tag")}
+
+    # -- multipart --------------------------------------------------------------------
+
+    async def create_multipart_upload(self, key: str, headers: Mapping[str, str]) -> str:
+        response = await self.request(
+            "CreateMultipartUpload", "POST", key, query="uploads=", headers=headers
+        )
+        upload_id = _text(ET.fromstring(response.content), "UploadId")
+        if not upload_id:
+            raise StoreError("CreateMultipartUpload", response.status_code, "NoUploadId")
+        return upload_id
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: memoryview,
+        headers: Mapping[str, str], *, progress: Callable[[int], object] | None = None,
+        on_retry: Callable[[str], object] | None = None,
+    ) -> str:
+        response = await self.request(
+            "UploadPart", "PUT", key,
+            query={"partNumber": part_number, "uploadId": upload_id},
+            headers=headers, body=body, sign_payload=False, progress=progress,
+            on_retry=on_retry,
+        )
+        return response.headers.get("etag", "").strip('"')
+
+    async def complete_multipart_upload(
+        self, key: str, upload_id: str, parts: list[tuple[int, str, Mapping[str, str]]],
+        on_retry: Callable[[str], object] | None = None,
+    ) -> str:
+        """Complete with ``parts`` = [(number, etag, {ChecksumCRC32C: ...})] in ascending order.
+
+        A 200 answer may still carry an <Error> body (S3 sends it after whitespace keep-alives
+        on long completes), so the body is always parsed.
+        """
+        elements = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag>"
+            + "".join(f"<{k}>{_xml(v)}</{k}>" for k, v in extra.items())
+            + "</Part>"
+            for n, etag, extra in parts
+        )
+        body = f"<CompleteMultipartUpload>{elements}</CompleteMultipartUpload>".encode()
+        response = await self.request(
+            "CompleteMultipartUpload", "POST", key, query={"uploadId": upload_id}, body=body,
+            read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry,
+        )
+        root = ET.fromstring(response.content)
+        if root.tag.endswith("Error"):
+            raise _parse_error(
+                "CompleteMultipartUpload", response.status_code, response.content,
+                response.headers,
+            )
+        return _text(root, "ETag").strip('"')
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        try:
+            await self.request(
+                "AbortMultipartUpload", "DELETE", key, query={"uploadId": upload_id}
+            )
+        except StoreError as exc:
+            if exc.code != "NoSuchUpload" and exc.status != 404:
+                raise
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).netloc

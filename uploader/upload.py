@@ -1,0 +1,397 @@
+"""One file's upload: bytes in from the writer, parts out to the store, one object at the end.
+
+State machine (``FileUpload.state``)::
+
+    OPEN ──finalize()──> FINALIZING ──> DONE
+      │                       │
+      └──── any failure ──────┴──> FAILED    (multipart upload aborted; sticky EIO)
+      └──── abort() ─────────────> ABORTED   (mount stopped while the file was open)
+
+While OPEN, writes fill the file's current ring slot; a full slot is sealed and queued for
+upload, and the file takes another slot (waiting if the ring is full). The first sealed slot
+creates the multipart upload; a file that never fills a slot is sent as one PutObject when
+it is finalized. Nothing is visible in the bucket before finalize succeeds: S3 shows a
+multipart object only once CompleteMultipartUpload returns, and a failed upload is aborted.
+
+Writes must be sequential with two exceptions a filesystem user expects: a write past the end
+zero-fills the gap (sparse copies, ``truncate``), and a write back into the slot still being
+filled simply lands there. A write into bytes that have already been sealed for upload cannot
+be honoured: it fails with EINVAL and the upload is aborted, so no object that differs from
+what the writer wrote can ever appear.
+
+Errors are sticky: once the upload failed, every later write, fsync and finalize of the file
+raises :class:`UploadFailed` (EIO), so ``cp`` learns of it at its next write or at close.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+import xxhash
+
+from .checksums import (
+    HASH_TAG,
+    body_headers,
+    complete_part_fields,
+    create_headers,
+    multipart_etag,
+)
+from .errors import (
+    BackwardWrite,
+    ChuteError,
+    FileTooLarge,
+    StoreError,
+    UploadFailed,
+    UploadSessionLost,
+)
+from .sizes import MAX_PARTS, format_size
+
+if TYPE_CHECKING:
+    from .ring import Slot
+    from .uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+_ZEROS = bytes(1024 * 1024)
+
+
+class UploadState(enum.Enum):
+    OPEN = "open"
+    FINALIZING = "finalizing"
+    DONE = "done"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class FileUpload:
+    """The upload of one file opened for writing through the mount."""
+
+    def __init__(self, uploader: Uploader, key: str, path: str,
+                 metadata: dict[str, str] | None = None) -> None:
+        self._uploader = uploader
+        self.key = key
+        self.path = path
+        self.metadata = dict(metadata or {})
+        self.state = UploadState.OPEN
+        self.size = 0
+        """Bytes received from the writer (the file's current length)."""
+        self.bytes_acked = 0
+        """Bytes the store has acknowledged."""
+        self.parts_in_flight = 0
+        self.retries = 0
+        self.started = trio.current_time()
+        self.finished: float | None = None
+        self.upload_id: str | None = None
+        self.etag = ""
+        self.xxh3_128 = ""
+        self.error: BaseException | None = None
+        self._current: Slot | None = None
+        self._next_part = 1
+        self._sealed_end = 0
+        """Bytes of the file already handed to the upload path; writes below it are refused."""
+        self._parts: dict[int, tuple[str, dict[str, str]]] = {}
+        self._hasher = xxhash.xxh3_128()
+        self._lock = trio.Lock()
+        self._create_lock = trio.Lock()
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -- writer side ------------------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        """Accept ``data`` at ``offset``; may wait for a ring slot (backpressure)."""
+        async with self._lock:
+            self._check_writable()
+            try:
+                if offset < self.size:
+                    return self._patch(offset, data)
+                if offset > self.size:
+                    await self._append_zeros(offset - self.size)
+                await self._append(memoryview(data))
+            except ChuteError as exc:
+                await self._fail(exc)
+                raise
+            except Exception as exc:
+                await self._fail(exc)
+                raise UploadFailed(str(exc)) from exc
+            return len(data)
+
+    def _check_writable(self) -> None:
+        if self.error is not None:
+            raise UploadFailed(f"upload of {self.path} failed earlier: {self.error}")
+        if self.state is not UploadState.OPEN:
+            raise UploadFailed(f"{self.path} is already {self.state.value}; no more writes")
+
+    def _patch(self, offset: int, data: bytes | memoryview) -> int:
+        """A write below the current end: allowed only inside the slot still being filled."""
+        end = offset + len(data)
+        slot = self._current
+        if slot is None or offset < self._sealed_end or end > slot.offset + len(slot.view):
+            log.error(
+                "%s: write at offset %d..%d goes back into bytes already sent to the store "
+                "(sent up to %d); chute streams files and cannot rewrite them: EINVAL, upload "
+                "aborted", self.path, offset, end, self._sealed_end,
+            )
+            raise BackwardWrite(f"backward write at {offset} into sent data of {self.path}")
+        start = offset - slot.offset
+        slot.view[start : start + len(data)] = data
+        slot.length = max(slot.length, start + len(data))
+        self.size = max(self.size, end)
+        self._uploader.ring.touch(slot)
+        return len(data)
+
+    async def _append_zeros(self, count: int) -> None:
+        while count:
+            n = min(count, len(_ZEROS))
+            await self._append(memoryview(_ZEROS)[:n])
+            count -= n
+
+    async def _append(self, data: memoryview) -> None:
+        ring = self._uploader.ring
+        pos = 0
+        while pos < len(data):
+            slot = self._current
+            if slot is None:
+                slot = await self._take_slot()
+            n = min(len(data) - pos, len(slot.view) - slot.length)
+            slot.view[slot.length : slot.length + n] = data[pos : pos + n]
+            slot.length += n
+            pos += n
+            self.size += n
+            self._uploader.stats.bytes_written += n
+            ring.touch(slot)
+            if slot.length == len(slot.view):
+                self._seal(slot)
+
+    async def _take_slot(self) -> Slot:
+        if self._next_part > MAX_PARTS:
+            slice_size = self._uploader.config.slice_size
+            log.error(
+                "%s: file exceeds %s = 10,000 parts of --slice-size %s (S3's part limit); "
+                "remount with a larger --slice-size to write bigger files: EFBIG",
+                self.path, format_size(MAX_PARTS * slice_size), format_size(slice_size),
+            )
+            raise FileTooLarge(f"{self.path} exceeds 10,000 parts of --slice-size")
+        slot = await self._uploader.ring.acquire(self)
+        slot.offset = self.size
+        slot.part_number = self._next_part
+        self._next_part += 1
+        self._current = slot
+        return slot
+
+    def _seal(self, slot: Slot) -> None:
+        """Hand a slot to the upload workers; its bytes are final from here on."""
+        self._hasher.update(slot.data)
+        self._uploader.ring.seal(slot)
+        self._current = None
+        self._sealed_end = slot.offset + slot.length
+        self.parts_in_flight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._uploader.enqueue(self, slot)
+
+    # -- upload worker side -----------------------------------------------------------
+
+    async def _ensure_upload_id(self) -> str:
+        async with self._create_lock:
+            if self.upload_id is None:
+                headers = {**self._metadata_headers(),
+                           **create_headers(self._uploader.config.checksum)}
+                self.upload_id = await self._uploader.client.create_multipart_upload(
+                    self.key, headers
+                )
+                self._uploader.track_multipart(self)
+            return self.upload_id
+
+    async def upload_part(self, slot: Slot) -> None:
+        """Send one sealed slot as a part; always releases the slot (run by a worker)."""
+        ring = self._uploader.ring
+        try:
+            if self.error is not None or self.state in (UploadState.FAILED,
+                                                        UploadState.ABORTED):
+                return
+            ring.start_upload(slot)
+            upload_id = await self._ensure_upload_id()
+            body = slot.data
+            headers = await trio.to_thread.run_sync(
+                body_headers, self._uploader.config.checksum, body
+            )
+            etag = await self._uploader.client.upload_part(
+                self.key, upload_id, slot.part_number, body, headers,
+                on_retry=self._count_retry,
+            )
+            self._parts[slot.part_number] = (etag, complete_part_fields(headers))
+            self.bytes_acked += slot.length
+            self._uploader.stats.bytes_uploaded += slot.length
+            self._uploader.stats.parts += 1
+        except StoreError as exc:
+            if exc.code == "NoSuchUpload":
+                log.error(
+                    "%s: the store no longer knows multipart upload %s (NoSuchUpload on part "
+                    "%d): the parts already sent are gone and the ring no longer holds them, "
+                    "so this file cannot be completed; the writer gets EIO",
+                    self.path, self.upload_id, slot.part_number,
+                )
+                self._record_failure(UploadSessionLost(str(exc)))
+            else:
+                self._record_failure(exc)
+        except Exception as exc:
+            self._record_failure(exc)
+        finally:
+            ring.release(slot)
+            self.parts_in_flight -= 1
+            if self.parts_in_flight == 0:
+                self._idle.set()
+
+    def _count_retry(self, reason: str) -> None:
+        self.retries += 1
+
+    def _record_failure(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+            log.error("%s: upload failed: %s", self.path, exc)
+
+    # -- completion -------------------------------------------------------------------
+
+    async def wait_acknowledged(self) -> None:
+        """fsync: wait until every sealed slice is acknowledged; report a failure."""
+        await self._idle.wait()
+        if self.error is not None:
+            raise UploadFailed(f"upload of {self.path} failed: {self.error}")
+
+    async def finalize(self) -> None:
+        """Make the object exist, complete and exact, or raise UploadFailed (EIO).
+
+        Idempotent: a DONE upload returns at once, a FAILED one raises again.
+        """
+        async with self._lock:
+            if self.state is UploadState.DONE:
+                return
+            self._check_writable()
+            self.state = UploadState.FINALIZING
+            try:
+                if self._sealed_end == 0:
+                    await self._put_whole()
+                else:
+                    await self._complete()
+            except Exception as exc:
+                await self._fail(exc)
+                raise UploadFailed(f"upload of {self.path} failed: {exc}") from exc
+            self.state = UploadState.DONE
+            self.finished = trio.current_time()
+            self._uploader.finished(self)
+
+    async def _put_whole(self) -> None:
+        slot, self._current = self._current, None
+        body: memoryview | bytes = slot.data if slot is not None else b""
+        try:
+            self._hasher.update(body)
+            self.xxh3_128 = self._hasher.hexdigest()
+            headers = {
+                **self._metadata_headers(),
+                **await trio.to_thread.run_sync(body_headers, self._uploader.config.checksum,
+                                                body),
+                "x-amz-tagging": f"{HASH_TAG}={self.xxh3_128}",
+            }
+            self.etag = await self._uploader.client.put_object(
+                self.key, body, headers, on_retry=self._count_retry
+            )
+        finally:
+            if slot is not None:
+                self._uploader.ring.release(slot)
+        self.bytes_acked = self.size
+        self._uploader.stats.bytes_uploaded += self.size
+
+    async def _complete(self) -> None:
+        if self._current is not None:
+            if self._current.length:
+                self._seal(self._current)
+            else:
+                self._uploader.ring.release(self._current)
+                self._current = None
+        await self._idle.wait()
+        if self.error is not None:
+            raise self.error
+        self.xxh3_128 = self._hasher.hexdigest()
+        assert self.upload_id is not None
+        parts = [(n, *self._parts[n]) for n in sorted(self._parts)]
+        expected = multipart_etag([etag for _, etag, _ in parts])
+        client = self._uploader.client
+        try:
+            self.etag = await client.complete_multipart_upload(
+                self.key, self.upload_id, parts, on_retry=self._count_retry
+            )
+        except StoreError as exc:
+            # A retry after a lost answer finds the upload already completed. Accept only
+            # if the object is exactly ours (same size, same multipart ETag).
+            if exc.code != "NoSuchUpload":
+                raise
+            info = await client.head_object(self.key)
+            if info is None or info.size != self.size or info.etag != expected:
+                raise
+            log.info("%s: Complete's answer was lost but the object is ours; ok", self.path)
+            self.etag = info.etag
+        self._uploader.untrack_multipart(self)
+        try:
+            await client.put_tags(self.key, {HASH_TAG: self.xxh3_128})
+        except Exception as exc:
+            log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
+                        self.path, exc)
+
+    def _metadata_headers(self) -> dict[str, str]:
+        return {f"x-amz-meta-{k}": v for k, v in self.metadata.items()}
+
+    # -- failure ----------------------------------------------------------------------
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Make the failure sticky, free this file's slots, abort the multipart upload."""
+        self._record_failure(exc)
+        self.state = UploadState.FAILED
+        self._uploader.stats.failures += 1
+        await self._discard("failed")
+
+    async def abort(self, why: str) -> None:
+        """The mount is stopping with this file still open: drop it, leave nothing behind."""
+        if self.state in (UploadState.DONE, UploadState.FAILED, UploadState.ABORTED):
+            return
+        log.warning("%s: abandoning upload (%s): %d bytes received, %d acknowledged; "
+                    "nothing is left in the bucket", self.path, why, self.size, self.bytes_acked)
+        self.state = UploadState.ABORTED
+        if self.error is None:
+            self.error = UploadFailed(f"upload abandoned: {why}")
+        await self._discard("aborted")
+
+    async def _discard(self, why: str) -> None:
+        if self._current is not None:
+            self._uploader.ring.release(self._current)
+            self._current = None
+        if self.upload_id is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await self._idle.wait()
+                try:
+                    await self._uploader.client.abort_multipart_upload(self.key, self.upload_id)
+                    self._uploader.untrack_multipart(self)
+                except Exception as exc:
+                    log.error("%s: could not abort multipart upload %s (%s); the next mount "
+                              "cleans it up", self.path, self.upload_id, exc)
+        self._uploader.finished(self)
+
+    # -- status -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.finished or trio.current_time()
+        elapsed = max(now - self.started, 1e-9)
+        return {
+            "path": self.path,
+            "key": self.key,
+            "state": self.state.value,
+            "bytes_received": self.size,
+            "bytes_acknowledged": self.bytes_acked,
+            "parts_in_flight": self.parts_in_flight,
+            "retries": self.retries,
+            "seconds": round(elapsed, 3),
+            "throughput_bps": round(self.bytes_acked / elapsed),
+            "error": str(self.error) if self.error else None,
+        }

@@ -1,0 +1,128 @@
+"""The upload service of a mount: the ring, the S3 client, and the workers that send parts.
+
+One :class:`Uploader` per mount. Its :meth:`run` owns a trio nursery with
+``upload_concurrency`` worker tasks that take sealed slots from one FIFO queue and send them
+as parts; so parts start in the order their slices were sealed, and with a concurrency of 1
+each file's parts reach the store strictly in order (for stores that require it).
+
+The queue is unbounded by construction but never long: only sealed slots are queued, and the
+ring has a fixed number of slots. When the mount stops, :meth:`run` is cancelled by its
+owner; files still open are aborted first (see :meth:`abort_open_uploads`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import UploaderConfig
+from .ring import Ring
+from .upload import FileUpload, UploadState
+
+if TYPE_CHECKING:
+    from .ring import Slot
+    from .s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UploaderStats:
+    """Counters for the whole mount (status, metrics, logs)."""
+
+    bytes_written: int = 0
+    bytes_uploaded: int = 0
+    parts: int = 0
+    files_done: int = 0
+    failures: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+
+
+class Uploader:
+    """Owns the ring and the part-upload workers; creates one FileUpload per written file."""
+
+    def __init__(self, config: UploaderConfig, client: S3Client) -> None:
+        config.validate()
+        self.config = config
+        self.client = client
+        self.ring = Ring(config.slot_count, config.slice_size, stall_grace=config.ring_stall_grace)
+        self.stats = UploaderStats()
+        self.uploads: set[FileUpload] = set()
+        """Files being written (OPEN or FINALIZING), for status and shutdown."""
+        self._multipart: set[FileUpload] = set()
+        self._send, self._receive = trio.open_memory_channel[tuple[FileUpload, "Slot"]](
+            math.inf
+        )
+
+    def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None
+                  ) -> FileUpload:
+        upload = FileUpload(self, key, path, metadata)
+        self.uploads.add(upload)
+        return upload
+
+    def enqueue(self, upload: FileUpload, slot: Slot) -> None:
+        self._send.send_nowait((upload, slot))
+
+    def track_multipart(self, upload: FileUpload) -> None:
+        self._multipart.add(upload)
+
+    def untrack_multipart(self, upload: FileUpload) -> None:
+        self._multipart.discard(upload)
+
+    def finished(self, upload: FileUpload) -> None:
+        """Called once per upload when it reaches DONE, FAILED or ABORTED."""
+        if upload in self.uploads:
+            self.uploads.discard(upload)
+            if upload.state is UploadState.DONE:
+                self.stats.files_done += 1
+                elapsed = max((upload.finished or 0) - upload.started, 1e-9)
+                log.info(
+                    "uploaded %s: %d bytes, %d parts, %.2f s, %.1f MB/s, %d retries, "
+                    "xxh3-128 %s", upload.key, upload.size, max(upload._next_part - 1, 1),
+                    elapsed, upload.size / elapsed / 1e6, upload.retries, upload.xxh3_128,
+                )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the part-upload workers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.config.upload_concurrency):
+                nursery.start_soon(self._worker, self._receive.clone())
+            task_status.started()
+
+    async def _worker(self, receive: trio.MemoryReceiveChannel[tuple[FileUpload, Slot]]
+                      ) -> None:
+        async with receive:
+            async for upload, slot in receive:
+                await upload.upload_part(slot)
+
+    async def abort_open_uploads(self, why: str) -> None:
+        """Abort every file still open: nothing partial may stay behind."""
+        for upload in list(self.uploads):
+            await upload.abort(why)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `chute status` shows, as plain data."""
+        return {
+            "ring": {
+                "slots": len(self.ring.slots),
+                "slice_size": self.ring.slice_size,
+                **self.ring.counts(),
+                "writers_waiting": self.ring.waiting,
+                "blocked_seconds": round(self.ring.blocked_seconds, 3),
+            },
+            "files": [u.snapshot() for u in self.uploads],
+            "totals": {
+                "bytes_written": self.stats.bytes_written,
+                "bytes_uploaded": self.stats.bytes_uploaded,
+                "parts": self.stats.parts,
+                "files_done": self.stats.files_done,
+                "failures": self.stats.failures,
+                "retries": dict(self.stats.retries),
+            },
+        }
