@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 import pyfuse3
 import trio
+
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import ConfigError, StoreError

@@ -30,6 +30,7 @@ from email.utils import parsedate_to_datetime
 
 import pyfuse3
 import trio
+
 from chute.uploader.checksums import HASH_TAG, HASH_XATTR
 from chute.uploader.errors import ChuteError, errno_for
 from chute.uploader.s3 import S3Client

@@ -218,6 +218,7 @@ class S3Client:
         read_timeout: float | None = None,
         progress: Callable[[int], object] | None = None,
         on_retry: Callable[[str], object] | None = None,
+        policy: RetryPolicy | None = None,
     ) -> httpx.Response:
         """Send one S3 request, retried per the policy; raise StoreError on an error answer."""
         query_string = query if isinstance(query, str) else _query(query)
@@ -230,7 +231,7 @@ class S3Client:
             if self._on_retry is not None:
                 self._on_retry(operation, reason)
 
-        return await self.policy.run(
+        return await (policy or self.policy).run(
             label,
             lambda: self._send_once(
                 operation, method, url, headers or {}, body, sign_payload=sign_payload,
@@ -394,10 +395,13 @@ class S3Client:
             )
         return _text(root, "ETag").strip('"')
 
-    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+    async def abort_multipart_upload(self, key: str, upload_id: str, *,
+                                     policy: RetryPolicy | None = None) -> None:
+        """Abort; an upload that is already gone counts as aborted."""
         try:
             await self.request(
-                "AbortMultipartUpload", "DELETE", key, query={"uploadId": upload_id}
+                "AbortMultipartUpload", "DELETE", key, query={"uploadId": upload_id},
+                policy=policy,
             )
         except StoreError as exc:
             if exc.code != "NoSuchUpload" and exc.status != 404:

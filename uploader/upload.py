@@ -104,7 +104,7 @@ class FileUpload:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         """Accept ``data`` at ``offset``; may wait for a ring slot (backpressure)."""
         async with self._lock:
-            self._check_writable()
+            await self._check_writable()
             try:
                 if offset < self.size:
                     return self._patch(offset, data)
@@ -119,9 +119,12 @@ class FileUpload:
                 raise UploadFailed(str(exc)) from exc
             return len(data)
 
-    def _check_writable(self) -> None:
+    async def _check_writable(self) -> None:
+        """Raise UploadFailed if the upload failed (aborting it, once) or is no longer OPEN."""
         if self.error is not None:
-            raise UploadFailed(f"upload of {self.path} failed earlier: {self.error}")
+            if self.state in (UploadState.OPEN, UploadState.FINALIZING):
+                await self._fail(self.error)
+            raise UploadFailed(f"upload of {self.path} failed: {self.error}")
         if self.state is not UploadState.OPEN:
             raise UploadFailed(f"{self.path} is already {self.state.value}; no more writes")
 
@@ -258,8 +261,9 @@ class FileUpload:
     async def wait_acknowledged(self) -> None:
         """fsync: wait until every sealed slice is acknowledged; report a failure."""
         await self._idle.wait()
-        if self.error is not None:
-            raise UploadFailed(f"upload of {self.path} failed: {self.error}")
+        async with self._lock:
+            if self.error is not None:
+                await self._check_writable()
 
     async def finalize(self) -> None:
         """Make the object exist, complete and exact, or raise UploadFailed (EIO).
@@ -269,7 +273,7 @@ class FileUpload:
         async with self._lock:
             if self.state is UploadState.DONE:
                 return
-            self._check_writable()
+            await self._check_writable()
             self.state = UploadState.FINALIZING
             try:
                 if self._sealed_end == 0:
@@ -368,14 +372,16 @@ class FileUpload:
             self._uploader.ring.release(self._current)
             self._current = None
         if self.upload_id is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await self._idle.wait()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._uploader.config.stall_timeout):
+                    await self._idle.wait()
                 try:
                     await self._uploader.client.abort_multipart_upload(self.key, self.upload_id)
-                    self._uploader.untrack_multipart(self)
                 except Exception as exc:
-                    log.error("%s: could not abort multipart upload %s (%s); the next mount "
-                              "cleans it up", self.path, self.upload_id, exc)
+                    log.error("%s: could not abort multipart upload %s (%s); will keep trying",
+                              self.path, self.upload_id, exc)
+                    self._uploader.defer_abort(self.key, self.upload_id)
+                self._uploader.untrack_multipart(self)
         self._uploader.finished(self)
 
     # -- status -----------------------------------------------------------------------

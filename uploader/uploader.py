@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import UploaderConfig
+from .retry import RetryPolicy
 from .ring import Ring
 from .upload import FileUpload, UploadState
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .s3 import S3Client
 
 log = logging.getLogger(__name__)
+
+JANITOR_INTERVAL = 2.0
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Uploader:
         self.uploads: set[FileUpload] = set()
         """Files being written (OPEN or FINALIZING), for status and shutdown."""
         self._multipart: set[FileUpload] = set()
+        self._orphans: set[tuple[str, str]] = set()
+        """(key, upload id) of multipart uploads whose abort failed; retried by the janitor."""
         self._send, self._receive = trio.open_memory_channel[tuple[FileUpload, "Slot"]](
             math.inf
         )
@@ -73,6 +78,33 @@ class Uploader:
 
     def untrack_multipart(self, upload: FileUpload) -> None:
         self._multipart.discard(upload)
+
+    def defer_abort(self, key: str, upload_id: str) -> None:
+        self._orphans.add((key, upload_id))
+
+    async def _janitor(self) -> None:
+        """Keep trying to abort uploads that could not be aborted when they failed.
+
+        They failed because the store was unreachable, so each try is a single attempt; the
+        store coming back is what makes one succeed. What is left at unmount is logged, and
+        the next mount's startup cleanup finds it.
+        """
+        once = RetryPolicy(max_attempts=1)
+        try:
+            while True:
+                await trio.sleep(JANITOR_INTERVAL)
+                for key, upload_id in sorted(self._orphans):
+                    try:
+                        await self.client.abort_multipart_upload(key, upload_id, policy=once)
+                    except Exception as exc:
+                        log.debug("abort of %s (%s) still failing: %s", key, upload_id, exc)
+                    else:
+                        log.info("aborted leftover multipart upload of %s", key)
+                        self._orphans.discard((key, upload_id))
+        finally:
+            for key, upload_id in sorted(self._orphans):
+                log.warning("multipart upload %s of %s could not be aborted; the next mount "
+                            "of this prefix will", upload_id, key)
 
     def finished(self, upload: FileUpload) -> None:
         """Called once per upload when it reaches DONE, FAILED or ABORTED."""
@@ -93,6 +125,7 @@ class Uploader:
         async with trio.open_nursery() as nursery:
             for _ in range(self.config.upload_concurrency):
                 nursery.start_soon(self._worker, self._receive.clone())
+            nursery.start_soon(self._janitor)
             task_status.started()
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[tuple[FileUpload, Slot]]
