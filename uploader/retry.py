@@ -1,7 +1,7 @@
 """The retry policy: which failures are worth another attempt, and how long to keep trying.
 
 One policy serves every request chute sends. It retries with exponential backoff and full
-jitter (``sleep = uniform(0, min(max_delay, base_delay * 2**attempt))``) until either the
+jitter (``sleep = uniform(0, min(max_delay, base_delay * 2**(attempt - 1)))``) until either the
 per-operation attempt cap or the total time budget is spent, whichever comes first. The
 budget is what bounds how long a writer can be kept waiting by a store that has gone away:
 with the defaults a writer hears about a dead store within about three minutes.
@@ -121,4 +121,8 @@ class RetryPolicy:
                     on_retry(reason)
                 if credential and on_credential_error is not None:
                     await on_credential_error()
+                    if trio.current_time() + delay >= deadline:
+                        log.error("%s failed: out of time after refreshing credentials: %s",
+                                  operation, reason)
+                        raise
                 await trio.sleep(delay)

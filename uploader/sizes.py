@@ -9,6 +9,7 @@ the part size, and it caps the largest file a mount can write at ``MAX_PARTS * s
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -52,7 +53,7 @@ def parse_size(text: str) -> int:
     factor = _UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(f"unknown size unit {unit!r} in {text!r} (use KiB, MiB, GiB)")
-    return int(float(number) * factor)
+    return int(Decimal(number) * factor)
 
 
 def format_size(n: float) -> str:
