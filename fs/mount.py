@@ -115,7 +115,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
                  ready: trio.Event | None = None) -> None:
     client = _make_client(request, credentials, quick=False)
     uploader = Uploader(request.uploader, client)
-    client._on_retry = lambda operation, reason: uploader.stats.retries.update([operation])
+    client.on_retry = uploader.count_retry
     operations = ChuteOperations(uploader, client, request.mountpoint)
     options = set(pyfuse3.default_options)
     options |= {f"fsname=chute:{request.bucket.bucket}/{request.bucket.prefix}".rstrip("/"),

@@ -29,16 +29,9 @@ from chute.fs.embedded_store import EmbeddedStore
 from chute.uploader.sizes import MiB, format_size, parse_size
 
 
-def proc_status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def proc_io(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/io") as f:
+def proc_field(path: str, field: str) -> int:
+    """The first number on ``field:``'s line of a /proc file (status is in KiB, io in bytes)."""
+    with open(path) as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -98,8 +91,8 @@ def main() -> int:
                 )
             try:
                 wait_mounted(mountpoint, mount)
-                rss_idle = proc_status_kib(mount.pid, "VmRSS") * 1024
-                disk_before = proc_io(mount.pid, "write_bytes")
+                rss_idle = proc_field(f"/proc/{mount.pid}/status", "VmRSS") * 1024
+                disk_before = proc_field(f"/proc/{mount.pid}/io", "write_bytes")
                 digest = hashlib.sha256()
                 started = time.monotonic()
                 dd = subprocess.Popen(
@@ -112,8 +105,8 @@ def main() -> int:
                 if dd.wait() != 0:
                     raise SystemExit("dd into the mount failed")
                 elapsed = time.monotonic() - started
-                peak = proc_status_kib(mount.pid, "VmHWM") * 1024
-                disk = proc_io(mount.pid, "write_bytes") - disk_before
+                peak = proc_field(f"/proc/{mount.pid}/status", "VmHWM") * 1024
+                disk = proc_field(f"/proc/{mount.pid}/io", "write_bytes") - disk_before
                 stat = Path(f"/proc/{mount.pid}/stat").read_text().rsplit(")", 1)[1].split()
                 cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
             finally:

@@ -209,3 +209,37 @@ def test_store_stopped_mid_copy_fails_cp_and_leaves_nothing(mount_factory, tmp_p
         assert object_keys(client, mount.prefix) == []
     finally:
         own.stop()
+
+
+def test_fsync_waits_without_ending_the_file(mount_factory, s3) -> None:
+    """rsync and mkstemp open O_RDWR; fsync reports progress but the file goes on."""
+    mount = mount_factory("--slice-size", "5MiB", "--ring-size", "20MiB")
+    first, second = os.urandom(11 * MiB), os.urandom(3 * MiB)
+    fd = os.open(mount.path / "synced", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, first)
+        os.fsync(fd)
+        assert object_keys(s3, mount.prefix) == [], "fsync must not finalize"
+        os.write(fd, second)
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=BUCKET, Key=mount.key("synced"))["Body"].read() == first + second
+
+
+def test_close_of_a_dup_does_not_end_the_file(mount_factory, s3) -> None:
+    """`exec 3>f` lends fd 3 to children; their closes are not the end of the file."""
+    mount = mount_factory()
+    target = mount.path / "dup"
+    script = f"exec 3>{target}; echo one >&3; (echo two >&3); sh -c 'echo three >&3'; exec 3>&-"
+    subprocess.run(["bash", "-c", script], check=True, timeout=30)
+    body = s3.get_object(Bucket=BUCKET, Key=mount.key("dup"))["Body"].read()
+    assert body == b"one\ntwo\nthree\n"
+
+
+def test_dd_with_large_blocks(mount_factory, s3, tmp_path: Path) -> None:
+    """dd reopens its output onto fd 1 and closes the original: that flush is not the end."""
+    src = random_file(tmp_path / "img", 37 * MiB + 123, seed=3)
+    mount = mount_factory("--slice-size", "8MiB", "--ring-size", "32MiB")
+    subprocess.run(["dd", f"if={src}", f"of={mount.path / 'img'}", "bs=4M", "status=none"],
+                   check=True, timeout=60)
+    assert sha256_object(s3, mount.key("img")) == sha256_file(src)

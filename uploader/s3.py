@@ -153,7 +153,8 @@ class S3Client:
         self.credentials = credentials
         self.policy = policy
         self.stall_timeout = stall_timeout
-        self._on_retry = on_retry
+        self.on_retry = on_retry
+        """Told ``(operation, reason)`` about every retry (the mount's counters)."""
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(stall_timeout),
             limits=httpx.Limits(
@@ -228,8 +229,8 @@ class S3Client:
         def retried(reason: str) -> None:
             if on_retry is not None:
                 on_retry(reason)
-            if self._on_retry is not None:
-                self._on_retry(operation, reason)
+            if self.on_retry is not None:
+                self.on_retry(operation, reason)
 
         return await (policy or self.policy).run(
             label,

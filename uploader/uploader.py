@@ -79,6 +79,9 @@ class Uploader:
     def untrack_multipart(self, upload: FileUpload) -> None:
         self._multipart.discard(upload)
 
+    def count_retry(self, operation: str, reason: str) -> None:
+        self.stats.retries[operation] += 1
+
     def defer_abort(self, key: str, upload_id: str) -> None:
         self._orphans.add((key, upload_id))
 
