@@ -86,7 +86,37 @@ def _parser() -> argparse.ArgumentParser:
                        help="let other users use the mount (needs user_allow_other)")
     mount.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     mount.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    status = sub.add_parser("status", help="show what a running mount is uploading")
+    status.add_argument("mountpoint")
+    status.add_argument("--json", action="store_true", help="one machine-readable snapshot")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from chute.fs.control import query
+
+    try:
+        snapshot = query(args.mountpoint)
+    except (LookupError, OSError) as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+        return 0
+    ring = snapshot["ring"]
+    print(f"{snapshot['mountpoint']}: ring {ring['slots']} x {format_size(ring['slice_size'])}"
+          f"  free {ring['free']}  filling {ring['filling']}  sealed {ring['sealed']}  "
+          f"uploading {ring['uploading']}  writers waiting {ring['writers_waiting']}  "
+          f"blocked {ring['blocked_seconds']:.1f} s")
+    for f in snapshot["files"]:
+        print(f"  {f['path']}: received {format_size(f['bytes_received'])}, acknowledged "
+              f"{format_size(f['bytes_acknowledged'])}, {f['parts_in_flight']} parts in flight, "
+              f"{f['throughput_bps'] / 1e6:.1f} MB/s, {f['retries']} retries, {f['state']}")
+    if not snapshot["files"]:
+        print("  no file is being written")
+    return 0
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -151,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return _mount(args)
+        if args.command == "status":
+            return _status(args)
     except ConfigError as exc:
         print(f"chute: {exc}", file=sys.stderr)
         return 1

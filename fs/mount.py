@@ -26,6 +26,7 @@ from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
+from . import control
 from .operations import ChuteOperations
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(uploader.run)
+            await nursery.start(control.serve, operations.mountpoint, uploader.snapshot)
             nursery.start_soon(_watch_signals)
             log.info("mounted s3://%s/%s at %s (ring %d x %d MiB, %d uploads in flight)",
                      request.bucket.bucket, request.bucket.prefix, request.mountpoint,

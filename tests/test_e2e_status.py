@@ -1,0 +1,67 @@
+"""`chute status` talks to a running mount over its private Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chute.fs.control import socket_path
+
+from .conftest import BUCKET, requires_fuse
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+MiB = 1 << 20
+
+
+def status(mountpoint, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chute.fs.cli", "status", str(mountpoint),
+                           *extra], capture_output=True, text=True, timeout=30)
+
+
+def test_status_json_while_a_file_is_open(mount_factory, s3) -> None:
+    mount = mount_factory("--slice-size", "5MiB", "--ring-size", "20MiB")
+    sock = socket_path(str(mount.path))
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    fd = os.open(mount.path / "growing", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, os.urandom(12 * MiB + 5))
+        deadline = time.monotonic() + 20
+        while True:
+            result = status(mount.path, "--json")
+            assert result.returncode == 0, result.stderr
+            snap = json.loads(result.stdout)
+            (entry,) = snap["files"]
+            if entry["bytes_acknowledged"] == 10 * MiB or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert entry["path"] == "growing"
+        assert entry["bytes_received"] == 12 * MiB + 5
+        assert entry["bytes_acknowledged"] == 10 * MiB  # two sealed slices; the third fills
+        assert entry["state"] == "open"
+        ring = snap["ring"]
+        assert ring["slots"] == 4
+        assert ring["free"] + ring["filling"] + ring["sealed"] + ring["uploading"] == 4
+        assert ring["filling"] == 1
+        human = status(mount.path)
+        assert "growing: received 12.0 MiB" in human.stdout
+    finally:
+        os.close(fd)
+    done = json.loads(status(mount.path, "--json").stdout)
+    assert done["files"] == []
+    assert done["totals"]["files_done"] == 1
+    assert done["totals"]["bytes_uploaded"] == 12 * MiB + 5
+    assert s3.head_object(Bucket=BUCKET, Key=mount.key("growing"))["ContentLength"] == 12 * MiB + 5
+
+
+def test_status_of_something_that_is_not_a_mount(tmp_path) -> None:
+    result = status(tmp_path)
+    assert result.returncode == 1
+    assert "no chute mount is serving" in result.stderr
