@@ -126,8 +126,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty()
         else "%(levelname)s %(name)s: %(message)s",
     )
+    # botocore logs canonical requests and signatures at DEBUG: never let it, at any -v.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     if verbose < 2:
-        for noisy in ("httpx", "httpcore", "botocore"):
+        for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
