@@ -19,4 +19,4 @@ echo "--- stored xxh3-128 vs. the source's:"
 getfattr --only-values -n user.chute.xxh3_128 "$MNT/demo.bin" 2>/dev/null \
   || .venv/bin/python -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.chute.xxh3_128').decode())" "$MNT/demo.bin"
 echo
-xxh128sum "$SRC" | cut -d' ' -f1
+xxh128sum "$SRC" 2>/dev/null | cut -d" " -f1
