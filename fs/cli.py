@@ -52,7 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     mount = sub.add_parser(
         "mount", help="mount a write-only directory that uploads to a bucket",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Mount MOUNTPOINT; files written into it stream to the bucket and are "
         "complete objects when close() returns. Without a remote, an embedded local "
         "SeaweedFS store is started.",
@@ -70,22 +69,28 @@ def _parser() -> argparse.ArgumentParser:
     stream = mount.add_argument_group("streaming")
     stream.add_argument("--slice-size", type=_size, default=DEFAULT_SLICE_SIZE,
                         help="bytes per ring slot = per multipart part; caps a file at "
-                        "10,000 slices (accepts 8MiB, 1GiB)")
+                        f"10,000 slices (default {format_size(DEFAULT_SLICE_SIZE)}; "
+                        "accepts 8MiB, 1GiB)")
     stream.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE,
-                        help="total ring bytes: all the data memory the mount uses")
+                        help="total ring bytes: all the data memory the mount uses "
+                        f"(default {format_size(DEFAULT_RING_SIZE)})")
     stream.add_argument("--upload-concurrency", type=int, default=DEFAULT_UPLOAD_CONCURRENCY,
-                        help="parts in flight at once; 1 sends each file's parts in order")
+                        help="parts in flight at once; 1 sends each file's parts in order "
+                        f"(default {DEFAULT_UPLOAD_CONCURRENCY})")
     stream.add_argument("--checksum", choices=("crc32c", "md5"), default="crc32c",
-                        help="checksum the store verifies on every part")
+                        help="checksum the store verifies on every part (default crc32c)")
     reliability = mount.add_argument_group("reliability")
     reliability.add_argument("--stall-timeout", type=float, default=30.0,
-                             help="seconds without progress before a transfer is retried")
+                             help="seconds without progress before a transfer is retried "
+                             "(default 30)")
     reliability.add_argument("--retry-budget", type=float, default=150.0,
-                             help="seconds a request is retried before the writer gets EIO")
+                             help="seconds a request is retried before the writer gets EIO "
+                             "(default 150)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users use the mount (needs user_allow_other)")
     mount.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     mount.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    mount.add_argument("--log-file", help="append the log here instead of stderr")
     status = sub.add_parser("status", help="show what a running mount is uploading")
     status.add_argument("mountpoint")
     status.add_argument("--json", action="store_true", help="one machine-readable snapshot")
@@ -119,13 +124,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> None:
+    """Timestamps on a terminal or in a file; none when journald (or another collector)
+    reads stderr and stamps each line itself."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty()
-        else "%(levelname)s %(name)s: %(message)s",
-    )
+    stamped = log_file is not None or sys.stderr.isatty()
+    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s" if stamped
+        else "%(levelname)s %(name)s: %(message)s"
+    ))
+    logging.basicConfig(level=level, handlers=[handler])
     # botocore logs canonical requests and signatures at DEBUG: never let it, at any -v.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     if verbose < 2:
@@ -179,7 +189,8 @@ def _mount(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
+                   getattr(args, "log_file", None))
     try:
         if args.command == "mount":
             return _mount(args)

@@ -366,7 +366,7 @@ class EmbeddedStore:
             f"-bucket={self.bucket}",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",  # on by default: an HTTPS report to seaweedfs.com
-            "-volume.preStopSeconds=0",  # no peers to drain for: stop in ~1.5 s, not ~4
+            "-volume.preStopSeconds=0",  # no peers to drain for: stops in ~1 s, not ~4
             # On SIGTERM the volume server waits for every open connection to close, and now
             # and then one stays open without a request until this read timeout (default 30 s)
             # fires. Its peers are weed's own filer and S3 gateway on loopback sending whole

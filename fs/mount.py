@@ -19,6 +19,7 @@ import httpx
 import pyfuse3
 import trio
 
+from chute.uploader import leftovers
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import ConfigError, StoreError
@@ -117,6 +118,11 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     client = _make_client(request, credentials, quick=False)
     uploader = Uploader(request.uploader, client)
     client.on_retry = uploader.count_retry
+    try:
+        with trio.fail_after(60):
+            await leftovers.clean(client)
+    except Exception as exc:
+        log.warning("could not look for uploads left by earlier mounts: %s", exc)
     operations = ChuteOperations(uploader, client, request.mountpoint)
     options = set(pyfuse3.default_options)
     options |= {f"fsname=chute:{request.bucket.bucket}/{request.bucket.prefix}".rstrip("/"),

@@ -12,6 +12,17 @@ When does a file's upload finish? On the flush of the last close of the open tha
 returns EIO if it is not. ``release()`` (asynchronous: its errors reach nobody) finishes
 whatever no flush did, e.g. a file whose last descriptor went away with a killed process.
 
+Mode and mtime travel with the object as ``x-amz-meta-chute-mode`` (octal) and
+``x-amz-meta-chute-mtime-ns``, so ``rsync -a`` finds its files unchanged on the next run, even
+after a remount. They are sent with Create/Put; a chmod or utimens of a finished object is a
+CopyObject onto itself with new metadata (the one way S3 changes metadata), and one made while
+the file was being written is fixed up the same way after close. A listing carries no
+metadata, so a file only seen in a listing is HEADed before its attributes are trusted.
+
+rename is a server-side copy then a delete of the source, unlink a DeleteObject, rmdir the
+deletion of an empty directory's marker. A file still being written cannot be renamed or
+unlinked (EBUSY): its object does not exist yet.
+
 Errors become errnos through ``chute.uploader.errors.errno_for`` only.
 """
 
@@ -31,9 +42,11 @@ from email.utils import parsedate_to_datetime
 import pyfuse3
 import trio
 
+from chute.uploader import leftovers
 from chute.uploader.checksums import HASH_TAG, HASH_XATTR
-from chute.uploader.errors import ChuteError, errno_for
-from chute.uploader.s3 import S3Client
+from chute.uploader.errors import ChuteError, StoreError, errno_for
+from chute.uploader.s3 import ObjectInfo, S3Client
+from chute.uploader.sizes import MAX_PART_SIZE, MAX_PARTS, GiB, format_size
 from chute.uploader.upload import FileUpload, UploadState
 from chute.uploader.uploader import Uploader
 
@@ -48,6 +61,18 @@ LOOKUP_TTL = 1.0
 the kernel's entry/attribute cache time. Names created outside the mount show up within it."""
 BLKSIZE = 1024 * 1024
 """st_blksize: makes cp issue 1 MiB writes (4x faster than its 128 KiB default)."""
+MODE_META = "chute-mode"
+"""User metadata key (x-amz-meta-chute-mode): the file's permission bits, in octal."""
+MTIME_META = "chute-mtime-ns"
+"""User metadata key (x-amz-meta-chute-mtime-ns): the file's mtime in nanoseconds."""
+DEFAULT_FILE_MODE = 0o644
+"""Mode of an object that carries no chute-mode (written by something else)."""
+DEFAULT_DIR_MODE = 0o755
+MAX_COPY_BYTES = MAX_PART_SIZE
+"""S3's limit for one CopyObject; larger objects are copied in parts (UploadPartCopy)."""
+COPY_PART_BYTES = 1 * GiB
+"""Part size of a copy in parts: few requests, each well under S3's 5 GiB part limit."""
+COPY_PARTS_IN_FLIGHT = 4
 
 
 @dataclass(eq=False)
@@ -58,13 +83,23 @@ class Node:
     is_dir: bool
     size: int = 0
     mtime_ns: int = field(default_factory=time.time_ns)
-    mode: int = 0
+    mode: int | None = None
+    """Permission bits; None = not known, shown as the default."""
     checked_at: float = 0.0
     """When the store last confirmed this node (trio clock); 0 = created by this mount."""
     local: bool = False
     """Created by this mount and known to exist without asking the store."""
     upload: FileUpload | None = None
     xxh3_128: str = ""
+    etag: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The object's user metadata as the bucket holds it (without the x-amz-meta- prefix)."""
+    needs_head: bool = False
+    """Seen in a listing only: mode and mtime are unknown until a HEAD."""
+    mtime_explicit: bool = False
+    """mtime was set by utimens since the last write (so it must reach the object)."""
+    lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
+    """Serializes this object's metadata copies and renames."""
 
 
 @dataclass(eq=False)
@@ -136,11 +171,19 @@ class ChuteOperations(pyfuse3.Operations):
         except UnicodeDecodeError:
             raise _fail(errno.EINVAL, "name %r is not UTF-8, which S3 keys must be", raw) \
                 from None
+        if self._is_reserved(parent, name):
+            raise _fail(errno.EPERM, "%s is chute's own marker directory (see "
+                        "uploader/leftovers.py) and cannot be used through the mount", name)
         key = self.bucket.key(f"{self._path(parent)}/{name}".lstrip("/"))
         if len(key.encode()) + 1 > MAX_KEY_BYTES:
             raise _fail(errno.ENAMETOOLONG, "key for %r would exceed S3's %d bytes",
                         name, MAX_KEY_BYTES)
         return name
+
+    @staticmethod
+    def _is_reserved(parent: Node, name: str) -> bool:
+        """The mount root's upload-marker directory is chute's, not the user's."""
+        return parent.inode == pyfuse3.ROOT_INODE and name == leftovers.MARKER_DIR
 
     def _add(self, parent: Node, name: str, is_dir: bool, **attrs: object) -> Node:
         children = self._children.setdefault(parent.inode, {})
@@ -177,11 +220,11 @@ class ChuteOperations(pyfuse3.Operations):
         attrs.st_ino = node.inode
         attrs.generation = 0
         if node.is_dir:
-            attrs.st_mode = stat.S_IFDIR | (node.mode or 0o755)
+            attrs.st_mode = stat.S_IFDIR | (DEFAULT_DIR_MODE if node.mode is None else node.mode)
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            attrs.st_mode = stat.S_IFREG | (node.mode or 0o644)
+            attrs.st_mode = stat.S_IFREG | _file_mode(node)
             attrs.st_nlink = 1
             attrs.st_size = node.upload.size if node.upload is not None else node.size
         attrs.st_uid = self._uid
@@ -189,9 +232,11 @@ class ChuteOperations(pyfuse3.Operations):
         attrs.st_blksize = BLKSIZE
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = node.mtime_ns
-        busy = node.upload is not None
-        attrs.attr_timeout = 0 if busy else LOOKUP_TTL
-        attrs.entry_timeout = 0 if busy else LOOKUP_TTL
+        # Not cached while it changes (being written) or is not known yet (listed only):
+        # the next stat comes back here and a HEAD supplies the stored mode and mtime.
+        volatile = node.upload is not None or node.needs_head
+        attrs.attr_timeout = 0 if volatile else LOOKUP_TTL
+        attrs.entry_timeout = 0 if volatile else LOOKUP_TTL
         return attrs
 
     # -- asking the store -------------------------------------------------------------
@@ -202,12 +247,46 @@ class ChuteOperations(pyfuse3.Operations):
         info = await self.client.head_object(key)
         now = trio.current_time()
         if info is not None:
-            return self._add(parent, name, False, size=info.size,
-                             mtime_ns=_http_date_ns(info.last_modified), checked_at=now)
+            node = self._add(parent, name, False)
+            _apply_head(node, info, now)
+            return node
         async for page in self.client.list(key + "/", max_keys=1):
             if page.objects or page.prefixes:
                 return self._add(parent, name, True, checked_at=now)
         return None
+
+    async def _refresh(self, node: Node) -> None:
+        """HEAD a file known only from a listing; ENOENT if it has gone meanwhile."""
+        info = await self.client.head_object(self._key(node))
+        if info is None:
+            parent = self._nodes.get(node.parent)
+            if parent is not None:
+                self._forget_child(parent, node.name)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        _apply_head(node, info, trio.current_time())
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        """The node of an existing name (the kernel looked it up just before); else ENOENT."""
+        inode = self._children.get(parent.inode, {}).get(name)
+        if inode is not None and inode in self._nodes:
+            return self._nodes[inode]
+        node = await self._lookup_in_store(parent, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _listed_file(self, parent: Node, name: str, obj: ObjectInfo, now: float) -> Node:
+        """A file seen in a listing: keep what we know if it is the same object (ETag),
+        else take its size and Last-Modified and mark it for a HEAD (listings carry no
+        metadata, so its mode and mtime are not known yet)."""
+        inode = self._children.get(parent.inode, {}).get(name)
+        known = self._nodes.get(inode) if inode is not None else None
+        if known is not None and not known.is_dir and (
+                known.upload is not None or (known.etag == obj.etag and not known.needs_head)):
+            known.checked_at = now
+            return known
+        return self._add(parent, name, False, size=obj.size, etag=obj.etag, checked_at=now,
+                         mtime_ns=_iso_date_ns(obj.last_modified), mode=None, needs_head=True)
 
     # -- lookup, attributes, directories ----------------------------------------------
 
@@ -220,7 +299,7 @@ class ChuteOperations(pyfuse3.Operations):
             if inode is not None:
                 node = self._nodes[inode]
                 fresh = trio.current_time() - node.checked_at < LOOKUP_TTL
-                if node.local or node.upload is not None or fresh:
+                if node.upload is not None or (not node.needs_head and (node.local or fresh)):
                     return self._attrs(node)
             node = await self._lookup_in_store(parent, child_name)
             if node is None:
@@ -230,24 +309,88 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._node(inode))
+        async with _errors_as_errno("getattr"):
+            node = self._node(inode)
+            if node.needs_head and node.upload is None:
+                await self._refresh(node)
+            return self._attrs(node)
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         async with _errors_as_errno("setattr"):
             node = self._node(inode)
-            if fields.update_size:
-                await self._resize(node, attr.st_size)
-            if fields.update_mode:
-                node.mode = stat.S_IMODE(attr.st_mode)
-            if fields.update_mtime:
-                node.mtime_ns = attr.st_mtime_ns
             if ((fields.update_uid and attr.st_uid != self._uid) or \
                     (fields.update_gid and attr.st_gid != self._gid)) and ctx.uid != 0:
                 raise _fail(errno.EPERM, "chown of %s by uid %d refused",
                             self._path(node), ctx.uid)
+            if fields.update_size:
+                await self._resize(node, attr.st_size)
+            if fields.update_mode or fields.update_mtime:
+                await self._change_mode_mtime(node, attr, fields)
             return self._attrs(node)
+
+    async def _change_mode_mtime(self, node: Node, attr: pyfuse3.EntryAttributes,
+                                 fields: pyfuse3.SetattrFields) -> None:
+        """chmod / utimens. A directory keeps them in memory (a marker cannot be copied
+        onto itself on SeaweedFS); a file being written records them for its Create/Put, or
+        for the fix-up after close; a finished object gets them by a copy onto itself."""
+        if node.is_dir or node.upload is not None:
+            _apply_mode_mtime(node, attr, fields)
+            self._sync_upload_metadata(node)
+            return
+        async with node.lock:
+            if node.needs_head:
+                await self._refresh(node)
+            _apply_mode_mtime(node, attr, fields)
+            await self._store_metadata(node)
+
+    async def _store_metadata(self, node: Node) -> None:
+        """Make the object's chute metadata match the node (a self-copy, if it differs).
+
+        Caller holds ``node.lock``. If the copy fails the node is marked for a HEAD, so the
+        next stat shows what the bucket really holds.
+        """
+        wanted = {**node.metadata, **_chute_metadata(node)}
+        if wanted == node.metadata:
+            return
+        key = self._key(node)
+        try:
+            await self._copy(node, key, key, wanted)
+        except BaseException:
+            node.needs_head = True
+            raise
+
+    async def _copy(self, node: Node, source_key: str, dest_key: str,
+                    metadata: dict[str, str]) -> None:
+        """Server-side copy of ``node``'s object carrying ``metadata``; the node learns the
+        new ETag and metadata. Guarded by the ETag we know: if the object changed in the
+        bucket behind our back, nothing is copied (ESTALE) rather than copying the wrong one.
+        """
+        etag = node.etag or None
+        try:
+            if node.size > MAX_COPY_BYTES:
+                node.etag = await copy_in_parts(self.client, source_key, dest_key, node.size,
+                                                _meta_headers(metadata), if_match_etag=etag)
+            else:
+                keep = metadata == node.metadata and source_key != dest_key
+                node.etag = await self.client.copy_object(
+                    source_key, dest_key, None if keep else _meta_headers(metadata),
+                    if_match_etag=etag,
+                )
+        except StoreError as exc:
+            if exc.status != 412 and exc.code != "PreconditionFailed":
+                raise
+            node.needs_head = True
+            raise _fail(errno.ESTALE, "%s changed in the bucket since chute last looked at it "
+                        "(ETag was %s); nothing was copied, stat it and retry",
+                        self._path(node), etag) from exc
+        node.metadata = dict(metadata)
+
+    def _sync_upload_metadata(self, node: Node) -> None:
+        """A file being written: its Create/Put (if not sent yet) carries the current values."""
+        if node.upload is not None and not node.is_dir:
+            node.upload.metadata.update(_chute_metadata(node))
 
     async def _resize(self, node: Node, size: int) -> None:
         upload = node.upload
@@ -272,15 +415,12 @@ class ChuteOperations(pyfuse3.Operations):
             async for page in self.client.list(prefix):
                 for prefix_key in page.prefixes:
                     name = prefix_key[len(prefix):].rstrip("/")
-                    if name:
+                    if name and not self._is_reserved(node, name):
                         entries[name] = self._add(node, name, True, checked_at=now)
                 for obj in page.objects:
                     name = obj.key[len(prefix):]
                     if name and "/" not in name:
-                        entries[name] = self._add(
-                            node, name, False, size=obj.size, checked_at=now,
-                            mtime_ns=_iso_date_ns(obj.last_modified),
-                        )
+                        entries[name] = self._listed_file(node, name, obj, now)
             for name, inode_ in self._children.get(node.inode, {}).items():
                 child = self._nodes.get(inode_)
                 if child is not None and (child.local or child.upload is not None):
@@ -308,8 +448,10 @@ class ChuteOperations(pyfuse3.Operations):
             if child_name in self._children.get(parent.inode, {}) or \
                     await self._lookup_in_store(parent, child_name) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
-            node = self._add(parent, child_name, True, local=True, mode=stat.S_IMODE(mode))
-            await self.client.put_object(self._key(node), b"", {})
+            node = self._add(parent, child_name, True, local=True, mode=stat.S_IMODE(mode),
+                             mtime_ns=time.time_ns())
+            await self.client.put_object(self._key(node), b"", _meta_headers(
+                _chute_metadata(node)))
             return self._attrs(node)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -327,7 +469,11 @@ class ChuteOperations(pyfuse3.Operations):
         if node.upload is not None and node.upload.state is UploadState.OPEN:
             raise _fail(errno.EBUSY, "%s is already open for writing; chute takes one writer "
                         "per file", self._path(node))
-        node.upload = self.uploader.open_file(self._key(node), self._path(node))
+        node.mtime_ns = time.time_ns()
+        node.mtime_explicit = False
+        node.needs_head = False
+        node.upload = self.uploader.open_file(self._key(node), self._path(node),
+                                              _chute_metadata(node))
         node.local = True
         fh = self._next_fh
         self._next_fh += 1
@@ -377,7 +523,10 @@ class ChuteOperations(pyfuse3.Operations):
         handle = self._handles[fh]
         async with _errors_as_errno("write"):
             written = await handle.upload.write(off, buf)
-            handle.node.mtime_ns = time.time_ns()
+            node = handle.node
+            node.mtime_ns = time.time_ns()
+            node.mtime_explicit = False
+            self._sync_upload_metadata(node)
             return written
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -418,9 +567,31 @@ class ChuteOperations(pyfuse3.Operations):
                 await handle.upload.finalize()
         finally:
             self._settle(handle)
+        node = handle.node
+        if node.upload is None and handle.upload.state is UploadState.DONE:
+            await self._fix_up_metadata(node)
+
+    async def _fix_up_metadata(self, node: Node) -> None:
+        """A chmod or utimens made after Create/Put was sent reaches the object now, at the
+        last close, so the close reports whether it did."""
+        try:
+            async with node.lock:
+                await self._store_metadata(node)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise _fail(errno_for(exc), "%s: the object is complete, but storing the mode and "
+                        "mtime set while it was written failed: %s", self._path(node),
+                        exc) from exc
 
     def _settle(self, handle: Handle) -> None:
-        """Once an upload has ended, the node shows the object (or disappears if it failed)."""
+        """Once an upload has ended, the node shows the object (or disappears if it failed).
+
+        The object's mtime is the one it was created with, unless utimens set one since
+        the last write (that one is stored by the fix-up): a multipart object's metadata is
+        fixed at Create, and rewriting it only to move mtime to the last write would be a
+        full server-side copy on AWS.
+        """
         node, upload = handle.node, handle.upload
         if node.upload is not upload or upload.state in (UploadState.OPEN,
                                                          UploadState.FINALIZING):
@@ -430,6 +601,11 @@ class ChuteOperations(pyfuse3.Operations):
             node.size = upload.size
             node.xxh3_128 = upload.xxh3_128
             node.checked_at = trio.current_time()
+            node.etag = upload.etag
+            node.metadata = dict(upload.metadata_sent)
+            sent_mtime = _int_or_none(node.metadata.get(MTIME_META))
+            if not node.mtime_explicit and sent_mtime is not None:
+                node.mtime_ns = sent_mtime
         else:
             parent = self._nodes.get(node.parent)
             if parent is not None:
@@ -453,6 +629,140 @@ class ChuteOperations(pyfuse3.Operations):
         node = self._node(inode)
         return [] if node.is_dir or node.upload is not None else [HASH_XATTR]
 
+    # -- removing and renaming --------------------------------------------------------
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> None:
+        async with _errors_as_errno("unlink"):
+            parent = self._node(parent_inode)
+            child_name = self._child_name(parent, name)
+            node = await self._child(parent, child_name)
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            self._refuse_if_writing(node, "unlink")
+            await self.client.delete_object(self._key(node))
+            self._forget_child(parent, child_name)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                    ) -> None:
+        async with _errors_as_errno("rmdir"):
+            parent = self._node(parent_inode)
+            child_name = self._child_name(parent, name)
+            node = await self._child(parent, child_name)
+            if not node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            if not await self._dir_is_empty(node):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            await self.client.delete_object(self._key(node))
+            self._forget_child(parent, child_name)
+            self._children.pop(node.inode, None)
+
+    def _refuse_if_writing(self, node: Node, what: str) -> None:
+        """EBUSY for a file still being written: its object does not exist until the last
+        close, and its upload would land under the old name afterwards."""
+        if node.upload is not None:
+            raise _fail(errno.EBUSY, "cannot %s %s: it is still open for writing and its "
+                        "object exists only once the last close completes it", what,
+                        self._path(node))
+
+    async def _dir_is_empty(self, node: Node) -> bool:
+        """Nothing but the directory's own marker under its prefix, and no file of it being
+        written (those are not in the bucket yet)."""
+        for inode in self._children.get(node.inode, {}).values():
+            child = self._nodes.get(inode)
+            if child is not None and child.upload is not None:
+                return False
+        prefix = self._key(node)
+        async for page in self.client.list(prefix, max_keys=2):
+            return not page.prefixes and all(obj.key == prefix for obj in page.objects)
+        return True
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        async with _errors_as_errno("rename"):
+            old_parent = self._node(parent_inode_old)
+            new_parent = self._node(parent_inode_new)
+            old_name = self._child_name(old_parent, name_old)
+            new_name = self._child_name(new_parent, name_new)
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                raise _fail(errno.EINVAL, "rename %s <-> %s: RENAME_EXCHANGE cannot be done on "
+                            "an object store (two copies, not atomic)", old_name, new_name)
+            node = await self._child(old_parent, old_name)
+            inode = self._children.get(new_parent.inode, {}).get(new_name)
+            target = self._nodes.get(inode) if inode is not None else None
+            if target is node:
+                return
+            if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if node.is_dir:
+                await self._rename_dir(node, new_parent, new_name, target)
+            else:
+                await self._rename_file(node, new_parent, new_name, target)
+
+    async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
+                           target: Node | None) -> None:
+        """CopyObject to the new key with the node's current metadata, then delete the old
+        key, only once the copy has succeeded: a failure leaves the file where it was."""
+        self._refuse_if_writing(node, "rename")
+        if target is not None:
+            if target.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            self._refuse_if_writing(target, "replace")
+        async with node.lock:
+            if node.needs_head:
+                await self._refresh(node)
+            source_key = self._key(node)
+            dest_key = self.bucket.key(f"{self._path(new_parent)}/{new_name}".lstrip("/"))
+            await self._copy(node, source_key, dest_key,
+                             {**node.metadata, **_chute_metadata(node)})
+            old_path = self._path(node)
+            self._move(node, new_parent, new_name)
+            try:
+                await self.client.delete_object(source_key)
+            except Exception as exc:
+                raise _fail(errno_for(exc), "rename %s -> %s: copied, but deleting the old "
+                            "object failed (%s); both names now exist", old_path,
+                            self._path(node), exc) from exc
+
+    async def _rename_dir(self, node: Node, new_parent: Node, new_name: str,
+                          target: Node | None) -> None:
+        """An empty directory is only its marker: write the new marker, delete the old.
+
+        A non-empty one is refused with EOPNOTSUPP. Renaming it would be a server-side copy
+        and delete of every object below it: slow, not atomic, and a failure halfway leaves
+        the tree split between both names. Not EXDEV: that makes ``mv`` fall back to copying
+        through the mount, which reads, and this mount is write-only. Not ENOTEMPTY: that
+        would blame the target.
+        """
+        if target is not None:
+            if not target.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            if not await self._dir_is_empty(target):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        if not await self._dir_is_empty(node):
+            raise _fail(errno.EOPNOTSUPP, "cannot rename directory %s: it is not empty, and "
+                        "renaming it would copy every object below it one by one",
+                        self._path(node))
+        old_key = self._key(node)
+        dest_key = self.bucket.key(f"{self._path(new_parent)}/{new_name}/".lstrip("/"))
+        await self.client.put_object(dest_key, b"", _meta_headers(_chute_metadata(node)))
+        self._move(node, new_parent, new_name)
+        await self.client.delete_object(old_key)
+
+    def _move(self, node: Node, new_parent: Node, new_name: str) -> None:
+        """The node takes its new name; a node it replaces is dropped."""
+        old_children = self._children.get(node.parent, {})
+        if old_children.get(node.name) == node.inode:
+            del old_children[node.name]
+        replaced = self._children.get(new_parent.inode, {}).get(new_name)
+        if replaced is not None:
+            self._forget_child(new_parent, new_name)
+            self._children.pop(replaced, None)
+        node.parent = new_parent.inode
+        node.name = new_name
+        self._children.setdefault(new_parent.inode, {})[new_name] = node.inode
+        node.checked_at = trio.current_time()
+
     # -- not supported (yet) ----------------------------------------------------------
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -467,6 +777,97 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def abort_open_files(self, why: str) -> None:
         await self.uploader.abort_open_uploads(why)
+
+
+def _file_mode(node: Node) -> int:
+    return DEFAULT_FILE_MODE if node.mode is None else node.mode
+
+
+def _chute_metadata(node: Node) -> dict[str, str]:
+    """The user metadata chute keeps on an object: mode (octal) and mtime (ns)."""
+    mode = _file_mode(node) if not node.is_dir else (
+        DEFAULT_DIR_MODE if node.mode is None else node.mode)
+    return {MODE_META: f"{mode:04o}", MTIME_META: str(node.mtime_ns)}
+
+
+def _meta_headers(metadata: dict[str, str]) -> dict[str, str]:
+    return {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+
+
+def _apply_head(node: Node, info: ObjectInfo, now: float) -> None:
+    """Attributes from a HEAD: size, and mode/mtime from chute's metadata, falling back to
+    0644 and Last-Modified for objects written by something else."""
+    mode = _int_or_none(info.metadata.get(MODE_META), base=8)
+    mtime_ns = _int_or_none(info.metadata.get(MTIME_META))
+    node.size = info.size
+    node.etag = info.etag
+    node.metadata = dict(info.metadata)
+    node.mode = None if mode is None else stat.S_IMODE(mode)
+    node.mtime_ns = _http_date_ns(info.last_modified) if mtime_ns is None else mtime_ns
+    node.needs_head = False
+    node.checked_at = now
+
+
+def _apply_mode_mtime(node: Node, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields) -> None:
+    if fields.update_mode:
+        node.mode = stat.S_IMODE(attr.st_mode)
+    if fields.update_mtime:
+        node.mtime_ns = attr.st_mtime_ns
+        node.mtime_explicit = True
+
+
+def _int_or_none(value: str | None, base: int = 10) -> int | None:
+    try:
+        return int(value, base) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def copy_in_parts(client: S3Client, source_key: str, dest_key: str, size: int,
+                        metadata_headers: dict[str, str], *, if_match_etag: str | None = None,
+                        part_size: int = COPY_PART_BYTES) -> str:
+    """Copy an object too large for one CopyObject (> 5 GiB) as a multipart upload of
+    UploadPartCopy ranges; returns the new ETag. A multipart upload does not take the
+    source's tags as CopyObject does, so they are copied after Complete. On failure the
+    upload is aborted and nothing appears at ``dest_key``.
+    """
+    part_size = max(part_size, -(-size // MAX_PARTS))
+    ranges = [(number, start, min(start + part_size, size) - 1)
+              for number, start in enumerate(range(0, size, part_size), 1)]
+    tags = await client.get_tags(source_key)
+    upload_id = await client.create_multipart_upload(dest_key, metadata_headers)
+    etags: dict[int, str] = {}
+    errors: list[Exception] = []
+    limiter = trio.CapacityLimiter(COPY_PARTS_IN_FLIGHT)
+
+    async def copy_part(number: int, first: int, last: int, cancel: trio.CancelScope) -> None:
+        async with limiter:
+            try:
+                etags[number] = await client.upload_part_copy(
+                    source_key, dest_key, upload_id, number, first, last,
+                    if_match_etag=if_match_etag)
+            except Exception as exc:  # the first failure stops the others
+                errors.append(exc)
+                cancel.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for number, first, last in ranges:
+                nursery.start_soon(copy_part, number, first, last, nursery.cancel_scope)
+        if errors:
+            raise errors[0]
+        etag = await client.complete_multipart_upload(
+            dest_key, upload_id, [(n, etags[n], {}) for n in sorted(etags)])
+    except BaseException:
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await client.abort_multipart_upload(dest_key, upload_id)
+        raise
+    log.info("copied %s to %s in %d parts of %s", source_key, dest_key, len(ranges),
+             format_size(part_size))
+    if tags:
+        await client.put_tags(dest_key, tags)
+    return etag
 
 
 def _http_date_ns(value: str) -> int:

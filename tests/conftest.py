@@ -70,11 +70,16 @@ def sha256_object(s3, key: str) -> str:
     return digest.hexdigest()
 
 
-def object_keys(s3, prefix: str) -> list[str]:
+def object_keys(s3, prefix: str, *, markers: bool = False) -> list[str]:
+    """Keys under ``prefix``; chute's upload markers (.chute-uploads/) only if asked for."""
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
+    return [k for k in keys if markers or "/.chute-uploads/" not in f"/{k}"]
+
+
+def upload_markers(s3, prefix: str) -> list[str]:
+    return [k for k in object_keys(s3, prefix, markers=True) if "/.chute-uploads/" in f"/{k}"]
 
 
 def pending_uploads(s3, prefix: str) -> list[dict]:
@@ -118,8 +123,10 @@ class Mount:
         return self.log_path.read_text(errors="replace")
 
     def unmount(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None and is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
+        """Unmount and wait for the process; a dead mount is detached lazily."""
+        if is_mounted(self.path):
+            lazy = ["-z"] if self.proc.poll() is not None else []
+            subprocess.run(["fusermount3", "-u", *lazy, str(self.path)], check=False,
                            capture_output=True)
         try:
             return self.proc.wait(timeout)

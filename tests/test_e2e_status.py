@@ -65,3 +65,13 @@ def test_status_of_something_that_is_not_a_mount(tmp_path) -> None:
     result = status(tmp_path)
     assert result.returncode == 1
     assert "no chute mount is serving" in result.stderr
+
+
+def test_no_secret_in_logs_even_at_debug(mount_factory, store) -> None:
+    mount = mount_factory("-v", "--slice-size", "5MiB", "--ring-size", "20MiB")  # -v -v
+    (mount.path / "f").write_bytes(os.urandom(11 * MiB))
+    mount.unmount()
+    log = mount.log()
+    assert "uploaded" in log and "DEBUG" in log
+    assert store.secret_key not in log
+    assert "Signature=" not in log and "Authorization" not in log

@@ -22,6 +22,7 @@ from .conftest import (
     requires_fuse,
     sha256_file,
     sha256_object,
+    upload_markers,
 )
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
@@ -175,6 +176,7 @@ def test_sigterm_with_open_file_aborts_upload(mount_factory, s3) -> None:
         os.close(fd)
     assert object_keys(s3, mount.prefix) == []
     assert pending_uploads(s3, mount.prefix) == []
+    assert upload_markers(s3, mount.prefix) == []
     assert "abandoning upload" in mount.log()
 
 
@@ -243,3 +245,29 @@ def test_dd_with_large_blocks(mount_factory, s3, tmp_path: Path) -> None:
     subprocess.run(["dd", f"if={src}", f"of={mount.path / 'img'}", "bs=4M", "status=none"],
                    check=True, timeout=60)
     assert sha256_object(s3, mount.key("img")) == sha256_file(src)
+
+
+def test_sigkilled_mount_leftovers_are_aborted_by_the_next_mount(mount_factory, s3) -> None:
+    mount = mount_factory("--slice-size", "5MiB", "--ring-size", "20MiB")
+    fd = os.open(mount.path / "orphan", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, os.urandom(12 * MiB))
+    deadline = time.monotonic() + 20
+    while not upload_markers(s3, mount.prefix) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pending_uploads(s3, mount.prefix)) == 1
+    assert os.listdir(mount.path) == ["orphan"], "the marker directory is hidden"
+    mount.proc.send_signal(signal.SIGKILL)
+    mount.proc.wait(10)
+    with pytest.raises(OSError) as excinfo:
+        os.write(fd, b"more")
+    assert excinfo.value.errno == errno.ENOTCONN
+    with pytest.raises(OSError):
+        os.close(fd)  # the last close cannot succeed either
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
+    assert object_keys(s3, mount.prefix) == []
+    assert len(pending_uploads(s3, mount.prefix)) == 1  # left behind, as a crash leaves it
+    again = mount_factory(prefix=mount.prefix)
+    assert pending_uploads(s3, mount.prefix) == []
+    assert upload_markers(s3, mount.prefix) == []
+    assert object_keys(s3, mount.prefix) == []
+    assert "aborted leftover multipart upload" in again.log()

@@ -36,8 +36,10 @@ def s3_client(endpoint_url: str, access_key: str, secret_key: str) -> Any:
     return boto3.client(
         "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
         aws_secret_access_key=secret_key, region_name="us-east-1",
+        # A few retries, as any S3 client (and chute's uploader) does: these tests are about
+        # the store's life cycle, not about a 503 from a machine busy with other tests.
         config=botocore.config.Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1}),
+                                      retries={"mode": "standard", "max_attempts": 3}),
     )
 
 

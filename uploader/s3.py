@@ -332,6 +332,50 @@ class S3Client:
     async def delete_object(self, key: str) -> None:
         await self.request("DeleteObject", "DELETE", key)
 
+    async def copy_object(
+        self, source_key: str, dest_key: str, metadata_headers: Mapping[str, str] | None,
+        *, if_match_etag: str | None = None,
+    ) -> str:
+        """Server-side copy of at most 5 GiB (S3's limit; beyond it see upload_part_copy).
+
+        With ``metadata_headers`` (``x-amz-meta-*``) the destination gets exactly those
+        (MetadataDirective=REPLACE); that is also how an object's metadata is changed in place,
+        by copying it onto itself. With None it keeps the source's. Tags are copied either
+        way. ``if_match_etag`` makes the store refuse (412) if the source changed meanwhile.
+        A 200 answer may carry an <Error> body, so the body is always parsed. Returns the
+        new object's ETag.
+        """
+        headers = self._copy_headers(source_key, if_match_etag)
+        if metadata_headers is not None:
+            headers["x-amz-metadata-directive"] = "REPLACE"
+            headers.update(metadata_headers)
+        response = await self.request(
+            "CopyObject", "PUT", dest_key, headers=headers, read_timeout=COMPLETE_READ_TIMEOUT
+        )
+        return _copy_result_etag("CopyObject", response)
+
+    async def upload_part_copy(
+        self, source_key: str, dest_key: str, upload_id: str, part_number: int, first: int,
+        last: int, *, if_match_etag: str | None = None,
+    ) -> str:
+        """Copy bytes ``first..last`` (inclusive) of ``source_key`` as one part; its ETag."""
+        headers = self._copy_headers(source_key, if_match_etag)
+        headers["x-amz-copy-source-range"] = f"bytes={first}-{last}"
+        response = await self.request(
+            "UploadPartCopy", "PUT", dest_key,
+            query={"partNumber": part_number, "uploadId": upload_id}, headers=headers,
+            read_timeout=COMPLETE_READ_TIMEOUT,
+        )
+        return _copy_result_etag("UploadPartCopy", response)
+
+    def _copy_headers(self, source_key: str, if_match_etag: str | None) -> dict[str, str]:
+        """x-amz-copy-source is ``/bucket/key``, URL-quoted like a path."""
+        headers = {"x-amz-copy-source": "/" + quote(f"{self.bucket.bucket}/{source_key}",
+                                                    safe="/~")}
+        if if_match_etag:
+            headers["x-amz-copy-source-if-match"] = f'"{if_match_etag}"'
+        return headers
+
     async def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
         tagset = "".join(
             f"<Tag><Key>{_xml(k)}</Key><Value>{_xml(v)}</Value></Tag>" for k, v in tags.items()
@@ -407,6 +451,14 @@ class S3Client:
         except StoreError as exc:
             if exc.code != "NoSuchUpload" and exc.status != 404:
                 raise
+
+
+def _copy_result_etag(operation: str, response: httpx.Response) -> str:
+    """The ETag of a CopyObjectResult / CopyPartResult, or the <Error> sent with a 200."""
+    root = ET.fromstring(response.content)
+    if root.tag.endswith("Error"):
+        raise _parse_error(operation, response.status_code, response.content, response.headers)
+    return _text(root, "ETag").strip('"')
 
 
 def _xml(text: str) -> str:

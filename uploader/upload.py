@@ -75,6 +75,9 @@ class FileUpload:
         self.key = key
         self.path = path
         self.metadata = dict(metadata or {})
+        """x-amz-meta-* for the object; read when Create/Put is sent, so it may change until."""
+        self.metadata_sent: dict[str, str] = {}
+        """The metadata the object was actually created with (once Create/Put was sent)."""
         self.state = UploadState.OPEN
         self.size = 0
         """Bytes received from the writer (the file's current length)."""
@@ -205,7 +208,7 @@ class FileUpload:
                 self.upload_id = await self._uploader.client.create_multipart_upload(
                     self.key, headers
                 )
-                self._uploader.track_multipart(self)
+                await self._uploader.track_multipart(self)
             return self.upload_id
 
     async def upload_part(self, slot: Slot) -> None:
@@ -337,7 +340,7 @@ class FileUpload:
                 raise
             log.info("%s: Complete's answer was lost but the object is ours; ok", self.path)
             self.etag = info.etag
-        self._uploader.untrack_multipart(self)
+        await self._uploader.untrack_multipart(self)
         try:
             await client.put_tags(self.key, {HASH_TAG: self.xxh3_128})
         except Exception as exc:
@@ -345,7 +348,10 @@ class FileUpload:
                         self.path, exc)
 
     def _metadata_headers(self) -> dict[str, str]:
-        return {f"x-amz-meta-{k}": v for k, v in self.metadata.items()}
+        """Headers for Create/Put; remembers what was sent, since the owner may change
+        ``metadata`` later (chmod while writing) and must then fix the object up."""
+        self.metadata_sent = dict(self.metadata)
+        return {f"x-amz-meta-{k}": v for k, v in self.metadata_sent.items()}
 
     # -- failure ----------------------------------------------------------------------
 
@@ -381,7 +387,8 @@ class FileUpload:
                     log.error("%s: could not abort multipart upload %s (%s); will keep trying",
                               self.path, self.upload_id, exc)
                     self._uploader.defer_abort(self.key, self.upload_id)
-                self._uploader.untrack_multipart(self)
+                else:
+                    await self._uploader.untrack_multipart(self)
         self._uploader.finished(self)
 
     # -- status -----------------------------------------------------------------------

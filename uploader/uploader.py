@@ -12,6 +12,7 @@ owner; files still open are aborted first (see :meth:`abort_open_uploads`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import leftovers
 from .config import UploaderConfig
 from .retry import RetryPolicy
 from .ring import Ring
@@ -73,11 +75,23 @@ class Uploader:
     def enqueue(self, upload: FileUpload, slot: Slot) -> None:
         self._send.send_nowait((upload, slot))
 
-    def track_multipart(self, upload: FileUpload) -> None:
+    async def track_multipart(self, upload: FileUpload) -> None:
+        """Record a new multipart upload so a later mount can abort it if this one dies."""
+        assert upload.upload_id is not None
         self._multipart.add(upload)
+        await leftovers.record(self.client, upload.key, upload.upload_id)
 
-    def untrack_multipart(self, upload: FileUpload) -> None:
+    async def untrack_multipart(self, upload: FileUpload) -> None:
+        """The upload was completed or aborted: its marker goes (a failure only logs)."""
+        if upload not in self._multipart:
+            return
         self._multipart.discard(upload)
+        assert upload.upload_id is not None
+        try:
+            await leftovers.forget(self.client, upload.upload_id)
+        except Exception as exc:
+            log.warning("could not delete the marker of upload %s of %s: %s",
+                        upload.upload_id, upload.key, exc)
 
     def count_retry(self, operation: str, reason: str) -> None:
         self.stats.retries[operation] += 1
@@ -104,6 +118,8 @@ class Uploader:
                     else:
                         log.info("aborted leftover multipart upload of %s", key)
                         self._orphans.discard((key, upload_id))
+                        with contextlib.suppress(Exception):
+                            await leftovers.forget(self.client, upload_id)
         finally:
             for key, upload_id in sorted(self._orphans):
                 log.warning("multipart upload %s of %s could not be aborted; the next mount "
