@@ -458,7 +458,7 @@ class ChuteOperations(pyfuse3.Operations):
         data = pyfuse3.StatvfsData()
         data.f_bsize = BLKSIZE
         data.f_frsize = BLKSIZE
-        data.f_blocks = data.f_bfree = data.f_bavail = 2**40 // BLKSIZE * 1024  # 1 EiB
+        data.f_blocks = data.f_bfree = data.f_bavail = 2**50 // BLKSIZE  # 1 PiB: "no limit"
         data.f_files = data.f_ffree = data.f_favail = 2**32
         data.f_namemax = 255
         return data

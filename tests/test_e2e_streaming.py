@@ -155,6 +155,8 @@ def test_listing_and_mkdir(mount_factory, s3) -> None:
     (mount.path / "d1" / "d2" / "file").write_bytes(b"12345")
     (mount.path / "top").write_bytes(b"")
     assert sorted(os.listdir(mount.path)) == ["d1", "top"]
+    vfs = os.statvfs(mount.path)
+    assert vfs.f_namemax == 255 and vfs.f_bavail * vfs.f_frsize >= 2**50
     assert os.listdir(mount.path / "d1") == ["d2"]
     assert os.stat(mount.path / "d1" / "d2" / "file").st_size == 5
     assert set(object_keys(s3, mount.prefix)) == {
