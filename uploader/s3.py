@@ -188,8 +188,10 @@ class S3Client:
         botocore.auth.S3SigV4Auth(credentials, "s3", self.bucket.region).add_auth(request)
         send_headers = dict(request.headers.items())
         send_headers["Content-Length"] = str(len(body))
+        # Per socket operation, so only a stall trips it; waiting for a pooled connection
+        # behind other slow transfers is not a stall.
         timeout = httpx.Timeout(
-            self.stall_timeout, read=max(read_timeout or 0, self.stall_timeout)
+            self.stall_timeout, read=max(read_timeout or 0, self.stall_timeout), pool=None
         )
         content: bytes | AsyncIterator[memoryview]
         if isinstance(body, memoryview) and len(body) > _SEND_CHUNK:
