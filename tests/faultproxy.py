@@ -200,9 +200,16 @@ class Fault:
         return self.kind is None or kind in self.kind  # type: ignore[operator]
 
 
+MAX_SECONDS = 600.0
+"""The longest stall, outage, window or delay a fault may declare."""
+
+
 def _check_seconds(name: str, what: str, value: float, *, positive: bool = False) -> None:
-    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        raise ValueError(f"{name}: {what} must be a finite number of seconds, not {value!r}")
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)
+            and value <= MAX_SECONDS):
+        raise ValueError(
+            f"{name}: {what} must be a number of seconds in [0, {MAX_SECONDS:g}], not {value!r}"
+        )
 
 
 DEFAULT_CODES = {
@@ -843,7 +850,24 @@ class FaultProxy:
 
     ``start()``/``stop()`` or use as a context manager. ``set_scenario()``, ``stats``,
     ``log``, ``connections`` and ``reset_stats()`` may be used from any thread.
+
+    ``FaultProxy.for_store(store)`` also carries the store's ``access_key``, ``secret_key``
+    and ``region`` and has ``endpoint_url`` (= ``url``), so it can stand in for the store
+    where one is expected, e.g. ``mount_factory(server=proxy)``.
     """
+
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+
+    @classmethod
+    def for_store(cls, store: object, *, port: int = 0) -> FaultProxy:
+        """A proxy in front of ``store`` (anything with endpoint_url and the S3 keys)."""
+        proxy = cls(store.endpoint_url, port=port)  # type: ignore[attr-defined]
+        proxy.access_key = store.access_key  # type: ignore[attr-defined]
+        proxy.secret_key = store.secret_key  # type: ignore[attr-defined]
+        proxy.region = getattr(store, "region", cls.region)
+        return proxy
 
     def __init__(self, upstream_url: str, *, port: int = 0) -> None:
         parts = urlsplit(upstream_url)
@@ -878,6 +902,10 @@ class FaultProxy:
         if not self.port:
             raise RuntimeError("FaultProxy has no port before start()")
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.url
 
     def start(self, timeout: float = 10) -> None:
         if self._thread is not None:
