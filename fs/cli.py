@@ -1,18 +1,27 @@
 """The ``chute`` command line.
 
 ``chute mount MOUNTPOINT [s3://BUCKET[/PREFIX]]`` mounts in the foreground until Ctrl-C,
-SIGTERM or ``fusermount3 -u MOUNTPOINT``. Without a remote it starts the embedded store (a
-SeaweedFS ``weed mini`` bound to 127.0.0.1, data under the user's data directory) and stops it
-when the mount ends. Every problem found before mounting is one sentence on stderr and exit
-status 2 for usage errors, 1 for anything else.
+SIGTERM or ``fusermount3 -u MOUNTPOINT`` (in the background with ``--daemon``). Without a
+remote it starts the embedded store (a SeaweedFS ``weed mini`` bound to 127.0.0.1, data under
+the user's data directory) and stops it when the mount ends. Every problem found before
+mounting is one sentence on stderr and exit status 2 for usage errors (a bad ``--config`` file
+included), 1 for anything else. A mount option's value comes from the command line, else the
+``--config`` file, else the built-in default (:func:`parse_args`).
+
+``chute status`` / ``unmount`` / ``verify`` watch, stop and check mounts; each lives in its own
+module, imported only when used.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
+import os
 import sys
+from collections.abc import Callable
 
+from chute.fs import config_file
 from chute.uploader.config import (
     DEFAULT_RING_SIZE,
     DEFAULT_SLICE_SIZE,
@@ -45,56 +54,146 @@ def parse_remote(remote: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chute", description="Stream files written to a directory into S3.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     mount = sub.add_parser(
         "mount", help="mount a write-only directory that uploads to a bucket",
         description="Mount MOUNTPOINT; files written into it stream to the bucket and are "
         "complete objects when close() returns. Without a remote, an embedded local "
-        "SeaweedFS store is started.",
+        "SeaweedFS store is started. Every option can also be set in a TOML file (--config); "
+        "flags given here override the file.",
     )
     mount.add_argument("mountpoint", help="an existing, empty directory")
     mount.add_argument("remote", nargs="?", help="s3://BUCKET[/PREFIX] (default: embedded store)")
     store = mount.add_argument_group("store")
-    store.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3, "
-                       "AWS_ENDPOINT_URL, the profile, or AWS S3)")
-    store.add_argument("--region", help="signing region (default: AWS_REGION, the profile, "
-                       "or us-east-1)")
-    store.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
-    store.add_argument("--data-dir", help="embedded store's data directory (default: "
+    store.add_argument("--endpoint-url", metavar="URL",
+                       help="S3 endpoint (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                       "profile, or AWS S3)")
+    store.add_argument("--region", metavar="REGION",
+                       help="signing region (default: AWS_REGION, the profile, or us-east-1)")
+    store.add_argument("--profile", metavar="NAME", help="AWS profile (default: AWS_PROFILE)")
+    store.add_argument("--data-dir", metavar="DIR",
+                       help="embedded store's data directory (default: "
                        "$XDG_DATA_HOME/chute/seaweedfs)")
     stream = mount.add_argument_group("streaming")
-    stream.add_argument("--slice-size", type=_size, default=DEFAULT_SLICE_SIZE,
+    stream.add_argument("--slice-size", type=_size, metavar="SIZE", default=DEFAULT_SLICE_SIZE,
                         help="bytes per ring slot = per multipart part; caps a file at "
                         f"10,000 slices (default {format_size(DEFAULT_SLICE_SIZE)}; "
                         "accepts 8MiB, 1GiB)")
-    stream.add_argument("--ring-size", type=_size, default=DEFAULT_RING_SIZE,
+    stream.add_argument("--ring-size", type=_size, metavar="SIZE", default=DEFAULT_RING_SIZE,
                         help="total ring bytes: all the data memory the mount uses "
                         f"(default {format_size(DEFAULT_RING_SIZE)})")
-    stream.add_argument("--upload-concurrency", type=int, default=DEFAULT_UPLOAD_CONCURRENCY,
+    stream.add_argument("--upload-concurrency", type=int, metavar="N",
+                        default=DEFAULT_UPLOAD_CONCURRENCY,
                         help="parts in flight at once; 1 sends each file's parts in order "
                         f"(default {DEFAULT_UPLOAD_CONCURRENCY})")
     stream.add_argument("--checksum", choices=("crc32c", "md5"), default="crc32c",
                         help="checksum the store verifies on every part (default crc32c)")
     reliability = mount.add_argument_group("reliability")
-    reliability.add_argument("--stall-timeout", type=float, default=30.0,
+    reliability.add_argument("--stall-timeout", type=float, metavar="SECONDS", default=30.0,
                              help="seconds without progress before a transfer is retried "
                              "(default 30)")
-    reliability.add_argument("--retry-budget", type=float, default=150.0,
+    reliability.add_argument("--retry-budget", type=float, metavar="SECONDS", default=150.0,
                              help="seconds a request is retried before the writer gets EIO "
                              "(default 150)")
-    mount.add_argument("--allow-other", action="store_true",
-                       help="let other users use the mount (needs user_allow_other)")
-    mount.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    mount.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    mount.add_argument("--log-file", help="append the log here instead of stderr")
+    service = mount.add_argument_group("service")
+    service.add_argument("--config", metavar="FILE",
+                         help="TOML file of these options (ring_size = \"64MiB\", "
+                         "remote = \"s3://...\"); flags override it (default: none)")
+    service.add_argument("--daemon", action="store_true",
+                         help="run in the background; return once mounted, non-zero with "
+                         "the reason if mounting failed (default: foreground)")
+    service.add_argument("--allow-other", action="store_true",
+                         help="let other users use the mount (needs user_allow_other in "
+                         "/etc/fuse.conf unless root; permissions are still checked) "
+                         "(default: only the mounting user)")
+    service.add_argument("--metrics-addr", metavar="HOST:PORT",
+                         help="serve Prometheus metrics at http://HOST:PORT/metrics; a "
+                         "non-loopback HOST only from the command line (default: off)")
+    logs = mount.add_argument_group("logging")
+    logs.add_argument("-v", "--verbose", action="count", default=0,
+                      help="more logging (-v debug, -vv also HTTP)")
+    logs.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    logs.add_argument("--log-file", metavar="FILE",
+                      help="append the log here (default: stderr; with --daemon: syslog)")
+    return mount
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The whole command line, and its ``mount`` subcommand (for --config and mount.chute)."""
+    parser = argparse.ArgumentParser(
+        prog="chute", description="Stream files written to a directory into S3.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    mount = _mount_parser(sub)
     status = sub.add_parser("status", help="show what a running mount is uploading")
     status.add_argument("mountpoint")
-    status.add_argument("--json", action="store_true", help="one machine-readable snapshot")
-    return parser
+    status.add_argument("--json", action="store_true", help="one machine-readable snapshot "
+                        "(with --watch: one JSON object per line)")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw live with progress bars until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between redraws with --watch (default 1)")
+    unmount = sub.add_parser(
+        "unmount", help="wait for open files to finish uploading, then unmount",
+        description="Wait until no file in the mount is open, unmount it, and return once "
+        "the mount process has exited. Files still open at the timeout (or at once with "
+        "--abandon) are named and abandoned: their uploads are aborted.",
+    )
+    unmount.add_argument("mountpoint")
+    unmount.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                         help="seconds to wait for open files (default 300); then they are "
+                         "abandoned and the exit status is 1")
+    unmount.add_argument("--abandon", action="store_true",
+                         help="do not wait: abandon open files now (exit status 0)")
+    verify = sub.add_parser(
+        "verify", help="compare a local file with its uploaded object, without downloading",
+        description="Hash LOCAL_FILE with xxh3-128 and compare with the digest chute stored "
+        "with the object. Exit status 0 match, 1 mismatch, 2 cannot tell.",
+    )
+    verify.add_argument("local_file")
+    verify.add_argument("remote", help="a path inside a chute mount, or s3://BUCKET/KEY")
+    verify.add_argument("--endpoint-url", help="S3 endpoint for s3:// (default: the AWS "
+                        "conventions, as for mount)")
+    verify.add_argument("--region", help="signing region (default: AWS_REGION or us-east-1)")
+    verify.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    return parser, mount
+
+
+def mount_parser() -> argparse.ArgumentParser:
+    return _parsers()[1]
+
+
+class _Unset:
+    """Default of every mount option while parsing: tells a flag given from one left out."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; for ``mount``, layer built-in defaults < --config file < flags given.
+
+    ``args.explicit`` is the set of mount options typed on the command line.
+    """
+    parser, mount = _parsers()
+    options = config_file.options(mount)
+    builtin = {dest: mount.get_default(dest) for dest in options}
+    # a count (-v) adds to its default, so its "not given" is None rather than a sentinel
+    mount.set_defaults(**{dest: None if isinstance(action, argparse._CountAction) else _UNSET
+                          for dest, action in options.items()})
+    args = parser.parse_args(argv)
+    if args.command != "mount":
+        return args
+    explicit = {dest for dest in options if getattr(args, dest) not in (_UNSET, None)}
+    from_file = config_file.load(args.config, mount) if args.config else {}
+    for dest in options:
+        value = getattr(args, dest) if dest in explicit else from_file.get(dest, builtin[dest])
+        setattr(args, dest, value)
+    args.explicit = explicit
+    return args
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -103,6 +202,10 @@ def _status(args: argparse.Namespace) -> int:
     from chute.fs.control import query
 
     try:
+        if args.watch:
+            from chute.fs.watch import watch
+
+            return watch(args.mountpoint, args.interval, as_json=args.json)
         snapshot = query(args.mountpoint)
     except (LookupError, OSError) as exc:
         print(f"chute: {exc}", file=sys.stderr)
@@ -124,18 +227,30 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> None:
+def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None, *,
+                   background: bool = False) -> None:
     """Timestamps on a terminal or in a file; none when journald (or another collector)
-    reads stderr and stamps each line itself."""
+    reads stderr and stamps each line itself. In the background (--daemon) without a log
+    file the log goes to syslog, which journald also collects."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    stamped = log_file is not None or sys.stderr.isatty()
-    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
-                                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s" if stamped
-        else "%(levelname)s %(name)s: %(message)s"
-    ))
-    logging.basicConfig(level=level, handlers=[handler])
+    handler: logging.Handler
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif background:
+        try:
+            handler = logging.handlers.SysLogHandler("/dev/log")
+        except OSError:
+            handler = logging.NullHandler()
+        handler.setFormatter(logging.Formatter(
+            "chute[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty()
+            else "%(levelname)s %(name)s: %(message)s"
+        ))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # botocore logs canonical requests and signatures at DEBUG: never let it, at any -v.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     if verbose < 2:
@@ -143,24 +258,69 @@ def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> No
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _mount(args: argparse.Namespace) -> int:
-    from chute.fs.mount import MountRequest, check_mountpoint, run_mount
+def _metrics_addr(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.metrics_addr:
+        return None
+    from chute.fs import metrics
 
+    host, port = metrics.parse_address(args.metrics_addr)
+    metrics.check_exposure(host, explicit="metrics_addr" in args.explicit)
+    return host, port
+
+
+def _mount(args: argparse.Namespace) -> int:
+    """Check what can be checked here, then mount in the foreground or the background."""
     config = UploaderConfig(
         slice_size=args.slice_size, ring_size=args.ring_size,
         upload_concurrency=args.upload_concurrency, checksum=args.checksum,
         stall_timeout=args.stall_timeout, retry_budget=args.retry_budget,
     )
     config.validate()
+    metrics_addr = _metrics_addr(args)
+    if args.remote:
+        parse_remote(args.remote)
+    # the background process works from /: every path it is given must be absolute
+    for name in ("mountpoint", "log_file", "data_dir"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    if not args.daemon:
+        return _mount_here(args, config, metrics_addr, on_ready=None)
+    from chute.fs import daemon
+
+    if args.log_file is None and not os.path.exists("/dev/log"):
+        print("chute: warning: --daemon without --log-file and no syslog at /dev/log: the "
+              "mount's log is discarded", file=sys.stderr)
+    verdict = daemon.detach()
+    if isinstance(verdict, int):
+        return verdict  # the parent: the mount's outcome
+    _setup_logging(args.verbose, args.quiet, args.log_file, background=True)
+    try:
+        return _mount_here(args, config, metrics_addr, on_ready=verdict.ready)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        verdict.fail(str(exc))
+        return 1
+    except BaseException as exc:
+        log.exception("the mount failed")
+        verdict.fail(f"the mount failed: {exc or type(exc).__name__}")
+        raise
+    finally:
+        verdict.fail("the mount ended before it was ready")  # no-op once ready was sent
+
+
+def _mount_here(args: argparse.Namespace, config: UploaderConfig,
+                metrics_addr: tuple[str, int] | None,
+                on_ready: Callable[[], None] | None) -> int:
+    from chute.fs.mount import MountRequest, check_mountpoint, run_mount
+
     if args.remote:
         bucket_name, prefix = parse_remote(args.remote)
         bucket = Bucket(bucket_name, prefix,
                         endpoint_url=resolve_endpoint(args.profile, args.endpoint_url),
                         region=resolve_region(args.profile, args.region))
         return run_mount(MountRequest(args.mountpoint, bucket, config, args.profile,
-                                      args.allow_other))
+                                      args.allow_other, metrics_addr), on_ready)
 
-    import os
     from pathlib import Path
 
     from chute.fs.embedded_store import EmbeddedStore
@@ -172,23 +332,31 @@ def _mount(args: argparse.Namespace) -> int:
         os.environ["AWS_ACCESS_KEY_ID"] = store.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = store.secret_key
         os.environ.pop("AWS_SESSION_TOKEN", None)
-        print(
+        banner = (
             f"chute: embedded store at {store.endpoint_url}, bucket {store.bucket}\n"
             f"chute: credentials in {store.credentials_file} (profile chute); inspect with\n"
             f"  AWS_SHARED_CREDENTIALS_FILE={store.credentials_file} aws --profile chute "
             f"--endpoint-url {store.endpoint_url} s3 ls s3://{store.bucket}/\n"
             f"chute: mounting at {args.mountpoint} (ring {format_size(config.ring_size)}, "
-            f"slice {format_size(config.slice_size)}); Ctrl-C or fusermount3 -u to stop",
-            file=sys.stderr, flush=True,
+            f"slice {format_size(config.slice_size)}); Ctrl-C or fusermount3 -u to stop"
         )
+        if args.daemon:
+            log.info("%s", banner)
+        else:
+            print(banner, file=sys.stderr, flush=True)
         bucket = Bucket(store.bucket, "", endpoint_url=store.endpoint_url, region=store.region)
-        return run_mount(MountRequest(args.mountpoint, bucket, config, None, args.allow_other))
+        return run_mount(MountRequest(args.mountpoint, bucket, config, None, args.allow_other,
+                                      metrics_addr), on_ready)
     finally:
         store.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:  # a bad --config file
+        print(f"chute: {exc}", file=sys.stderr)
+        return 2
     _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
                    getattr(args, "log_file", None))
     try:
@@ -196,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "unmount":
+            from chute.fs.unmount import unmount
+
+            return unmount(args.mountpoint, timeout=args.timeout, abandon=args.abandon)
+        if args.command == "verify":
+            from chute.fs.verify import verify
+
+            return verify(args.local_file, args.remote, endpoint_url=args.endpoint_url,
+                          region=args.region, profile=args.profile)
     except ConfigError as exc:
         print(f"chute: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,11 @@ non-zero with one clear sentence and nothing is left mounted. Then one trio run 
 nursery holding the upload workers, the signal watcher and pyfuse3's request loop. When the
 loop ends (SIGINT, SIGTERM, or ``fusermount3 -u``), files still open are aborted so no partial
 object or incomplete multipart upload stays behind, and the workers are cancelled.
+
+"Ready" means the kernel mount exists and the status socket (and metrics listener, if any)
+answer; that is the moment ``on_ready`` fires (``--daemon``'s parent exits 0) and systemd
+hears ``READY=1``. The metrics port is bound before mounting, so a taken port is refused like
+any other bad option.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pyfuse3
@@ -27,7 +34,7 @@ from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
-from . import control
+from . import control, daemon, metrics
 from .operations import ChuteOperations
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ class MountRequest:
     uploader: UploaderConfig
     profile: str | None = None
     allow_other: bool = False
+    metrics_addr: tuple[str, int] | None = None
+    """(host, port) to serve Prometheus metrics on; exposure was checked by the CLI."""
 
 
 def check_mountpoint(path: str) -> None:
@@ -105,6 +114,16 @@ def check_store(request: MountRequest) -> CredentialSource:
     return credentials
 
 
+def _still_mounted(path: str) -> bool:
+    """From /proc/self/mountinfo, never by stat: a stat of our own mount root would wait for
+    the request loop that has already ended. False once ``umount -l`` detached it, and then
+    libfuse must not try to unmount it again (it would log a failure)."""
+    escaped = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011") \
+        .replace("\n", "\\012")
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == escaped for line in f)
+
+
 async def _watch_signals() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -113,11 +132,45 @@ async def _watch_signals() -> None:
             return
 
 
+def _status(request: MountRequest, uploader: Uploader, metrics_url: str | None
+            ) -> Callable[[], dict[str, Any]]:
+    """What the status socket answers: the uploader's snapshot plus where this mount is."""
+    bucket = request.bucket
+
+    def snapshot() -> dict[str, Any]:
+        body = uploader.snapshot()
+        body["totals"].update(files_opened=uploader.stats.files_opened,
+                              files_abandoned=uploader.stats.files_aborted)
+        return {"pid": os.getpid(), "remote": f"s3://{bucket.bucket}/{bucket.prefix}",
+                "endpoint_url": bucket.endpoint_url, "metrics_url": metrics_url, **body}
+
+    return snapshot
+
+
 async def _serve(request: MountRequest, credentials: CredentialSource,
-                 ready: trio.Event | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None) -> None:
     client = _make_client(request, credentials, quick=False)
     uploader = Uploader(request.uploader, client)
-    client.on_retry = uploader.count_retry
+    mount_metrics = metrics.MountMetrics(uploader)
+
+    def retried(operation: str, reason: str) -> None:
+        uploader.count_retry(operation, reason)
+        mount_metrics.observe_retry(operation, reason)
+
+    client.on_retry = retried
+    client.on_request = mount_metrics.observe_request
+    listeners: list[trio.SocketListener] = []
+    metrics_url = None
+    if request.metrics_addr is not None:
+        host, port = request.metrics_addr
+        try:
+            listeners = await metrics.open_listeners(host, port)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            raise
+        shown = f"[{host}]" if ":" in host else host
+        metrics_url = f"http://{shown}:{metrics.bound_port(listeners)}/metrics"
     try:
         with trio.fail_after(60):
             await leftovers.clean(client)
@@ -134,35 +187,44 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(uploader.run)
-            await nursery.start(control.serve, operations.mountpoint, uploader.snapshot)
+            await nursery.start(control.serve, operations.mountpoint,
+                                _status(request, uploader, metrics_url))
+            if listeners:
+                await nursery.start(metrics.serve, mount_metrics, listeners)
+                log.info("metrics at %s", metrics_url)
             nursery.start_soon(_watch_signals)
             log.info("mounted s3://%s/%s at %s (ring %d x %d MiB, %d uploads in flight)",
                      request.bucket.bucket, request.bucket.prefix, request.mountpoint,
                      len(uploader.ring.slots), request.uploader.slice_size >> 20,
                      request.uploader.upload_concurrency)
-            if ready is not None:
-                ready.set()
+            if on_ready is not None:
+                on_ready()
+            daemon.notify_systemd("READY=1")
             await pyfuse3.main(min_tasks=2, max_tasks=64)
+            daemon.notify_systemd("STOPPING=1")
             if uploader.uploads:
                 await operations.abort_open_files("the mount is stopping")
             nursery.cancel_scope.cancel()
-        pyfuse3.close(unmount=True)
+        pyfuse3.close(unmount=_still_mounted(operations.mountpoint))
         unmounted = True
     finally:
         if not unmounted:
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=_still_mounted(operations.mountpoint))
         with trio.CancelScope(shield=True):
             await client.aclose()
     log.info("unmounted %s", request.mountpoint)
 
 
-def run_mount(request: MountRequest) -> int:
-    """Check, mount, serve until unmounted; the exit status for the CLI."""
+def run_mount(request: MountRequest, on_ready: Callable[[], None] | None = None) -> int:
+    """Check, mount, serve until unmounted; the exit status for the CLI.
+
+    ``on_ready`` is called once the mount is usable (see the module docstring).
+    """
     check_mountpoint(request.mountpoint)
     request.uploader.validate()
     credentials = check_store(request)
     try:
-        trio.run(_serve, request, credentials)
+        trio.run(_serve, request, credentials, on_ready)
     except RuntimeError as exc:
         if "fuse_session_mount" in str(exc) or "mount" in str(exc).lower():
             raise ConfigError(f"mounting {request.mountpoint} failed: {exc}") from None

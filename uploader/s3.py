@@ -27,6 +27,7 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.config
 import httpx
+import trio
 
 from .credentials import CredentialSource
 from .errors import StoreError
@@ -155,6 +156,9 @@ class S3Client:
         self.stall_timeout = stall_timeout
         self.on_retry = on_retry
         """Told ``(operation, reason)`` about every retry (the mount's counters)."""
+        self.on_request: Callable[[str, float, int | None], object] | None = None
+        """Told ``(operation, seconds, HTTP status or None)`` after every attempt that got an
+        answer or a transport error (the mount's latency histogram); not on cancellation."""
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(stall_timeout),
             limits=httpx.Limits(
@@ -201,9 +205,17 @@ class S3Client:
         if method in ("GET", "HEAD", "DELETE") and not body:
             send_headers.pop("Content-Length")
             content = b""
-        response = await self._http.request(
-            method, url, headers=send_headers, content=content, timeout=timeout
-        )
+        started = trio.current_time()
+        try:
+            response = await self._http.request(
+                method, url, headers=send_headers, content=content, timeout=timeout
+            )
+        except Exception:
+            if self.on_request is not None:
+                self.on_request(operation, trio.current_time() - started, None)
+            raise
+        if self.on_request is not None:
+            self.on_request(operation, trio.current_time() - started, response.status_code)
         if response.status_code >= 300:
             raise _parse_error(operation, response.status_code, response.content, response.headers)
         return response

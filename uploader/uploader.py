@@ -46,6 +46,9 @@ class UploaderStats:
     files_done: int = 0
     failures: int = 0
     retries: Counter[str] = field(default_factory=Counter)
+    files_opened: int = 0
+    files_aborted: int = 0
+    """Files dropped because the mount stopped while they were open."""
 
 
 class Uploader:
@@ -70,6 +73,7 @@ class Uploader:
                   ) -> FileUpload:
         upload = FileUpload(self, key, path, metadata)
         self.uploads.add(upload)
+        self.stats.files_opened += 1
         return upload
 
     def enqueue(self, upload: FileUpload, slot: Slot) -> None:
@@ -129,6 +133,8 @@ class Uploader:
         """Called once per upload when it reaches DONE, FAILED or ABORTED."""
         if upload in self.uploads:
             self.uploads.discard(upload)
+            if upload.state is UploadState.ABORTED:
+                self.stats.files_aborted += 1
             if upload.state is UploadState.DONE:
                 self.stats.files_done += 1
                 elapsed = max((upload.finished or 0) - upload.started, 1e-9)

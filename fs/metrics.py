@@ -1,0 +1,231 @@
+"""Prometheus metrics of one mount, served over HTTP from the mount's own trio loop.
+
+The counters that already exist for ``chute status`` (``UploaderStats``, the ring) are read at
+scrape time by a collector, so there is one set of numbers and status and metrics can never
+disagree. Only what status does not keep is recorded here as it happens: request latency per
+S3 operation (``S3Client.on_request``) and retries by operation and reason
+(``S3Client.on_retry``).
+
+The HTTP side is a few lines on ``trio.serve_listeners``, not prometheus_client's own server:
+that one runs in a thread, and the mount's event loop is the only place its state may be read
+without locks. Every scrape answers from memory in microseconds, so serving it on the loop
+costs nothing the FUSE handlers would notice.
+
+Exposure: metrics name files' keys nowhere, but they do show activity, so the listener is on
+loopback unless the user asked for another address on the command line (see
+:func:`check_exposure`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from chute.uploader.errors import ConfigError
+
+if TYPE_CHECKING:
+    from chute.uploader.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0)
+"""Seconds; up to minutes because an UploadPart of a large slice on a slow link takes that."""
+MAX_REQUEST_HEAD = 8192
+
+
+def reason_label(reason: str) -> str:
+    """A retry reason from RetryPolicy.classify, cut to a bounded label value.
+
+    The full reason carries exception text (addresses, messages); a label must not, or every
+    new message would make a new time series.
+    """
+    for kind in ("stalled", "timeout", "connection error", "credentials"):
+        if reason.startswith(kind):
+            return kind
+    if reason.startswith("HTTP "):
+        return " ".join(reason.split()[:3])  # "HTTP 503 SlowDown"
+    return "other"
+
+
+class _UploaderCollector(Collector):
+    """Reads the uploader's own counters and the ring at scrape time."""
+
+    def __init__(self, uploader: Uploader) -> None:
+        self._uploader = uploader
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._uploader.stats
+        ring = self._uploader.ring
+        for name, doc, value in (
+            ("chute_bytes_written", "Bytes received from writers", stats.bytes_written),
+            ("chute_bytes_uploaded", "Bytes acknowledged by the store", stats.bytes_uploaded),
+            ("chute_parts_uploaded", "Multipart parts acknowledged by the store", stats.parts),
+            ("chute_files_opened", "Files opened for writing", stats.files_opened),
+            ("chute_files_uploaded", "Files whose object is complete", stats.files_done),
+            ("chute_upload_failures", "Uploads that failed (the writer got an error)",
+             stats.failures),
+            ("chute_files_abandoned", "Files dropped because the mount stopped while open",
+             stats.files_aborted),
+            ("chute_writer_blocked_seconds", "Seconds writers waited for a free ring slot",
+             ring.blocked_seconds),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        slots = GaugeMetricFamily("chute_ring_slots", "Ring slots by state", labels=["state"])
+        for state, count in ring.counts().items():
+            slots.add_metric([state], count)
+        yield slots
+        yield GaugeMetricFamily("chute_ring_slot_bytes", "Bytes per ring slot (= per part)",
+                                value=ring.slice_size)
+        yield GaugeMetricFamily("chute_writers_waiting", "Writers waiting for a ring slot now",
+                                value=ring.waiting)
+        yield GaugeMetricFamily("chute_files_open", "Files being written now",
+                                value=len(self._uploader.uploads))
+
+
+class MountMetrics:
+    """The registry of one mount; feed it from the S3 client's hooks."""
+
+    def __init__(self, uploader: Uploader) -> None:
+        # one ``*_created`` sample per label set doubles the scrape for nothing: the mount's
+        # start time is the same for all of them (a process-wide switch, and this is the
+        # process's only registry)
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        self.registry.register(_UploaderCollector(uploader))
+        self.latency = Histogram(
+            "chute_s3_request_duration_seconds",
+            "Duration of one S3 request attempt (body included), by operation",
+            ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.requests = Counter(
+            "chute_s3_requests", "S3 request attempts by operation and HTTP status "
+            "('error' when no answer arrived)", ["operation", "status"], registry=self.registry,
+        )
+        self.retries = Counter(
+            "chute_retries", "Retried S3 requests by operation and reason",
+            ["operation", "reason"], registry=self.registry,
+        )
+
+    def observe_request(self, operation: str, seconds: float, status: int | None) -> None:
+        self.latency.labels(operation).observe(seconds)
+        self.requests.labels(operation, str(status) if status is not None else "error").inc()
+
+    def observe_retry(self, operation: str, reason: str) -> None:
+        self.retries.labels(operation, reason_label(reason)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9464``, ``[::1]:9464``, ``localhost:9464`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"--metrics-addr must look like HOST:PORT (127.0.0.1:9464), "
+                          f"got {text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, *, explicit: bool) -> None:
+    """Loopback always; another address only when typed as ``--metrics-addr`` (and warned
+    about), never silently from a config file someone else may have written."""
+    if is_loopback(host):
+        return
+    if not explicit:
+        raise ConfigError(
+            f"metrics address {host} is not a loopback address; chute serves metrics on the "
+            "network only when --metrics-addr is given on the command line"
+        )
+    log.warning("serving metrics on %s, which is not loopback: anyone who can reach it sees "
+                "this mount's activity", host)
+
+
+async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind before mounting, so a taken port is a clean error and nothing gets mounted."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                          ) from None
+
+
+def bound_port(listeners: list[trio.SocketListener]) -> int:
+    return listeners[0].socket.getsockname()[1]
+
+
+async def _read_head(stream: trio.SocketStream) -> bytes | None:
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        head += chunk
+        if len(head) > MAX_REQUEST_HEAD:
+            return None
+    return head
+
+
+def _response(status: str, content_type: str, body: bytes, *, send_body: bool) -> bytes:
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + (body if send_body else b"")
+
+
+async def serve(
+    metrics: MountMetrics, listeners: list[trio.SocketListener], *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer ``GET /metrics`` (one request per connection) until cancelled."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(5):
+                    head = await _read_head(stream)
+                    if head is None:
+                        return
+                    method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+                    path = rest.split(" ", 1)[0].split("?", 1)[0]
+                    send_body = method != "HEAD"
+                    if method not in ("GET", "HEAD"):
+                        answer = _response("405 Method Not Allowed", "text/plain", b"GET only\n",
+                                           send_body=True)
+                    elif path == "/metrics":
+                        answer = _response("200 OK", CONTENT_TYPE_LATEST, metrics.exposition(),
+                                           send_body=send_body)
+                    elif path == "/":
+                        answer = _response("200 OK", "text/plain", b"chute: see /metrics\n",
+                                           send_body=send_body)
+                    else:
+                        answer = _response("404 Not Found", "text/plain", b"not found\n",
+                                           send_body=send_body)
+                    await stream.send_all(answer)
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    await trio.serve_listeners(handle, listeners, task_status=task_status)
