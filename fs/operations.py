@@ -107,6 +107,8 @@ class Handle:
     node: Node
     upload: FileUpload
     opener_pid: int
+    last_pid_at_open: int
+    """See openers.held_open: only processes created after the open can share it."""
 
 
 @asynccontextmanager
@@ -477,7 +479,7 @@ class ChuteOperations(pyfuse3.Operations):
         node.local = True
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = Handle(node, node.upload, ctx.pid)
+        self._handles[fh] = Handle(node, node.upload, ctx.pid, openers.last_pid())
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False, nonseekable=False)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -558,7 +560,7 @@ class ChuteOperations(pyfuse3.Operations):
                 return False
         return await trio.to_thread.run_sync(
             openers.held_open, self.mountpoint, self._mount_id, handle.node.inode,
-            handle.opener_pid,
+            handle.opener_pid, handle.last_pid_at_open,
         )
 
     async def _finalize(self, handle: Handle) -> None:

@@ -1,0 +1,67 @@
+"""Smoke test of scripts/bench.py: the short mode runs end to end and prints its report.
+
+It starts its own SeaweedFS and a real chute mount, so it needs /dev/fuse. Nothing here
+asserts a speed: shared machines are noisy, and the numbers are for people to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import requires_fuse
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+def run_bench(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run(
+        [sys.executable, str(BENCH), "--short", "--work-dir", str(work), *args],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )
+
+
+def test_short_mode_prints_table_and_ratios(tmp_path: Path) -> None:
+    result = run_bench(work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    out = result.stdout
+
+    for header in ("machine", "versions", "work dir", "verify"):
+        assert re.search(rf"^{header}\s", out, re.M), out
+    assert re.search(r"^contender\s+MB/s", out, re.M), out
+    for row in ("ceiling", "chute"):
+        # name, median MB/s, min-max, CPU s/GiB, peak RSS, disk writes, store CPU, verified
+        assert re.search(
+            rf"^{row}\s+{NUMBER}\s+{NUMBER}-{NUMBER}\s+{NUMBER}\s+{NUMBER} \w?i?B\s+"
+            rf"{NUMBER} \w?i?B\s+{NUMBER}\s+1/1 etag$", out, re.M), out
+    assert re.search(rf"^chute/ceiling\s+{NUMBER}", out, re.M), out
+    # chute never stages data on local disk.
+    chute_row = next(line for line in out.splitlines() if line.startswith("chute "))
+    assert " 0 B " in chute_row, chute_row
+    # The run cleaned up after itself: nothing mounted, the work subdirectory removed.
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_short_mode_json(tmp_path: Path) -> None:
+    result = run_bench("--json", work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"ceiling", "chute"}
+    for row in rows.values():
+        assert row["verified"] == len(row["runs"]) == 1
+        assert row["mbps_median"] > 0
+    assert "chute/ceiling" in report["ratios"]
+    assert report["environment"]["nproc"] >= 1
