@@ -8,8 +8,8 @@ with the defaults a writer hears about a dead store within about three minutes.
 
 Retryable: HTTP 5xx, 429 and ``SlowDown``, ``RequestTimeout``, connection failures and resets,
 stalls (no progress for ``stall_timeout``), and credential errors (``ExpiredToken``,
-``InvalidAccessKeyId`` ...), which are retried a few times only, after the credentials have
-been re-read. Everything else (other 4xx) is final at once.
+``InvalidAccessKeyId`` ...), which are retried a few times only, seconds apart, after the
+credentials have been re-read. Everything else (other 4xx) is final at once.
 
 A retry is only possible because the request body is still addressable: a part's bytes stay in
 their ring slot until the store acknowledges them (see ring.py).
@@ -44,6 +44,19 @@ _RETRYABLE_CODES = frozenset(
 )
 
 
+_NEVER_DELIVERED = ("(ConnectError", "(ConnectTimeout", "(WriteError", "(WriteTimeout")
+"""Transport failures before the whole request was out: the store cannot have acted."""
+
+
+def answer_may_be_lost(reason: str) -> bool:
+    """Whether a retry ``reason`` (from :meth:`RetryPolicy.classify`) means the request may
+    have reached the store whole and been acted on, only its answer lost: a connection that
+    broke or stalled while waiting for the answer, unlike an error answer, a connection never
+    made, or a body never sent in full."""
+    return (reason.startswith(("connection error", "timeout", "stalled"))
+            and not any(marker in reason for marker in _NEVER_DELIVERED))
+
+
 class Stalled(Exception):
     """A transfer made no progress for the stall timeout; it is cancelled and retried."""
 
@@ -58,6 +71,15 @@ class RetryPolicy:
     budget: float = 150.0
     """Seconds from the first attempt after which no new attempt starts."""
     max_credential_attempts: int = 4
+    credential_delay: float = 1.0
+    """Least wait after the k-th credential error: ``credential_delay * 2**(k - 1)``.
+
+    A rotated or refreshed key is not accepted everywhere at once (IAM is eventually
+    consistent; a credential_process or the instance metadata may hand out the new key a few
+    seconds late), so the few credential attempts must span seconds, not the fraction of a
+    second the jittered backoff gives the first retries: with the defaults a window of about
+    7 s of rejected keys is ridden out, and a revoked key still fails within that time.
+    """
 
     def classify(self, exc: BaseException) -> str | None:
         """A short reason if ``exc`` is worth retrying, else ``None``."""
@@ -106,12 +128,17 @@ class RetryPolicy:
                 credential = isinstance(exc, StoreError) and exc.code in CREDENTIAL_ERRORS
                 credential_attempts += credential
                 delay = self.backoff(attempt)
+                if credential:
+                    delay = max(delay, self.credential_delay * 2 ** (credential_attempts - 1))
                 if (
                     attempt >= self.max_attempts
                     or credential_attempts >= self.max_credential_attempts
                     or trio.current_time() + delay >= deadline
                 ):
-                    log.error("%s failed after %d attempts: %s", operation, attempt, reason)
+                    # A single-attempt policy is a probe (the janitor's, every 2 s while the
+                    # store is away): its caller decides what a failure means.
+                    log.log(logging.ERROR if self.max_attempts > 1 else logging.DEBUG,
+                            "%s failed after %d attempts: %s", operation, attempt, reason)
                     raise
                 log.warning(
                     "retrying %s in %.1fs (attempt %d failed: %s)", operation, delay, attempt,

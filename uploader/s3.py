@@ -18,6 +18,7 @@ bodies (Complete) are signed in full.
 from __future__ import annotations
 
 import logging
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,13 @@ from .retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_SEND_CHUNK = 256 * 1024
+_SEND_CHUNK = 64 * 1024
+_NOTSENT_LOWAT = 64 * 1024
+"""Stall detection measures progress on the wire, not into the kernel's buffers: with
+TCP_NOTSENT_LOWAT the socket accepts more only once the unsent queue is below 64 KiB, so a
+64 KiB chunk's send completes when the link has actually moved data, and a slow but moving
+link (100 KiB/s) is never mistaken for a stall; without it, MiBs of queued body made the read
+timeout start while the body was still crawling out."""
 _UNSIGNED = botocore.config.Config(s3={"payload_signing_enabled": False})
 _SIGNED = botocore.config.Config(s3={"payload_signing_enabled": True})
 COMPLETE_READ_TIMEOUT = 600.0
@@ -159,11 +166,15 @@ class S3Client:
         self.on_request: Callable[[str, float, int | None], object] | None = None
         """Told ``(operation, seconds, HTTP status or None)`` after every attempt that got an
         answer or a transport error (the mount's latency histogram); not on cancellation."""
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        socket_options = []
+        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(stall_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            timeout=httpx.Timeout(stall_timeout), limits=limits,
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options),
         )
 
     async def aclose(self) -> None:

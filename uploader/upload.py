@@ -47,6 +47,7 @@ from .errors import (
     UploadFailed,
     UploadSessionLost,
 )
+from .retry import answer_may_be_lost
 from .sizes import MAX_PARTS, format_size
 
 if TYPE_CHECKING:
@@ -91,6 +92,9 @@ class FileUpload:
         self.etag = ""
         self.xxh3_128 = ""
         self.error: BaseException | None = None
+        self._commit_unconfirmed = False
+        """An attempt of PutObject/Complete lost its connection after it went out: the store
+        may have made the object although the request finally failed."""
         self._current: Slot | None = None
         self._next_part = 1
         self._sealed_end = 0
@@ -203,6 +207,11 @@ class FileUpload:
     async def _ensure_upload_id(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
+                if self.error is not None:
+                    # The Create another part waited for failed for good. Trying again once
+                    # per queued part, one after the other, would keep the writer from its
+                    # EIO for a retry budget per part instead of one.
+                    raise self.error
                 headers = {**self._metadata_headers(),
                            **create_headers(self._uploader.config.checksum)}
                 self.upload_id = await self._uploader.client.create_multipart_upload(
@@ -233,7 +242,9 @@ class FileUpload:
             self._uploader.stats.bytes_uploaded += slot.length
             self._uploader.stats.parts += 1
         except StoreError as exc:
-            if exc.code == "NoSuchUpload":
+            # Once the file has failed, chute aborts the upload while parts may still be in
+            # flight; their NoSuchUpload is that abort, not the store losing the upload.
+            if exc.code == "NoSuchUpload" and self.error is None:
                 log.error(
                     "%s: the store no longer knows multipart upload %s (NoSuchUpload on part "
                     "%d): the parts already sent are gone and the ring no longer holds them, "
@@ -253,6 +264,10 @@ class FileUpload:
 
     def _count_retry(self, reason: str) -> None:
         self.retries += 1
+
+    def _count_commit_retry(self, reason: str) -> None:
+        self._count_retry(reason)
+        self._commit_unconfirmed |= answer_may_be_lost(reason)
 
     def _record_failure(self, exc: BaseException) -> None:
         if self.error is None:
@@ -284,6 +299,15 @@ class FileUpload:
                 else:
                     await self._complete()
             except Exception as exc:
+                if self._commit_unconfirmed:
+                    # Nobody can tell: the store went away with the answer. Deleting the
+                    # object later could delete a successful second copy, so say it instead.
+                    log.error(
+                        "%s: an attempt to make the object lost its connection after it was "
+                        "sent, and the store could not be asked again: the object may have "
+                        "landed although the writer gets EIO; check %s or copy again",
+                        self.path, self.key,
+                    )
                 await self._fail(exc)
                 raise UploadFailed(f"upload of {self.path} failed: {exc}") from exc
             self.state = UploadState.DONE
@@ -303,7 +327,7 @@ class FileUpload:
                 "x-amz-tagging": f"{HASH_TAG}={self.xxh3_128}",
             }
             self.etag = await self._uploader.client.put_object(
-                self.key, body, headers, on_retry=self._count_retry
+                self.key, body, headers, on_retry=self._count_commit_retry
             )
         finally:
             if slot is not None:
@@ -328,7 +352,7 @@ class FileUpload:
         client = self._uploader.client
         try:
             self.etag = await client.complete_multipart_upload(
-                self.key, self.upload_id, parts, on_retry=self._count_retry
+                self.key, self.upload_id, parts, on_retry=self._count_commit_retry
             )
         except StoreError as exc:
             # A retry after a lost answer finds the upload already completed. Accept only
@@ -337,6 +361,7 @@ class FileUpload:
                 raise
             info = await client.head_object(self.key)
             if info is None or info.size != self.size or info.etag != expected:
+                self._commit_unconfirmed = False  # we looked: the object is not ours
                 raise
             log.info("%s: Complete's answer was lost but the object is ours; ok", self.path)
             self.etag = info.etag
