@@ -119,7 +119,10 @@ async def _errors_as_errno(what: str) -> AsyncIterator[None]:
     except pyfuse3.FUSEError:
         raise
     except ChuteError as exc:
-        raise pyfuse3.FUSEError(errno_for(exc)) from exc
+        code = errno_for(exc)
+        log.warning("%s: returning %s to the writer: %s", what,
+                    errno.errorcode.get(code, code), exc)
+        raise pyfuse3.FUSEError(code) from exc
     except Exception as exc:
         log.exception("%s failed unexpectedly", what)
         raise pyfuse3.FUSEError(errno_for(exc)) from exc

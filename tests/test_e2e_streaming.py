@@ -124,6 +124,7 @@ def test_backward_write_into_sent_data_is_einval_and_no_object(mount_factory, s3
     assert object_keys(s3, mount.prefix) == []
     assert pending_uploads(s3, mount.prefix) == []
     assert "goes back into bytes already sent" in mount.log()
+    assert "write: returning EINVAL to the writer" in mount.log()
 
 
 def test_patch_inside_current_slice_and_forward_gap_are_honoured(mount_factory, s3) -> None:
