@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chute.fs.embedded_store import EmbeddedStore  # noqa: E402
-from tests.conftest import BUCKET  # noqa: E402
+from tests.conftest import BUCKET, Mount  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.test_fault_matrix import (  # noqa: E402
     BIG,
@@ -156,7 +156,7 @@ class Soak:
                 verdict = judge(s3, mount.prefix, key, sources[size], rc, stderr,
                                 others=keys - {key})
                 self.tally.add(row.name, verdict.outcome)
-                self.check(row, key, verdict)
+                self.check(row, key, verdict, mount)
             proxy.set_scenario(None)
         finally:
             status = mount.unmount()
@@ -171,12 +171,18 @@ class Soak:
               results: dict[str, tuple[int, str, float]]) -> None:
         results[name] = run_cp(source, target)
 
-    def check(self, row: Row, key: str, verdict: Verdict) -> None:
+    def check(self, row: Row, key: str, verdict: Verdict, mount: Mount) -> None:
         """Transient faults must land; permanent ones may also fail loudly; nothing else."""
         allowed = {LANDED} if row.expect == LANDED else {LANDED, FAILED, UNCONFIRMED}
+        if row.solo:
+            allowed.add(FAILED)
         if verdict.outcome in allowed:
             return
-        line = f"{row.name}: {key}: {verdict.outcome}: {verdict.detail}"
+        name = key.rsplit("/", 1)[-1]
+        said = [line for line in mount.log().splitlines()
+                if f"{name}:" in line or f"/{name} " in line]
+        line = f"{row.name}: {key}: {verdict.outcome}: {verdict.detail}\n" + "\n".join(
+            f"      {entry}" for entry in said[-12:])
         if row.bug is not None and verdict.outcome != SILENT_BAD:
             self.known.append(line)
         else:

@@ -67,7 +67,13 @@ class RetryPolicy:
 
     base_delay: float = 0.25
     max_delay: float = 20.0
-    max_attempts: int = 15
+    max_attempts: int = 100
+    """A safety net only; the budget is what ends the retries of a store that went away.
+
+    With the backoff capped at ``max_delay`` and full jitter an attempt comes every 10 s on
+    average, so the default budget holds about 22. A cap of 15 ended the retries after 86 s
+    on average (27 s at worst) of an outage that ``--retry-budget 150`` promised to ride out.
+    """
     budget: float = 150.0
     """Seconds from the first attempt after which no new attempt starts."""
     max_credential_attempts: int = 4
