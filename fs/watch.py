@@ -51,8 +51,8 @@ def _ring(snapshot: dict[str, Any]) -> RenderableType:
         Text("ring", style="bold"),
         ProgressBar(total=ring["slots"], completed=busy, width=20),
         Text(f"{busy}/{ring['slots']} slots of {format_size(ring['slice_size'])} in use: "
-             f"filling {ring['filling']}, sealed {ring['sealed']}, uploading "
-             f"{ring['uploading']}, free {ring['free']}"),
+             f"filling {ring['filling']}, retained {ring.get('retained', 0)}, sealed "
+             f"{ring['sealed']}, uploading {ring['uploading']}, free {ring['free']}"),
     )
     line.add_row(
         Text("writers", style="bold"), Text(""),

@@ -201,22 +201,23 @@ def test_metrics_move_during_an_upload_and_add_up(mount_factory, s3) -> None:
     before = scrape(url)
     assert before[("chute_bytes_written_total", ())] == 0
     assert before[("chute_ring_slots", (("state", "free"),))] == 4
-    size = 12 * MiB + 5
+    size = 17 * MiB + 5
     with open_for_writing(mount.path / "growing", os.urandom(size)):
-        wait_for(lambda: status(mount.path)["files"][0]["bytes_acknowledged"] == 10 * MiB,
-                 "two parts acknowledged")
+        # Part 2 is sent; the first and the latest full slice are retained (header patches).
+        wait_for(lambda: status(mount.path)["files"][0]["bytes_acknowledged"] == 5 * MiB,
+                 "one part acknowledged")
         during = scrape(url)
         assert during[("chute_bytes_written_total", ())] == size
-        assert during[("chute_bytes_uploaded_total", ())] == 10 * MiB
-        assert during[("chute_parts_uploaded_total", ())] == 2
+        assert during[("chute_bytes_uploaded_total", ())] == 5 * MiB
+        assert during[("chute_parts_uploaded_total", ())] == 1
         assert during[("chute_files_open", ())] == 1
         slots = {state: during[("chute_ring_slots", (("state", state),))]
-                 for state in ("free", "filling", "sealed", "uploading")}
-        assert slots["filling"] == 1 and sum(slots.values()) == 4
+                 for state in ("free", "filling", "retained", "sealed", "uploading")}
+        assert slots["filling"] == 1 and slots["retained"] == 2 and sum(slots.values()) == 4
     after = scrape(url)
     assert after[("chute_bytes_uploaded_total", ())] == after[("chute_bytes_written_total", ())]
     assert after[("chute_bytes_uploaded_total", ())] == size
-    assert after[("chute_parts_uploaded_total", ())] == 3
+    assert after[("chute_parts_uploaded_total", ())] == 4
     assert after[("chute_files_uploaded_total", ())] == 1
     assert after[("chute_files_open", ())] == 0
     assert after[("chute_upload_failures_total", ())] == 0
@@ -227,7 +228,7 @@ def test_metrics_move_during_an_upload_and_add_up(mount_factory, s3) -> None:
                                               ("reason", "timeout")))) is None
     parts = ("chute_s3_request_duration_seconds_count", (("operation", "UploadPart"),))
     assert after[parts] == after[("chute_s3_requests_total",
-                                  (("operation", "UploadPart"), ("status", "200")))] == 3
+                                  (("operation", "UploadPart"), ("status", "200")))] == 4
     assert after[("chute_s3_request_duration_seconds_count",
                   (("operation", "CompleteMultipartUpload"),))] == 1
     assert after[("chute_s3_request_duration_seconds_sum", (("operation", "UploadPart"),))] > 0
@@ -269,9 +270,9 @@ def test_status_watch_draws_a_bar_for_an_open_file(mount_factory, tmp_path: Path
     env = {**os.environ, "LANG": "C.UTF-8"}
     env.pop("TMUX", None)
     tmux = ["tmux", "-u", "-L", server]
-    with open_for_writing(mount.path / "growing", os.urandom(12 * MiB + 5)):
-        wait_for(lambda: status(mount.path)["files"][0]["bytes_acknowledged"] == 10 * MiB,
-                 "two parts acknowledged")
+    with open_for_writing(mount.path / "growing", os.urandom(17 * MiB + 5)):
+        wait_for(lambda: status(mount.path)["files"][0]["bytes_acknowledged"] == 5 * MiB,
+                 "one part acknowledged")
         subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "30",
                         f"{sys.executable} -m chute.fs.cli status {mount.path} --watch "
                         "--interval 0.3"], check=True, env=env, cwd=tmp_path)
@@ -288,10 +289,11 @@ def test_status_watch_draws_a_bar_for_an_open_file(mount_factory, tmp_path: Path
             text = screen()
         finally:
             subprocess.run([*tmux, "kill-server"], capture_output=True, env=env)
-    assert "83%" in line and "open" in line  # 10 MiB of 12 MiB + 5 acknowledged
-    assert "received 12.0 MiB · acknowledged 10 MiB · 0 parts in flight · " in text
+    assert "29%" in line and "open" in line  # 5 MiB of 17 MiB + 5 acknowledged
+    assert "received 17.0 MiB · acknowledged 5 MiB · 0 parts in flight · " in text
     assert "MB/s" in text and "elapsed · 0 retries" in text
-    assert "1/4 slots of 5 MiB in use: filling 1" in text and "blocked 0.0 s" in text
+    assert "3/4 slots of 5 MiB in use: filling 1, retained 2" in text
+    assert "blocked 0.0 s" in text
     assert "no ETA" in text
 
 
@@ -456,11 +458,11 @@ def test_fstab_line_then_unmount_timeout_abandons_open_files(
     assert result.returncode == 0, result.stderr
     assert is_mounted(path)
     assert status(path)["ring"]["slots"] == 4  # the config file named in fstab applied
-    with open_for_writing(path / "never-closed", os.urandom(11 * MiB)) as fd:
-        wait_for(lambda: status(path)["totals"]["parts"] == 2, "two parts sent")
+    with open_for_writing(path / "never-closed", os.urandom(16 * MiB)) as fd:
+        wait_for(lambda: status(path)["totals"]["parts"] == 1, "one part sent")
         result = chute("unmount", path, "--timeout", "1")
         assert result.returncode == 1
-        assert "abandoning never-closed: 11 MiB received, 10 MiB acknowledged" in \
+        assert "abandoning never-closed: 16 MiB received, 5 MiB acknowledged" in \
             result.stderr
         assert not is_mounted(path)
         with pytest.raises(OSError):

@@ -32,33 +32,35 @@ def test_status_json_while_a_file_is_open(mount_factory, s3) -> None:
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     fd = os.open(mount.path / "growing", os.O_WRONLY | os.O_CREAT)
     try:
-        os.write(fd, os.urandom(12 * MiB + 5))
+        os.write(fd, os.urandom(17 * MiB + 5))
         deadline = time.monotonic() + 20
         while True:
             result = status(mount.path, "--json")
             assert result.returncode == 0, result.stderr
             snap = json.loads(result.stdout)
             (entry,) = snap["files"]
-            if entry["bytes_acknowledged"] == 10 * MiB or time.monotonic() > deadline:
+            if entry["bytes_acknowledged"] == 5 * MiB or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert entry["path"] == "growing"
-        assert entry["bytes_received"] == 12 * MiB + 5
-        assert entry["bytes_acknowledged"] == 10 * MiB  # two sealed slices; the third fills
+        assert entry["bytes_received"] == 17 * MiB + 5
+        # Part 2 is sent; the first and the latest full slice are retained, the fourth fills.
+        assert entry["bytes_acknowledged"] == 5 * MiB
         assert entry["state"] == "open"
         ring = snap["ring"]
         assert ring["slots"] == 4
-        assert ring["free"] + ring["filling"] + ring["sealed"] + ring["uploading"] == 4
-        assert ring["filling"] == 1
+        assert sum(ring[state] for state in
+                   ("free", "filling", "retained", "sealed", "uploading")) == 4
+        assert ring["filling"] == 1 and ring["retained"] == 2
         human = status(mount.path)
-        assert "growing: received 12.0 MiB" in human.stdout
+        assert "growing: received 17.0 MiB" in human.stdout
     finally:
         os.close(fd)
     done = json.loads(status(mount.path, "--json").stdout)
     assert done["files"] == []
     assert done["totals"]["files_done"] == 1
-    assert done["totals"]["bytes_uploaded"] == 12 * MiB + 5
-    assert s3.head_object(Bucket=BUCKET, Key=mount.key("growing"))["ContentLength"] == 12 * MiB + 5
+    assert done["totals"]["bytes_uploaded"] == 17 * MiB + 5
+    assert s3.head_object(Bucket=BUCKET, Key=mount.key("growing"))["ContentLength"] == 17 * MiB + 5
 
 
 def test_status_of_something_that_is_not_a_mount(tmp_path) -> None:

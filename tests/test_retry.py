@@ -234,7 +234,9 @@ async def test_run_gives_up_within_time_budget(clock: trio.testing.MockClock) ->
     assert attempt.calls < policy.max_attempts
     assert elapsed >= policy.budget - policy.max_delay
     assert len(reasons) == attempt.calls - 1
-    assert all(t - start < policy.budget for t in attempt.started)
+    assert all(t - start <= policy.budget for t in attempt.started)
+    # The last attempt is made when the budget ends, whatever the jitter drew.
+    assert attempt.started[-1] - start == pytest.approx(policy.budget)
 
 
 async def test_run_budget_with_slow_attempts_starts_none_after_deadline(
@@ -248,7 +250,7 @@ async def test_run_budget_with_slow_attempts_starts_none_after_deadline(
     with pytest.raises(Stalled):
         await policy.run("UploadPart", attempt)
     assert attempt.calls > 1
-    assert all(t - start < policy.budget for t in attempt.started)
+    assert all(t - start <= policy.budget for t in attempt.started)
     # The last attempt ended at most one attempt's duration past the budget.
     assert trio.current_time() - start <= policy.budget + attempt.duration
 
@@ -256,15 +258,16 @@ async def test_run_budget_with_slow_attempts_starts_none_after_deadline(
 async def test_run_exact_budget_arithmetic(
     clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Constant 3 s backoff, 10 s budget: attempts at 0, 3, 6, 9; 9 + 3 >= 10 gives up."""
+    """Constant 3 s backoff, 10 s budget: attempts at 0, 3, 6, 9, and a last one at 10 (the
+    backoff cut short to the budget); then the budget is spent and it gives up."""
     monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt: 3.0)
     policy = RetryPolicy(max_attempts=100, budget=10.0)
     attempt = Always(lambda: store_error(503, "SlowDown"))
     start = trio.current_time()
     with pytest.raises(StoreError):
         await policy.run("UploadPart", attempt)
-    assert [t - start for t in attempt.started] == pytest.approx([0.0, 3.0, 6.0, 9.0])
-    assert trio.current_time() - start == pytest.approx(9.0)
+    assert [t - start for t in attempt.started] == pytest.approx([0.0, 3.0, 6.0, 9.0, 10.0])
+    assert trio.current_time() - start == pytest.approx(10.0)
 
 
 async def test_run_credential_error_refreshes_before_retrying(

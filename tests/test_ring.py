@@ -34,6 +34,11 @@ def make_ring(slots: int = 4, *, grace: float = GRACE) -> Ring:
     return Ring(slots, SLICE, stall_grace=grace)
 
 
+def counts_of(**states: int) -> dict[str, int]:
+    """Slots per state as ``Ring.counts`` reports them, the states not named at 0."""
+    return {state.value: states.get(state.value, 0) for state in SlotState}
+
+
 def assert_consistent(ring: Ring) -> dict[str, int]:
     counts = ring.counts()
     assert set(counts) == {s.value for s in SlotState}
@@ -66,7 +71,7 @@ def test_new_ring_has_all_slots_free_and_distinct_views() -> None:
     ring = make_ring(5)
     assert ring.size == 5 * SLICE
     assert len(ring.slots) == 5
-    assert assert_consistent(ring) == {"free": 5, "filling": 0, "sealed": 0, "uploading": 0}
+    assert assert_consistent(ring) == counts_of(free=5, filling=0, sealed=0, uploading=0)
     assert [s.index for s in ring.slots] == list(range(5))
     for slot in ring.slots:
         assert slot.state is SlotState.FREE
@@ -98,7 +103,7 @@ async def test_full_lifecycle_transitions_and_counts(clock: trio.testing.MockClo
     assert slot.state is SlotState.FILLING
     assert slot.owner == "file-a"
     assert slot.length == 0
-    assert assert_consistent(ring) == {"free": 2, "filling": 1, "sealed": 0, "uploading": 0}
+    assert assert_consistent(ring) == counts_of(free=2, filling=1, sealed=0, uploading=0)
     assert list(ring.held_by("file-a")) == [slot]
 
     slot.view[:5] = b"hello"
@@ -107,11 +112,11 @@ async def test_full_lifecycle_transitions_and_counts(clock: trio.testing.MockClo
 
     ring.seal(slot)
     assert slot.state is SlotState.SEALED
-    assert assert_consistent(ring) == {"free": 2, "filling": 0, "sealed": 1, "uploading": 0}
+    assert assert_consistent(ring) == counts_of(free=2, filling=0, sealed=1, uploading=0)
 
     ring.start_upload(slot)
     assert slot.state is SlotState.UPLOADING
-    assert assert_consistent(ring) == {"free": 2, "filling": 0, "sealed": 0, "uploading": 1}
+    assert assert_consistent(ring) == counts_of(free=2, filling=0, sealed=0, uploading=1)
     # The bytes stay put until release (a retry replays them from the ring).
     assert bytes(slot.data) == b"hello"
 
@@ -122,7 +127,7 @@ async def test_full_lifecycle_transitions_and_counts(clock: trio.testing.MockClo
     assert slot.length == 0
     assert slot.part_number == 0
     assert list(ring.held_by("file-a")) == []
-    assert assert_consistent(ring) == {"free": 3, "filling": 0, "sealed": 0, "uploading": 0}
+    assert assert_consistent(ring) == counts_of(free=3, filling=0, sealed=0, uploading=0)
 
 
 async def test_release_straight_from_filling(clock: trio.testing.MockClock) -> None:
@@ -146,7 +151,7 @@ async def test_counts_always_sum_to_slot_count(clock: trio.testing.MockClock) ->
     assert_consistent(ring)
     ring.seal(slots[1])
     ring.start_upload(slots[1])
-    assert assert_consistent(ring) == {"free": 0, "filling": 2, "sealed": 1, "uploading": 1}
+    assert assert_consistent(ring) == counts_of(free=0, filling=2, sealed=1, uploading=1)
     for slot in slots:
         ring.release(slot)
         assert_consistent(ring)
@@ -366,7 +371,7 @@ async def test_cancel_then_hand_off_before_waiter_runs(clock: trio.testing.MockC
     assert slot.owner == "next"
     assert slot.state is SlotState.FILLING
     assert ring.waiting == 0
-    assert assert_consistent(ring) == {"free": 0, "filling": 1, "sealed": 0, "uploading": 0}
+    assert assert_consistent(ring) == counts_of(free=0, filling=1, sealed=0, uploading=0)
     ring.release(slot)
     assert ring.counts()["free"] == 1
 
@@ -396,7 +401,7 @@ async def test_cancel_then_hand_off_with_no_other_waiter(clock: trio.testing.Moc
     # The slot went back to the free list: the next acquire takes it without waiting.
     assert await acquire_without_waiting(ring, "again") is a
     ring.release(b)
-    assert ring.counts() == {"free": 1, "filling": 1, "sealed": 0, "uploading": 0}
+    assert ring.counts() == counts_of(free=1, filling=1, sealed=0, uploading=0)
 
 
 async def test_hand_off_then_cancel_keeps_slot_accounted(clock: trio.testing.MockClock) -> None:
@@ -515,7 +520,7 @@ async def test_exhausted_when_all_filling_and_idle(
         await ring.acquire("again")
     assert trio.current_time() - start == 0
     assert ring.waiting == 0
-    assert ring.counts() == {"free": 0, "filling": 3, "sealed": 0, "uploading": 0}
+    assert ring.counts() == counts_of(free=0, filling=3, sealed=0, uploading=0)
 
 
 async def test_exhaustion_measured_from_last_activity(clock: trio.testing.MockClock) -> None:
@@ -650,7 +655,7 @@ async def test_twenty_writers_eight_slots_all_complete(clock: trio.testing.MockC
     assert sorted(uploaded) == [
         (n, p) for n in range(writers) for p in range(1, slices_each + 1)
     ]
-    assert ring.counts() == {"free": 8, "filling": 0, "sealed": 0, "uploading": 0}
+    assert ring.counts() == counts_of(free=8, filling=0, sealed=0, uploading=0)
     assert ring.waiting == 0
     assert max_held == 8  # backpressure really engaged ...
     assert ring.blocked_seconds > 0  # ... and writers really waited
@@ -721,4 +726,131 @@ async def test_waiters_all_fail_together_and_queue_empties(clock: trio.testing.M
     assert len(failures) == 5
     assert all(GRACE - EPS <= t - start <= GRACE + Ring.CHECK_INTERVAL + EPS for t in failures)
     assert ring.waiting == 0
-    assert ring.counts() == {"free": 0, "filling": 2, "sealed": 0, "uploading": 0}
+    assert ring.counts() == counts_of(free=0, filling=2, sealed=0, uploading=0)
+
+
+# -- retained slices (header patches) ----------------------------------------------------------
+
+
+class Retaining:
+    """A file that retains slots as FileUpload does, and seals one when the ring asks."""
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.released: list[int] = []
+
+    async def full_slot(self, part_number: int) -> Slot:
+        slot = await self.ring.acquire(self)
+        slot.part_number = part_number
+        self.ring.retain(slot)
+        return slot
+
+    def release_retained(self, slot: Slot) -> None:
+        self.released.append(slot.part_number)
+        self.ring.seal(slot)
+
+
+async def test_retained_slot_lifecycle(clock: trio.testing.MockClock) -> None:
+    ring = make_ring(3)
+    owner = Retaining(ring)
+    head = await owner.full_slot(1)
+    assert head.state is SlotState.RETAINED
+    assert assert_consistent(ring) == counts_of(free=2, retained=1)
+    ring.seal(head)  # the file closed: its first slice goes last, as part 1
+    assert assert_consistent(ring) == counts_of(free=2, sealed=1)
+    ring.start_upload(head)
+    ring.release(head)
+    # A small file's retained slice is claimed and sent by PutObject; an aborted one freed.
+    head = await owner.full_slot(1)
+    ring.claim(head)
+    assert assert_consistent(ring) == counts_of(free=2, uploading=1)
+    ring.release(head)
+    head = await owner.full_slot(1)
+    ring.release(head)
+    assert assert_consistent(ring) == counts_of(free=3)
+    assert owner.released == []
+
+
+async def test_waiter_takes_a_retained_slot_when_nothing_is_in_flight(
+    clock: trio.testing.MockClock,
+) -> None:
+    """The progress rule with retention: retained slots are not idle FILLING slots. A writer
+    that would otherwise wait forever makes one (the latest full before the first) upload."""
+    ring = make_ring(3)
+    owner = Retaining(ring)
+    await owner.full_slot(1)
+    await owner.full_slot(2)
+    await ring.acquire(owner)  # FILLING, and never touched again
+    got: list[Slot] = []
+
+    async def waiter() -> None:
+        got.append(await ring.acquire("other"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await settle_until(lambda: owner.released == [2])
+        assert assert_consistent(ring) == counts_of(filling=1, retained=1, sealed=1)
+        sealed = next(s for s in ring.slots if s.state is SlotState.SEALED)
+        ring.start_upload(sealed)
+        ring.release(sealed)
+    assert got and got[0].owner == "other"
+    assert owner.released == [2]  # the first slice is still retained
+    assert assert_consistent(ring) == counts_of(filling=2, retained=1)
+
+
+async def test_retained_slots_stay_while_uploads_are_busy(clock: trio.testing.MockClock) -> None:
+    """A fast writer and a slow store: the waiter is served by an upload, and the retained
+    slices stay writable (ordinary backpressure must not cost header patches)."""
+    ring = Ring(4, SLICE, stall_grace=GRACE, upload_concurrency=2)
+    owner = Retaining(ring)
+    await owner.full_slot(1)
+    await owner.full_slot(2)
+    flying = [await ring.acquire(owner) for _ in range(2)]
+    for slot in flying:
+        ring.seal(slot)
+        ring.start_upload(slot)
+    got: list[Slot] = []
+
+    async def waiter() -> None:
+        got.append(await ring.acquire(owner))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(10 * GRACE)  # long past the grace: uploads are slow, not stuck
+        assert not got
+        ring.release(flying[0])
+    assert got
+    assert owner.released == []
+    assert assert_consistent(ring) == counts_of(retained=2, uploading=1, filling=1)
+
+
+async def test_retained_slots_give_way_when_uploads_starve(clock: trio.testing.MockClock) -> None:
+    """Fewer slots in flight than the upload concurrency: a waiting writer takes a retained
+    slot into the uploads, first the latest-full ones, then first slices, oldest first."""
+    ring = Ring(4, SLICE, stall_grace=GRACE, upload_concurrency=2)
+    a, b = Retaining(ring), Retaining(ring)
+    await a.full_slot(1)
+    await b.full_slot(1)
+    await b.full_slot(3)
+    flying = await ring.acquire("x")
+    ring.seal(flying)
+    ring.start_upload(flying)
+
+    async def waiter() -> None:
+        await ring.acquire("y")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await settle_until(lambda: b.released == [3])
+        assert a.released == []
+        ring.release(flying)  # the waiter is served; nothing else is released
+    assert (a.released, b.released) == ([], [3])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await settle_until(lambda: a.released == [1])
+        for slot in list(ring.slots):
+            if slot.state is SlotState.SEALED:
+                ring.start_upload(slot)
+                ring.release(slot)
+                break
+    assert b.released == [3]

@@ -7,6 +7,7 @@ so that what ``cp`` prints is decided in one place::
     ├── RingExhausted               ENOBUFS  no ring slot can ever free: --ring-size too small
     ├── FileTooLarge                EFBIG    10,000 parts of --slice-size are written
     ├── BackwardWrite               EINVAL   a write into bytes already sent to the store
+    ├── ObjectExists                EEXIST   --no-overwrite, and the name exists (or appeared)
     ├── UploadFailed                EIO      the upload of this file failed; sticky per file
     │   └── UploadSessionLost       EIO      the store forgot the multipart upload
     ├── StoreError                  EIO      the store answered with an S3 error
@@ -47,6 +48,12 @@ class BackwardWrite(ChuteError):
     """A write landed in bytes that have already left the ring for the store."""
 
     errno = errno.EINVAL
+
+
+class ObjectExists(ChuteError):
+    """``--no-overwrite``: the key exists, or was created by someone else before ours landed."""
+
+    errno = errno.EEXIST
 
 
 class UploadFailed(ChuteError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import datetime
 from urllib.parse import quote, unquote
 
 from .s3 import S3Client
@@ -84,3 +85,53 @@ async def clean(client: S3Client) -> int:
                         key, owner)
             aborted += 1
     return aborted
+
+
+async def abort_lost_creates(client: S3Client, key: str, upload_id: str,
+                             window: float) -> int:
+    """Abort uploads of ``key`` that a CreateMultipartUpload whose answer was lost made.
+
+    The retry that got through created ``upload_id``; the lost attempts came before it, within
+    ``window`` seconds (the time the Create took with its retries). So an upload of the same
+    key, initiated in that window before ours (by the store's clock, read off the listing, so
+    no clock skew enters), with no marker, is ours and nobody else's, short of another client
+    creating an upload of this very key at the same moment without chute's marker. Failing
+    here only logs: the file's upload itself is fine. Returns how many were aborted.
+    """
+    try:
+        pending = [u for u in await client.list_multipart_uploads(key) if u.key == key]
+        initiated = {u.upload_id: _when(u.initiated) for u in pending}
+        ours = initiated.get(upload_id)
+        if ours is None:
+            log.warning("%s: a CreateMultipartUpload answer was lost, and the listing does not "
+                        "show the upload that got through; cannot look for a stray one", key)
+            return 0
+        aborted = 0
+        for upload in pending:
+            when = initiated[upload.upload_id]
+            if upload.upload_id == upload_id or when is None:
+                continue
+            if not ours - window - _CLOCK_SLACK <= when <= ours:
+                continue
+            if await client.head_object(marker_key(client, upload.upload_id)) is not None:
+                continue
+            await client.abort_multipart_upload(key, upload.upload_id)
+            log.warning("%s: aborted multipart upload %s, made by a CreateMultipartUpload whose "
+                        "answer was lost", key, upload.upload_id)
+            aborted += 1
+        return aborted
+    except Exception as exc:
+        log.warning("%s: a CreateMultipartUpload answer was lost and looking for the upload it "
+                    "may have made failed (%s); `chute mount` does not find it later", key, exc)
+        return 0
+
+
+_CLOCK_SLACK = 2.0
+"""The store's Initiated has a resolution of a second (SeaweedFS) or a millisecond (AWS)."""
+
+
+def _when(initiated: str) -> float | None:
+    try:
+        return datetime.fromisoformat(initiated.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

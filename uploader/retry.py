@@ -75,7 +75,8 @@ class RetryPolicy:
     on average (27 s at worst) of an outage that ``--retry-budget 150`` promised to ride out.
     """
     budget: float = 150.0
-    """Seconds from the first attempt after which no new attempt starts."""
+    """Seconds from the first attempt after which no new attempt starts; the last one starts
+    when the budget ends at the latest (a longer backoff is cut short to make it)."""
     max_credential_attempts: int = 4
     credential_delay: float = 1.0
     """Least wait after the k-th credential error: ``credential_delay * 2**(k - 1)``.
@@ -139,13 +140,17 @@ class RetryPolicy:
                 if (
                     attempt >= self.max_attempts
                     or credential_attempts >= self.max_credential_attempts
-                    or trio.current_time() + delay >= deadline
+                    or trio.current_time() >= deadline
                 ):
                     # A single-attempt policy is a probe (the janitor's, every 2 s while the
                     # store is away): its caller decides what a failure means.
                     log.log(logging.ERROR if self.max_attempts > 1 else logging.DEBUG,
                             "%s failed after %d attempts: %s", operation, attempt, reason)
                     raise
+                # The last attempt is made when the budget ends, not skipped because its
+                # jittered delay would have ended later: an outage shorter than the budget
+                # is always ridden out.
+                delay = min(delay, deadline - trio.current_time())
                 log.warning(
                     "retrying %s in %.1fs (attempt %d failed: %s)", operation, delay, attempt,
                     reason,
@@ -154,8 +159,9 @@ class RetryPolicy:
                     on_retry(reason)
                 if credential and on_credential_error is not None:
                     await on_credential_error()
-                    if trio.current_time() + delay >= deadline:
+                    if trio.current_time() >= deadline:
                         log.error("%s failed: out of time after refreshing credentials: %s",
                                   operation, reason)
                         raise
+                    delay = min(delay, deadline - trio.current_time())
                 await trio.sleep(delay)

@@ -7,8 +7,10 @@ which becomes one multipart part (or, for a file smaller than a slice, the whole
 Slot lifecycle (one state machine, every transition is a method here)::
 
     FREE ──acquire()──> FILLING ──seal()──> SEALED ──start_upload()──> UPLOADING ──release()──> FREE
-                           │                                                          ^
-                           └───────────────release() (file aborted / small file put)──┘
+                         │   │                  ^                                        ^
+                         │   └─retain()─> RETAINED ──claim()─> UPLOADING (one PutObject) │
+                         │                  │                                            │
+                         └──────────────────┴──release() (file aborted / small file put)─┘
 
 A slot returns to FREE only after its part was acknowledged by the store, or its upload was
 given up for good. Until then its bytes stay put, so any retry replays them from the ring:
@@ -18,9 +20,29 @@ Backpressure: a writer whose slice is full seals it and asks for another slot. I
 free its ``write()`` waits in :meth:`Ring.acquire`, first come first served, until an upload
 frees one. A freed slot is handed directly to the longest waiter (no stealing).
 
+Header patches: many writers seek back before close to patch a header (zipfile, WAV/RIFF,
+mp4 without faststart). So a file's first slice, once full, is not sealed but RETAINED: it
+stays in the ring, still writable, until the file is closed, and is then sent last, as part 1.
+So is the file's latest full slice, until the next one is full: zipfile patches each member's
+header once the member is written, and a member that crossed a slice boundary has its header
+in the slice before. A file so holds at most three slots while it is written (first, latest
+full, filling).
+
+Retention must never cost progress, nor starve the uploads, so it yields to pressure: when a
+writer has to wait for a slot while fewer than ``min_in_flight`` (the upload concurrency, at
+most half the ring) slots are SEALED or UPLOADING, one RETAINED slot (a latest-full one
+before a first one, the oldest first) is handed back to its owner
+(:meth:`RetainingOwner.release_retained`), which seals it for upload like any other slice;
+from then on a patch into it fails with EINVAL, as a patch into any uploaded slice does. A
+fast writer feeding a slow store keeps its retained slices (the uploads are busy and will free
+slots), while many files written at once, whose retained slices would leave the uploads idle,
+give them up one by one.
+
 The progress rule: a waiting writer is eventually served if and only if some slot will free
 without its help. SEALED and UPLOADING slots always free on their own: the upload either
-succeeds or fails for good, within the retry budget, and both release the slot. A FILLING
+succeeds or fails for good, within the retry budget, and both release the slot. A RETAINED
+slot counts as one of them: a waiting writer with nothing in flight turns it into a SEALED
+slot. A FILLING
 slot frees only when its writer fills it or closes the file. So:
 
     A writer that waits while no slot is SEALED or UPLOADING, and no FILLING slot has received
@@ -42,7 +64,7 @@ import logging
 import mmap
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -60,6 +82,14 @@ class SlotState(enum.Enum):
     FILLING = "filling"
     SEALED = "sealed"
     UPLOADING = "uploading"
+    RETAINED = "retained"
+
+
+class RetainingOwner(Protocol):
+    """What the ring needs of the owner of a RETAINED slot."""
+
+    def release_retained(self, slot: Slot) -> None:
+        """Stop retaining ``slot``: seal it for upload now (the ring needs room)."""
 
 
 @dataclass(eq=False)
@@ -93,11 +123,19 @@ class Ring:
 
     CHECK_INTERVAL = 0.25
 
-    def __init__(self, slot_count: int, slice_size: int, *, stall_grace: float = 5.0) -> None:
+    def __init__(self, slot_count: int, slice_size: int, *, stall_grace: float = 5.0,
+                 upload_concurrency: int = 1) -> None:
         if slot_count < 1:
             raise ValueError("the ring needs at least one slot")
         self.slice_size = slice_size
         self.stall_grace = stall_grace
+        self.min_in_flight = max(1, min(upload_concurrency, slot_count // 2))
+        """Fewer slots in flight than this, and a waiting writer takes a retained slot.
+
+        The upload concurrency, but at most half the ring: one writer holds three slots, so
+        in a small ring it could never have ``upload_concurrency`` in flight, and would lose
+        its retained slices to its own backpressure. At least 1, so that a writer waiting
+        with nothing in flight always frees a retained slot (the progress rule)."""
         self._buffer = mmap.mmap(-1, slot_count * slice_size)
         whole = memoryview(self._buffer)
         self.slots = [
@@ -105,6 +143,8 @@ class Ring:
         ]
         self._free: deque[Slot] = deque(self.slots)
         self._waiters: deque[_Waiter] = deque()
+        self._retained: deque[Slot] = deque()
+        """RETAINED slots, oldest first: the order in which pressure releases them."""
         self.blocked_seconds = 0.0
         """Total time writers have spent waiting for a slot (backpressure)."""
 
@@ -126,7 +166,8 @@ class Ring:
     def _progress_possible(self) -> bool:
         now = trio.current_time()
         for slot in self.slots:
-            if slot.state in (SlotState.SEALED, SlotState.UPLOADING, SlotState.FREE):
+            if slot.state in (SlotState.SEALED, SlotState.UPLOADING, SlotState.FREE,
+                              SlotState.RETAINED):
                 return True
             if now - slot.last_activity < self.stall_grace:
                 return True
@@ -157,6 +198,7 @@ class Ring:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._free and not self._waiters:
             return self._assign(self._free.popleft(), owner)
+        self._relieve()
         if not self._progress_possible():
             raise self._exhausted()
         waiter = _Waiter(owner)
@@ -166,6 +208,8 @@ class Ring:
             while waiter.slot is None:
                 with trio.move_on_after(self.CHECK_INTERVAL):
                     await waiter.event.wait()
+                if waiter.slot is None:
+                    self._relieve()
                 if waiter.slot is None and not self._progress_possible():
                     raise self._exhausted()
         except BaseException:
@@ -178,12 +222,39 @@ class Ring:
             self.blocked_seconds += trio.current_time() - started
         return waiter.slot
 
+    def _relieve(self) -> None:
+        """A writer must wait: if the uploads are short of work, a retained slot joins them."""
+        if not self._retained:
+            return
+        in_flight = sum(s.state in (SlotState.SEALED, SlotState.UPLOADING) for s in self.slots)
+        if in_flight >= self.min_in_flight:
+            return
+        slot = next((s for s in self._retained if s.part_number != 1), self._retained[0])
+        log.debug("ring short of slots: uploading retained part %d of %s now",
+                  slot.part_number, getattr(slot.owner, "path", slot.owner))
+        slot.owner.release_retained(slot)
+        assert slot.state is not SlotState.RETAINED, "release_retained must seal the slot"
+
+    def retain(self, slot: Slot) -> None:
+        """Keep a full slice writable a while longer (header patches; pressure may end it)."""
+        assert slot.state is SlotState.FILLING, slot.state
+        slot.state = SlotState.RETAINED
+        self._retained.append(slot)
+
+    def claim(self, slot: Slot) -> None:
+        """A RETAINED slot leaves the retained list to be sent by its owner directly."""
+        assert slot.state is SlotState.RETAINED, slot.state
+        self._retained.remove(slot)
+        slot.state = SlotState.UPLOADING
+
     def touch(self, slot: Slot) -> None:
         """Record that the writer put bytes into ``slot`` (it is making progress)."""
         slot.last_activity = trio.current_time()
 
     def seal(self, slot: Slot) -> None:
-        assert slot.state is SlotState.FILLING, slot.state
+        assert slot.state in (SlotState.FILLING, SlotState.RETAINED), slot.state
+        if slot.state is SlotState.RETAINED:
+            self._retained.remove(slot)
         slot.state = SlotState.SEALED
 
     def start_upload(self, slot: Slot) -> None:
@@ -193,6 +264,8 @@ class Ring:
     def release(self, slot: Slot) -> None:
         """Return ``slot`` to FREE, handing it straight to the longest waiter if any."""
         assert slot.state is not SlotState.FREE, "slot released twice"
+        if slot.state is SlotState.RETAINED:
+            self._retained.remove(slot)
         slot.state = SlotState.FREE
         slot.owner = None
         slot.length = 0

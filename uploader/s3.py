@@ -46,8 +46,14 @@ link (100 KiB/s) is never mistaken for a stall; without it, MiBs of queued body 
 timeout start while the body was still crawling out."""
 _UNSIGNED = botocore.config.Config(s3={"payload_signing_enabled": False})
 _SIGNED = botocore.config.Config(s3={"payload_signing_enabled": True})
-COMPLETE_READ_TIMEOUT = 600.0
-"""Complete may take minutes on a large upload (S3 sends whitespace meanwhile)."""
+COMPLETE_READ_TIMEOUT = 120.0
+"""Silence allowed while the store answers Complete or a copy, per socket read.
+
+Completing a large upload or copying 5 GiB may take minutes, but AWS sends whitespace every
+few seconds meanwhile, and each byte restarts this clock; SeaweedFS answers Complete in well
+under a second. So two minutes of silence means a store that took the request and hung: the
+attempt is cancelled and retried like any stall, and a close() waits at most the retry budget
+plus this, not ten minutes per attempt."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,16 @@ class S3Client:
             last_modified=response.headers.get("last-modified", ""), metadata=metadata,
         )
 
+    async def get_range(self, key: str, first: int, last: int) -> bytes:
+        """Bytes ``first..last`` (inclusive) of the object; a short answer is an error."""
+        response = await self.request(
+            "GetObject", "GET", key, headers={"Range": f"bytes={first}-{last}"}
+        )
+        if len(response.content) != last - first + 1:
+            raise StoreError("GetObject", response.status_code, "ShortRead",
+                             f"asked {last - first + 1} bytes, got {len(response.content)}")
+        return response.content
+
     async def put_object(
         self, key: str, body: memoryview | bytes, headers: Mapping[str, str],
         on_retry: Callable[[str], object] | None = None,
@@ -415,9 +431,13 @@ class S3Client:
 
     # -- multipart --------------------------------------------------------------------
 
-    async def create_multipart_upload(self, key: str, headers: Mapping[str, str]) -> str:
+    async def create_multipart_upload(
+        self, key: str, headers: Mapping[str, str],
+        on_retry: Callable[[str], object] | None = None,
+    ) -> str:
         response = await self.request(
-            "CreateMultipartUpload", "POST", key, query="uploads=", headers=headers
+            "CreateMultipartUpload", "POST", key, query="uploads=", headers=headers,
+            on_retry=on_retry,
         )
         upload_id = _text(ET.fromstring(response.content), "UploadId")
         if not upload_id:
@@ -439,12 +459,13 @@ class S3Client:
 
     async def complete_multipart_upload(
         self, key: str, upload_id: str, parts: list[tuple[int, str, Mapping[str, str]]],
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[str], object] | None = None, *, if_none_match: bool = False,
     ) -> str:
         """Complete with ``parts`` = [(number, etag, {ChecksumCRC32C: ...})] in ascending order.
 
         A 200 answer may still carry an <Error> body (S3 sends it after whitespace keep-alives
-        on long completes), so the body is always parsed.
+        on long completes), so the body is always parsed. ``if_none_match`` makes the store
+        refuse (412 PreconditionFailed) if the key exists by then: a no-clobber create.
         """
         elements = "".join(
             f"<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag>"
@@ -455,6 +476,7 @@ class S3Client:
         body = f"<CompleteMultipartUpload>{elements}</CompleteMultipartUpload>".encode()
         response = await self.request(
             "CompleteMultipartUpload", "POST", key, query={"uploadId": upload_id}, body=body,
+            headers={"If-None-Match": "*"} if if_none_match else None,
             read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry,
         )
         root = ET.fromstring(response.content)

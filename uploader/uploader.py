@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
+import xxhash
 
 from . import leftovers
 from .config import UploaderConfig
@@ -58,20 +59,22 @@ class Uploader:
         config.validate()
         self.config = config
         self.client = client
-        self.ring = Ring(config.slot_count, config.slice_size, stall_grace=config.ring_stall_grace)
+        self.ring = Ring(config.slot_count, config.slice_size, stall_grace=config.ring_stall_grace,
+                         upload_concurrency=config.upload_concurrency)
         self.stats = UploaderStats()
         self.uploads: set[FileUpload] = set()
         """Files being written (OPEN or FINALIZING), for status and shutdown."""
         self._multipart: set[FileUpload] = set()
         self._orphans: set[tuple[str, str]] = set()
         """(key, upload id) of multipart uploads whose abort failed; retried by the janitor."""
+        self._read_back = trio.Semaphore(1)
         self._send, self._receive = trio.open_memory_channel[tuple[FileUpload, "Slot"]](
             math.inf
         )
 
-    def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None
-                  ) -> FileUpload:
-        upload = FileUpload(self, key, path, metadata)
+    def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None, *,
+                  no_clobber: bool = False) -> FileUpload:
+        upload = FileUpload(self, key, path, metadata, no_clobber=no_clobber)
         self.uploads.add(upload)
         self.stats.files_opened += 1
         return upload
@@ -96,6 +99,20 @@ class Uploader:
         except Exception as exc:
             log.warning("could not delete the marker of upload %s of %s: %s",
                         upload.upload_id, upload.key, exc)
+
+    async def hash_object(self, key: str, size: int) -> str:
+        """The xxh3-128 of an object as stored, read back one slice at a time.
+
+        For files whose retained first slice was patched after it was hashed (upload.py).
+        One read-back at a time, so the memory it takes beside the ring is one slice.
+        """
+        hasher = xxhash.xxh3_128()
+        async with self._read_back:
+            for first in range(0, size, self.config.slice_size):
+                last = min(first + self.config.slice_size, size) - 1
+                data = await self.client.get_range(key, first, last)
+                await trio.to_thread.run_sync(hasher.update, data)
+        return hasher.hexdigest()
 
     def count_retry(self, operation: str, reason: str) -> None:
         self.stats.retries[operation] += 1
