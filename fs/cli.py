@@ -95,6 +95,19 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     reliability.add_argument("--retry-budget", type=float, metavar="SECONDS", default=150.0,
                              help="seconds a request is retried before the writer gets EIO "
                              "(default 150)")
+    policy = mount.add_argument_group("policy")
+    policy.add_argument("--no-overwrite", action="store_true",
+                        help="never replace an object: opening an existing file for writing "
+                        "(with O_TRUNC or not) and renaming onto an existing name fail with "
+                        "EEXIST (so rsync can add new files but not update changed ones); a "
+                        "name that appears in the bucket while its file is being written "
+                        "makes the last close fail with EEXIST, the other object untouched "
+                        "(default: replace)")
+    policy.add_argument("--no-delete", action="store_true",
+                        help="never delete an object: unlink, rmdir of an empty directory and "
+                        "every rename (a copy, then a delete of the source) fail with EPERM, "
+                        "so rsync needs --inplace; with --no-overwrite the mount only adds "
+                        "(default: allowed)")
     service = mount.add_argument_group("service")
     service.add_argument("--config", metavar="FILE",
                          help="TOML file of these options (ring_size = \"64MiB\", "
@@ -274,6 +287,7 @@ def _mount(args: argparse.Namespace) -> int:
         slice_size=args.slice_size, ring_size=args.ring_size,
         upload_concurrency=args.upload_concurrency, checksum=args.checksum,
         stall_timeout=args.stall_timeout, retry_budget=args.retry_budget,
+        no_overwrite=args.no_overwrite, no_delete=args.no_delete,
     )
     config.validate()
     metrics_addr = _metrics_addr(args)

@@ -21,6 +21,11 @@ writes through that descriptor fail loudly with EIO, never silently.
 
 Processes whose /proc entries we may not read cannot hold a file of a mount without
 ``allow_other``, so they are skipped.
+
+The check runs on the event loop when it is short: no process created since the open (then
+only the opener is read), or a few. Those are tens of microseconds of /proc reads each, never
+blocking on a disk, and a hop to a worker thread alone cost more (0.9 ms per close against
+0.3 ms inline, under load). A longer scan goes to a worker thread.
 """
 
 from __future__ import annotations
@@ -75,23 +80,29 @@ def last_pid() -> int:
         return int(f.read().split()[4])
 
 
+INLINE_SCAN_MAX = 8
+"""Processes :func:`held_open` checks when called with ``max_scan``, on the event loop."""
+
+
 def held_open(mountpoint: str, mount_id: int, inode: int, opener_pid: int,
-              last_pid_at_open: int) -> bool:
+              last_pid_at_open: int, *, max_scan: int | None = None) -> bool | None:
     """True if some process still has a descriptor for ``inode`` on this mount (blocking).
 
-    ``mountpoint`` is the resolved path; see :func:`mount_id_of`.
+    With ``max_scan``, None when more processes than that would have to be scanned besides
+    the opener: call again without it, in a worker thread. ``mountpoint`` is the resolved
+    path; see :func:`mount_id_of`.
     """
     prefix = mountpoint
     if _holds(str(opener_pid), mount_id, inode, prefix):
         return True
-    wrapped = last_pid() < last_pid_at_open
+    now = last_pid()
+    if now == last_pid_at_open:
+        return False  # no process was created since the open: only the opener could hold it
+    wrapped = now < last_pid_at_open
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid in (me, opener_pid) or (pid <= last_pid_at_open and not wrapped):
-            continue
-        if _holds(name, mount_id, inode, prefix):
-            return True
-    return False
+    candidates = [name for name in os.listdir("/proc") if name.isdigit()
+                  and int(name) not in (me, opener_pid)
+                  and (wrapped or int(name) > last_pid_at_open)]
+    if max_scan is not None and len(candidates) > max_scan:
+        return None
+    return any(_holds(name, mount_id, inode, prefix) for name in candidates)

