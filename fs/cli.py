@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 from chute.fs import config_file
 from chute.uploader.config import (
+    DEFAULT_RETRY_BUDGET,
     DEFAULT_RING_SIZE,
     DEFAULT_SLICE_SIZE,
+    DEFAULT_STALL_TIMEOUT,
     DEFAULT_UPLOAD_CONCURRENCY,
     UploaderConfig,
 )
@@ -89,12 +91,14 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     stream.add_argument("--checksum", choices=("crc32c", "md5"), default="crc32c",
                         help="checksum the store verifies on every part (default crc32c)")
     reliability = mount.add_argument_group("reliability")
-    reliability.add_argument("--stall-timeout", type=float, metavar="SECONDS", default=30.0,
+    reliability.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                             default=DEFAULT_STALL_TIMEOUT,
                              help="seconds without progress before a transfer is retried "
-                             "(default 30)")
-    reliability.add_argument("--retry-budget", type=float, metavar="SECONDS", default=150.0,
+                             f"(default {DEFAULT_STALL_TIMEOUT:g})")
+    reliability.add_argument("--retry-budget", type=float, metavar="SECONDS",
+                             default=DEFAULT_RETRY_BUDGET,
                              help="seconds a request is retried before the writer gets EIO "
-                             "(default 150)")
+                             f"(default {DEFAULT_RETRY_BUDGET:g})")
     policy = mount.add_argument_group("policy")
     policy.add_argument("--no-overwrite", action="store_true",
                         help="never replace an object: opening an existing file for writing "

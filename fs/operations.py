@@ -75,6 +75,9 @@ T = TypeVar("T")
 
 MAX_KEY_BYTES = 1024
 """S3's limit on a key's length in UTF-8."""
+NAME_MAX = 255
+"""The longest name (one path component) in bytes, as statfs reports it; the kernel lets
+FUSE names of up to 1024 bytes through, and S3 would take them, but tools expect 255."""
 LOOKUP_TTL = 1.0
 """Seconds a name learned from the bucket is trusted before asking the store again; also
 the kernel's entry/attribute cache time. Names created outside the mount show up within it."""
@@ -240,7 +243,12 @@ class ChuteOperations(pyfuse3.Operations):
         path = self._path(node)
         return self.bucket.key(path + "/" if node.is_dir and path else path)
 
-    def _child_name(self, parent: Node, raw: bytes) -> str:
+    def _child_name(self, parent: Node, raw: bytes, *, directory: bool = False) -> str:
+        """The name as a str, or a clear errno: not UTF-8, reserved, or too long (a name over
+        NAME_MAX, or a key over S3's 1024 bytes, counting a directory marker's slash)."""
+        if len(raw) > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG, "name %r... is %d bytes, more than the %d a name "
+                        "may have", raw[:40], len(raw), NAME_MAX)
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -250,7 +258,7 @@ class ChuteOperations(pyfuse3.Operations):
             raise _fail(errno.EPERM, "%s is chute's own marker directory (see "
                         "uploader/leftovers.py) and cannot be used through the mount", name)
         key = self.bucket.key(f"{self._path(parent)}/{name}".lstrip("/"))
-        if len(key.encode()) + 1 > MAX_KEY_BYTES:
+        if len(key.encode()) + directory > MAX_KEY_BYTES:
             raise _fail(errno.ENAMETOOLONG, "key for %r would exceed S3's %d bytes",
                         name, MAX_KEY_BYTES)
         return name
@@ -599,15 +607,19 @@ class ChuteOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         async with _errors_as_errno(self._named("mkdir", parent_inode, name)):
             parent = self._node(parent_inode)
-            child_name = self._child_name(parent, name)
+            child_name = self._child_name(parent, name, directory=True)
             existing, free_since = await self._find(parent, child_name)
             if existing is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             # Nothing was under its prefix then: the new directory starts out fully known.
             node = self._add(parent, child_name, True, local=True, mode=stat.S_IMODE(mode),
                              mtime_ns=time.time_ns(), listed_at=free_since)
-            await self.client.put_object(self._key(node), b"", _meta_headers(
-                _chute_metadata(node)))
+            try:
+                await self.client.put_object(self._key(node), b"", _meta_headers(
+                    _chute_metadata(node)))
+            except BaseException:
+                self._forget_child(parent, child_name)  # no marker, no directory
+                raise
             return self._attrs(node)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -616,10 +628,23 @@ class ChuteOperations(pyfuse3.Operations):
         data.f_frsize = BLKSIZE
         data.f_blocks = data.f_bfree = data.f_bavail = 2**50 // BLKSIZE  # 1 PiB: "no limit"
         data.f_files = data.f_ffree = data.f_favail = 2**32
-        data.f_namemax = 255
+        data.f_namemax = NAME_MAX
         return data
 
     # -- writing ----------------------------------------------------------------------
+
+    def _join_upload(self, node: Node, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """Another open of a file being written, without O_TRUNC (``truncate -s`` while a
+        writer has it open, a second ``exec 3<>``): a handle on the same upload. The upload
+        finalizes at the last close of all its handles (see _held_elsewhere and release)."""
+        return self._new_handle(node, ctx)
+
+    def _new_handle(self, node: Node, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        assert node.upload is not None
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(node, node.upload, ctx.pid, openers.last_pid())
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False, nonseekable=False)
 
     def _start_upload(self, node: Node, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
@@ -632,10 +657,7 @@ class ChuteOperations(pyfuse3.Operations):
             self._key(node), self._path(node), _chute_metadata(node),
             no_clobber=self.uploader.config.no_overwrite)
         node.local = True
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = Handle(node, node.upload, ctx.pid, openers.last_pid())
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False, nonseekable=False)
+        return self._new_handle(node, ctx)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
@@ -662,6 +684,9 @@ class ChuteOperations(pyfuse3.Operations):
                 raise _fail(errno.EACCES, "%s: chute mounts are write-only; read the object "
                             "from the bucket instead", self._path(node))
             self._check_write_flags(flags, self._path(node))
+            if (node.upload is not None and node.upload.state is UploadState.OPEN
+                    and not flags & os.O_TRUNC):
+                return self._join_upload(node, ctx)
             if node.upload is None:
                 self._refuse_if_no_overwrite(node)
             size = node.upload.size if node.upload is not None else node.size
@@ -716,22 +741,32 @@ class ChuteOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
-        if handle.upload.state is UploadState.OPEN:
+        if handle.upload.state is UploadState.OPEN and not self._other_handles(handle):
             with contextlib.suppress(pyfuse3.FUSEError):  # logged; release's errors reach nobody
                 await self._finalize(handle)
         self._settle(handle)
 
+    def _other_handles(self, handle: Handle) -> list[Handle]:
+        """The other open handles on the same upload (see _join_upload)."""
+        return [h for h in self._handles.values() if h.upload is handle.upload
+                and h is not handle]
+
     async def _held_elsewhere(self, handle: Handle) -> bool:
+        """Whether a descriptor of this upload is still open: of this handle (a dup, a child)
+        or of another handle joined to the same upload, each by its own opener's rule."""
         if self._mount_id is None:
             self._mount_id = openers.mount_id_of(self.mountpoint)
             if self._mount_id is None:
-                return False
-        args = (self.mountpoint, self._mount_id, handle.node.inode, handle.opener_pid,
-                handle.last_pid_at_open)
-        held = openers.held_open(*args, max_scan=openers.INLINE_SCAN_MAX)
-        if held is None:  # many processes to look at: not on the event loop
-            held = await trio.to_thread.run_sync(openers.held_open, *args)
-        return bool(held)
+                return bool(self._other_handles(handle))
+        for one in (handle, *self._other_handles(handle)):
+            args = (self.mountpoint, self._mount_id, one.node.inode, one.opener_pid,
+                    one.last_pid_at_open)
+            held = openers.held_open(*args, max_scan=openers.INLINE_SCAN_MAX)
+            if held is None:  # many processes to look at: not on the event loop
+                held = await trio.to_thread.run_sync(openers.held_open, *args)
+            if held:
+                return True
+        return False
 
     async def _finalize(self, handle: Handle) -> None:
         try:
@@ -778,11 +813,15 @@ class ChuteOperations(pyfuse3.Operations):
             sent_mtime = _int_or_none(node.metadata.get(MTIME_META))
             if not node.mtime_explicit and sent_mtime is not None:
                 node.mtime_ns = sent_mtime
+        elif node.etag:
+            # A failed replacement: the object it was to replace is still there, untouched.
+            # Keep showing it; the next stat asks the store what it holds now.
+            node.needs_head = True
         else:
             parent = self._nodes.get(node.parent)
             if parent is not None:
                 self._forget_child(parent, node.name)
-                self._unsure_of(parent)  # an object it was to replace may still be there
+                self._unsure_of(parent)
 
     # -- extended attributes ----------------------------------------------------------
 

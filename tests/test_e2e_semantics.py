@@ -318,11 +318,6 @@ def test_truncate_syscall_extends_a_file_being_written(mount_factory, s3) -> Non
     no_uploads_left(s3, mount.prefix)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "truncate(1) opens the file (O_WRONLY|O_CREAT, no O_TRUNC) before ftruncate; "
-    "ChuteOperations.open refuses any open without O_TRUNC of a non-empty file with EOPNOTSUPP "
-    "(and an empty one being written with EBUSY in _start_upload), even when the file is being "
-    "written and only wants to be extended, which the README says works"))
 def test_truncate_tool_extends_a_file_being_written(mount_factory, s3) -> None:
     """``truncate -s`` (open without O_TRUNC + ftruncate) while a shell holds the file."""
     mount = mount_factory(*SMALL_MOUNT)
@@ -458,10 +453,6 @@ def test_keys_over_1024_bytes_are_enametoolong(mount_factory, s3) -> None:
     no_uploads_left(s3, mount.prefix)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ChuteOperations._child_name refuses len(key) + 1 > 1024 for every name, adding the "
-    "trailing slash of a directory marker to file keys too: a file key of exactly 1024 bytes "
-    "(valid on S3 and on SeaweedFS) gets ENAMETOOLONG"))
 def test_a_file_key_of_exactly_1024_bytes_is_accepted(mount_factory, s3) -> None:
     mount = mount_factory()
     deep = deep_dirs(mount.path)
@@ -472,13 +463,6 @@ def test_a_file_key_of_exactly_1024_bytes_is_accepted(mount_factory, s3) -> None
     assert get_bytes(s3, key) == b"edge"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ChuteOperations._child_name checks only the whole key against 1024 bytes, not the name "
-    "against NAME_MAX (255, which statfs reports as f_namemax); the kernel passes FUSE names up "
-    "to 1024 bytes, so create() of a 256-byte name succeeds, the writer writes everything, and "
-    "close() fails with EIO when SeaweedFS answers PutObject with 400 KeyTooLongError; mkdir "
-    "gets EIO from the marker's PutObject, and ChuteOperations.mkdir has already added the "
-    "node, so the directory that failed is listed and usable anyway"))
 def test_a_name_over_255_bytes_is_enametoolong(mount_factory, s3) -> None:
     mount = mount_factory()
     for n in (NAME_MAX + 1, 300, 1000):
@@ -608,11 +592,6 @@ def test_failed_replacement_leaves_the_old_object_untouched(mount_factory, s3) -
     assert os.stat(mount.path / "f").st_size == len(old)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ChuteOperations._settle forgets the node of a failed upload (_forget_child) even when it "
-    "stood for an existing object that the upload was to replace; the kernel still holds the "
-    "dentry (entry timeout LOOKUP_TTL from the lookup before the open), so its GETATTR on the "
-    "dropped inode gets ENOENT for up to 1 s although the old object is untouched"))
 def test_failed_replacement_keeps_the_old_file_visible(mount_factory, s3) -> None:
     mount = mount_factory(*SMALL_MOUNT)
     old = random.Random(4).randbytes(SLICE + 5)

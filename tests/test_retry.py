@@ -1,7 +1,7 @@
 """Unit tests for the retry policy: classification, backoff bounds and the retry loop.
 
 The loop is driven on a ``MockClock`` with ``autojump_threshold=0``, so backoff sleeps and
-the 150 s budget cost no wall-clock time and elapsed time can be checked exactly.
+the default budget cost no wall-clock time and elapsed time can be checked exactly.
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 from .checksums import CHECKSUM_ALGORITHMS, ChecksumAlgorithm
 from .errors import ConfigError
+from .retry import DEFAULT_BUDGET as DEFAULT_RETRY_BUDGET
 from .sizes import MiB, check_slice_size, format_size
 
 DEFAULT_SLICE_SIZE = 16 * MiB
 DEFAULT_RING_SIZE = 256 * MiB
 DEFAULT_UPLOAD_CONCURRENCY = 8
+DEFAULT_STALL_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,9 @@ class UploaderConfig:
     upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
     """Parts in flight at once, over all files; 1 sends each file's parts in order."""
     checksum: ChecksumAlgorithm = "crc32c"
-    stall_timeout: float = 30.0
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     """A transfer with no progress for this long is cancelled and retried."""
-    retry_budget: float = 150.0
+    retry_budget: float = DEFAULT_RETRY_BUDGET
     """Seconds a request keeps being retried before the writer gets EIO."""
     ring_stall_grace: float = 5.0
     """See the progress rule in ring.py."""
