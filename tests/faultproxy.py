@@ -1150,6 +1150,10 @@ class FaultProxy:
             if len(request.first) != 3 or not request.first[2].startswith("HTTP/1."):
                 raise ProtocolError(f"not an HTTP/1.x request: {request.first!r}")
             method, path = request.first[0].upper(), request.first[1]
+            if self._current_outage()[0] is not None:
+                # A connection accepted just before the outage, whose task had not yet
+                # registered it when the outage reset every connection: it must not serve.
+                raise _Reset
             kind = classify(method, path, request.headers)
             fault = self._decide(kind, method, path)
             if isinstance(fault, Outage):
