@@ -21,6 +21,7 @@ import hashlib
 from typing import Literal
 
 import crc32c
+import trio
 
 ChecksumAlgorithm = Literal["crc32c", "md5"]
 CHECKSUM_ALGORITHMS: tuple[ChecksumAlgorithm, ...] = ("crc32c", "md5")
@@ -39,6 +40,22 @@ def body_headers(algorithm: ChecksumAlgorithm, body: memoryview | bytes) -> dict
         value = crc32c.crc32c(body).to_bytes(4, "big")
         return {"x-amz-checksum-crc32c": base64.b64encode(value).decode()}
     return {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+
+
+INLINE_CHECKSUM_MAX = {"crc32c": 2 * 1024 * 1024, "md5": 64 * 1024}
+"""Bodies up to this size are checksummed on the event loop: that takes less time than the
+hop to a worker thread does (~0.2 ms idle, more under load; crc32c of 1 MiB is ~0.06 ms,
+md5 of 64 KiB ~0.1 ms, on this project's 2-core machines). Larger ones go to a thread, where
+the checksum releases the GIL, so a 16 MiB part never holds up the loop."""
+
+
+async def body_headers_off_loop(algorithm: ChecksumAlgorithm, body: memoryview | bytes
+                                ) -> dict[str, str]:
+    """:func:`body_headers`, in a worker thread unless the body is small enough that the
+    hop would cost more than the work (INLINE_CHECKSUM_MAX)."""
+    if len(body) <= INLINE_CHECKSUM_MAX[algorithm]:
+        return body_headers(algorithm, body)
+    return await trio.to_thread.run_sync(body_headers, algorithm, body)
 
 
 def complete_part_fields(headers: dict[str, str]) -> dict[str, str]:

@@ -43,7 +43,7 @@ import xxhash
 from . import leftovers
 from .checksums import (
     HASH_TAG,
-    body_headers,
+    body_headers_off_loop,
     complete_part_fields,
     create_headers,
     multipart_etag,
@@ -313,9 +313,7 @@ class FileUpload:
             ring.start_upload(slot)
             upload_id = await self._ensure_upload_id()
             body = slot.data
-            headers = await trio.to_thread.run_sync(
-                body_headers, self._uploader.config.checksum, body
-            )
+            headers = await body_headers_off_loop(self._uploader.config.checksum, body)
             etag = await self._uploader.client.upload_part(
                 self.key, upload_id, slot.part_number, body, headers,
                 on_retry=self._count_retry,
@@ -419,8 +417,7 @@ class FileUpload:
             self.xxh3_128 = self._hasher.hexdigest()
             headers = {
                 **self._metadata_headers(),
-                **await trio.to_thread.run_sync(body_headers, self._uploader.config.checksum,
-                                                body),
+                **await body_headers_off_loop(self._uploader.config.checksum, body),
                 "x-amz-tagging": f"{HASH_TAG}={self.xxh3_128}",
             }
             if self.no_clobber:
