@@ -48,6 +48,8 @@ Modes:
     python scripts/bench.py --peers             # ... plus rclone mount and JuiceFS
     python scripts/bench.py --short             # 256 MiB, 1 run, no peers (well under 1 min)
     python scripts/bench.py --small-files       # cp -r of 2,000 files of 4 KiB-1 MiB
+    python scripts/bench.py --small-files --floors  # ... plus the store alone (curl) and
+                                                # FUSE alone (scripts/nullfs.py)
     python scripts/bench.py --scale             # 1 GiB and 16 GiB streamed with dd, peak RSS
     python scripts/bench.py --sweep             # slice 8/16/32 MiB x concurrency 4/8/16
     python scripts/bench.py --json              # machine output on stdout (progress: stderr)
@@ -82,11 +84,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 BUCKET = "bench"
+FLOORS = ("store-floor", "fuse-floor")
+"""--floors rows of --small-files: references, not peers (no chute/x ratio)."""
 CHUNK = 4 * MiB  # generator and hashing granularity (keep fixed: see Data.chunks)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -405,8 +410,28 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     if chute is None:
         return out
     for name, row in by_name.items():
-        if name != "chute":
+        if name != "chute" and name not in FLOORS:
             out[f"chute/{name}"] = chute.med("mbps") / row.med("mbps")
+    return out
+
+
+def floor_bound(rows: list[Row]) -> dict[str, float]:
+    """What the two floors allow together: a mount that waits for each file's PUT (as close()
+    must) spends at least the FUSE floor's time plus the store floor's time per file."""
+    by_name = {r.name: r for r in rows if r.runs}
+    if not all(name in by_name for name in FLOORS):
+        return {}
+    per_file = sum(statistics.median(r.seconds / r.files for r in by_name[name].runs)
+                   for name in FLOORS)
+    out = {"bound_files_per_s": 1 / per_file}
+    for name in ("chute", "rclone"):
+        if name in by_name:
+            row = by_name[name]
+            out[f"{name}_files_per_s"] = statistics.median(r.files / r.seconds for r in row.runs)
+    if "rclone_files_per_s" in out:
+        out["bound/rclone"] = out["bound_files_per_s"] / out["rclone_files_per_s"]
+    if "chute_files_per_s" in out:
+        out["chute/bound"] = out["chute_files_per_s"] / out["bound_files_per_s"]
     return out
 
 
@@ -774,10 +799,17 @@ class Bench:
         total = sum(size for size, _ in expected.values())
         log(f"generated {a.files} files, {fmt_size(total)} in {tree}")
         names, skipped = self.contenders()
+        if a.floors:
+            names += FLOORS
         rows = {name: Row(name) for name in names}
         for i in range(a.runs):
             for name in names:
-                run = self.small_files_run(name, tree, expected)
+                if name == "store-floor":
+                    run = self.store_floor_run(tree, expected)
+                elif name == "fuse-floor":
+                    run = self.fuse_floor_run(tree, expected)
+                else:
+                    run = self.small_files_run(name, tree, expected)
                 rows[name].runs.append(run)
                 log(f"[run {i + 1}/{a.runs}] {name:<8} {run.files / run.seconds:7.1f} files/s "
                     f"{run.mbps:7.1f} MB/s  {run.seconds:6.1f} s  verified "
@@ -814,6 +846,58 @@ class Bench:
             mountpoint.rmdir()
         return Run(seconds, total, after.cpu - before.cpu, after.hwm,
                    after.write_bytes - before.write_bytes, store_after - store_before, ok, how,
+                   files=len(expected))
+
+    def store_floor_run(self, tree: Path, expected: dict[str, tuple[int, str]]) -> Run:
+        """The store alone: every file of the tree PUT by one ``curl`` (SigV4, one kept-alive
+        connection), one after the other as ``cp -r`` writes them. No FUSE, no Python."""
+        run_id = self.next_id("small-store-floor")
+        config = self.work / f"{run_id}.curl"
+        with open(config, "w") as f:
+            for rel in sorted(expected):
+                url = f"{self.store.endpoint_url}/{BUCKET}/{run_id}/tree/{quote(rel)}"
+                f.write(f'upload-file = "{tree / rel}"\nurl = "{url}"\n')
+        argv = ["curl", "-sS", "--fail", "--aws-sigv4", f"aws:amz:{self.store.region}:s3",
+                "--user", f"{self.store.access_key}:{self.store.secret_key}",
+                "-K", str(config), "-o", "/dev/null"]
+        self.settle()
+        store_before, started = self.store_cpu(), time.monotonic()
+        curl = subprocess.Popen(argv)
+        _, status, usage = os.wait4(curl.pid, 0)  # curl's own CPU and peak RSS
+        curl.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - started
+        store_after = self.store_cpu()
+        if curl.returncode != 0:
+            raise RuntimeError(f"store floor: curl exited with {curl.returncode}")
+        ok, how = self.check_tree_in_bucket(f"{run_id}/tree/", expected)
+        self.delete_prefix(f"{run_id}/")
+        config.unlink()
+        total = sum(size for size, _ in expected.values())
+        return Run(seconds, total, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * KiB, 0,
+                   store_after - store_before, ok, how, files=len(expected))
+
+    def fuse_floor_run(self, tree: Path, expected: dict[str, tuple[int, str]]) -> Run:
+        """FUSE in Python alone: ``cp -r`` into scripts/nullfs.py, which keeps names and
+        sizes and drops the data (no store)."""
+        run_id = self.next_id("small-fuse-floor")
+        mountpoint = self.work / f"mnt-{run_id}"
+        mount = MountProcess("nullfs", [sys.executable, str(Path(__file__).with_name(
+            "nullfs.py")), str(mountpoint)], mountpoint, self.mount_env(),
+            self.logs / f"{mountpoint.name}.log")
+        total = sum(size for size, _ in expected.values())
+        with mount:
+            self.settle()
+            before = sample(mount.pid)
+            started = time.monotonic()
+            subprocess.run(["cp", "-r", str(tree), str(mountpoint) + "/"], check=True)
+            seconds = time.monotonic() - started
+            after = sample(mount.pid)
+            seen = {rel: (mountpoint / "tree" / rel).stat().st_size for rel in expected}
+        ok = all(seen[rel] == size for rel, (size, _) in expected.items())
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
+        return Run(seconds, total, after.cpu - before.cpu, after.hwm,
+                   after.write_bytes - before.write_bytes, 0.0, ok, "sizes via mount",
                    files=len(expected))
 
     def check_tree_in_bucket(self, prefix: str, expected: dict[str, tuple[int, str]],
@@ -1063,6 +1147,14 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         print_table(result["rows"], files=True)
         print()
         print_ratios(result["rows"])
+        bound = floor_bound(result["rows"])
+        if bound:
+            print(f"floors: FUSE floor + store floor per file allow at most "
+                  f"{bound['bound_files_per_s']:.1f} files/s to a mount whose close waits "
+                  f"for the PUT")
+            for label in ("bound/rclone", "chute/bound"):
+                if label in bound:
+                    print(f"{label:<16}{bound[label]:5.2f}  (files/s)")
     elif mode == "scale":
         print(f"chute: seeded stream | dd of=MNT/f bs=1M (no file on disk); ring "
               f"{fmt_size(args.ring_size)}")
@@ -1095,6 +1187,7 @@ def to_json(result: dict[str, Any], env: dict[str, Any], args: argparse.Namespac
     out = {k: v for k, v in result.items() if k not in ("rows", "cells")}
     out["rows"] = [row.summary() for row in result["rows"]]
     out["ratios"] = ratios(result["rows"])
+    out["floors"] = floor_bound(result["rows"])
     out["environment"] = env
     out["work_dir"] = {"path": str(work), "fstype": fs[1], "source": fs[2]}
     out["settings"] = {"slice_size": args.slice_size, "ring_size": args.ring_size,
@@ -1248,6 +1341,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slice-size", type=_size, default=16 * MiB)
     p.add_argument("--ring-size", type=_size, default=256 * MiB)
     p.add_argument("--upload-concurrency", type=int, default=8)
+    p.add_argument("--floors", action="store_true",
+                   help="--small-files: also the store alone (curl PUTs, one connection) "
+                        "and FUSE alone (cp -r into scripts/nullfs.py): the floor a mount "
+                        "whose close waits for the store cannot go below")
     p.add_argument("--files", type=int, help="--small-files: how many (default 2000)")
     p.add_argument("--verify-full", action="store_true",
                    help="download every object and compare sha256 (slow for big files)")

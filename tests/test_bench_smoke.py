@@ -65,3 +65,22 @@ def test_short_mode_json(tmp_path: Path) -> None:
         assert row["mbps_median"] > 0
     assert "chute/ceiling" in report["ratios"]
     assert report["environment"]["nproc"] >= 1
+
+
+def test_small_files_with_floors_json(tmp_path: Path) -> None:
+    """The small-file mode with its two floors (curl alone, FUSE alone) and the bound they
+    give, so the README's reading of the small-file numbers cannot rot."""
+    result = run_bench("--small-files", "--floors", "--files", "40", "--json", work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"chute", "store-floor", "fuse-floor"}
+    for row in rows.values():
+        assert row["verified"] == len(row["runs"]) == 1, row
+        assert row["files_per_s_median"] > 0
+    assert rows["store-floor"]["verified_how"] == "etag"
+    assert rows["fuse-floor"]["verified_how"] == "sizes via mount"
+    floors = report["floors"]
+    assert floors["bound_files_per_s"] > 0
+    assert floors["chute/bound"] > 0
+    assert "chute/store-floor" not in report["ratios"]  # references, not peers

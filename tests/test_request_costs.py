@@ -1,5 +1,6 @@
-"""Unit tests for where the wire checksum is computed: small bodies on the event loop, large
-ones in a worker thread, the same header either way."""
+"""Unit tests for the per-request costs chute keeps small: where the wire checksum is computed
+(small bodies on the event loop, large ones in a worker thread, the same header either way)
+and how big a chunk of a body one socket write sends."""
 
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ def test_headers_carry_the_standard_encodings() -> None:
         "x-amz-checksum-crc32c": base64.b64encode(crc).decode()}
     assert body_headers("md5", body) == {
         "Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+
+
+def test_send_chunks_fit_the_stall_timeout_of_the_slowest_moving_link() -> None:
+    """A chunk is one socket write under the stall timeout: a link at SLOWEST_MOVING_LINK must
+    get each chunk out within it, and chunks stay between 64 KiB and 1 MiB."""
+    from chute.uploader.s3 import SLOWEST_MOVING_LINK, send_chunk_size
+
+    assert send_chunk_size(30.0) == 240 * 1024
+    assert send_chunk_size(30.0) / SLOWEST_MOVING_LINK <= 30.0
+    assert send_chunk_size(2.0) == 64 * 1024  # short timeouts (tests): never below 64 KiB
+    assert send_chunk_size(3600.0) == 1024 * 1024
