@@ -1379,6 +1379,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def disk_needed(args: argparse.Namespace) -> int:
+    """Bytes the run's work directory will hold at its peak, with a 10% margin: the source
+    data, plus every upload, since SeaweedFS gives back a deleted object's space only when it
+    vacuums its volumes (a 4 GiB run with peers once filled the disk mid-copy: the store
+    failed and chute rightly gave cp EIO)."""
+    if args.small_files:
+        total = args.files * 300 * KiB  # log-uniform 4 KiB-1 MiB: mean ~190 KiB
+        contenders = (1 + (args.baseline is not None) + (2 if args.peers else 0)
+                      + (2 if args.floors else 0))
+        return int(total * (1 + args.runs * contenders) * 1.1)
+    if args.scale:
+        return int(sum(args.scale_sizes) * args.runs * 1.1)
+    contenders = 9 if args.sweep else (
+        2 + (args.baseline is not None) + (2 if args.peers else 0))
+    return int(args.size * (1 + args.runs * contenders) * 1.1)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1396,6 +1413,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     base = (args.work_dir or Path.cwd() / "bench-data").absolute()
     base.mkdir(parents=True, exist_ok=True)
+    need, free = disk_needed(args), shutil.disk_usage(base).free
+    if free < need:
+        raise SystemExit(f"bench: {base} has {fmt_size(free)} free, this run needs about "
+                         f"{fmt_size(need)} (SeaweedFS keeps deleted objects' space until it "
+                         "vacuums); free some or pass --work-dir elsewhere")
     work = base / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     work.mkdir()
     fs = filesystem_of(work)
