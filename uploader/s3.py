@@ -42,8 +42,9 @@ SLOWEST_MOVING_LINK = 8 * 1024
 each one socket write under the stall timeout, so a chunk is sized to take the whole stall
 timeout at this rate: 240 KiB with the default 30 s. Sizing chunks by the link's measured
 rate instead is unsafe: a proxy's buffers swallow MiBs at once, then a chunk sized from that
-burst can never finish. Each chunk costs a pass through h11, httpcore and trio: 64 KiB
-chunks took 3.4 s of the mount's CPU per GiB on loopback, 1 MiB chunks 2.6 s (measured)."""
+burst can never finish. Each chunk costs a pass through h11, httpcore and trio: with 64 KiB
+chunks a 4 GiB cp took 3.4 s of the mount's CPU per GiB on loopback, with 240 KiB 2.2 s
+(scripts/bench.py, same machine)."""
 MIN_SEND_CHUNK = 64 * 1024
 MAX_SEND_CHUNK = 1024 * 1024
 
@@ -193,8 +194,8 @@ class S3Client:
         if hasattr(socket, "TCP_NOTSENT_LOWAT"):
             socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
         # The transport, not an AsyncClient: chute needs none of the client's layers
-        # (cookies, redirects, auth flows, base URLs, default headers), and on small files
-        # they were a fifth of the CPU of every request (see README, Performance).
+        # (cookies, redirects, auth flows, base URLs, default headers), and they cost
+        # 10-25% of the CPU of a small PUT, measured (see README, Performance).
         self._http = httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options)
 
     async def aclose(self) -> None:
