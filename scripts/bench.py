@@ -691,6 +691,13 @@ class Bench:
         return MountProcess("juicefs", argv, mountpoint, env,
                             self.logs / f"{mountpoint.name}.log")
 
+    def nullfs_mount(self, mountpoint: Path) -> MountProcess:
+        """The FUSE floor of --floors: scripts/nullfs.py, which keeps names and sizes and
+        drops the data (no store)."""
+        argv = [sys.executable, str(Path(__file__).with_name("nullfs.py")), str(mountpoint)]
+        return MountProcess("nullfs", argv, mountpoint, self.mount_env(),
+                            self.logs / f"{mountpoint.name}.log")
+
     def ceiling_run(self, data: Data) -> Run:
         a = self.args
         key = f"{self.next_id('ceiling')}/f"
@@ -806,8 +813,6 @@ class Bench:
             for name in names:
                 if name == "store-floor":
                     run = self.store_floor_run(tree, expected)
-                elif name == "fuse-floor":
-                    run = self.fuse_floor_run(tree, expected)
                 else:
                     run = self.small_files_run(name, tree, expected)
                 rows[name].runs.append(run)
@@ -827,9 +832,12 @@ class Bench:
                                      a.upload_concurrency, contender)
         elif contender == "rclone":
             mount = self.rclone_mount(mountpoint, run_id)
+        elif contender == "fuse-floor":
+            mount = self.nullfs_mount(mountpoint)
         else:
             mount = self.juicefs_mount(mountpoint, run_id)
         total = sum(size for size, _ in expected.values())
+        in_mount = contender in ("juicefs", "fuse-floor")
         with mount:
             self.settle()
             store_before, before = self.store_cpu(), sample(mount.pid)
@@ -837,9 +845,10 @@ class Bench:
             subprocess.run(["cp", "-r", str(tree), str(mountpoint) + "/"], check=True)
             seconds = time.monotonic() - started
             after, store_after = sample(mount.pid), self.store_cpu()
-            if contender == "juicefs":
-                ok, how = check_tree_in_mount(mountpoint / "tree", expected, a.verify_full)
-        if contender != "juicefs":
+            if in_mount:  # nullfs keeps sizes only: there are no bytes to read back
+                ok, how = check_tree_in_mount(mountpoint / "tree", expected,
+                                              a.verify_full and contender == "juicefs")
+        if not in_mount:
             ok, how = self.check_tree_in_bucket(f"{run_id}/tree/", expected)
         self.delete_prefix(f"{run_id}/")
         with contextlib.suppress(OSError):
@@ -875,30 +884,6 @@ class Bench:
         total = sum(size for size, _ in expected.values())
         return Run(seconds, total, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * KiB, 0,
                    store_after - store_before, ok, how, files=len(expected))
-
-    def fuse_floor_run(self, tree: Path, expected: dict[str, tuple[int, str]]) -> Run:
-        """FUSE in Python alone: ``cp -r`` into scripts/nullfs.py, which keeps names and
-        sizes and drops the data (no store)."""
-        run_id = self.next_id("small-fuse-floor")
-        mountpoint = self.work / f"mnt-{run_id}"
-        mount = MountProcess("nullfs", [sys.executable, str(Path(__file__).with_name(
-            "nullfs.py")), str(mountpoint)], mountpoint, self.mount_env(),
-            self.logs / f"{mountpoint.name}.log")
-        total = sum(size for size, _ in expected.values())
-        with mount:
-            self.settle()
-            before = sample(mount.pid)
-            started = time.monotonic()
-            subprocess.run(["cp", "-r", str(tree), str(mountpoint) + "/"], check=True)
-            seconds = time.monotonic() - started
-            after = sample(mount.pid)
-            seen = {rel: (mountpoint / "tree" / rel).stat().st_size for rel in expected}
-        ok = all(seen[rel] == size for rel, (size, _) in expected.items())
-        with contextlib.suppress(OSError):
-            mountpoint.rmdir()
-        return Run(seconds, total, after.cpu - before.cpu, after.hwm,
-                   after.write_bytes - before.write_bytes, 0.0, ok, "sizes via mount",
-                   files=len(expected))
 
     def check_tree_in_bucket(self, prefix: str, expected: dict[str, tuple[int, str]],
                              ) -> tuple[bool, str]:
@@ -1385,7 +1370,7 @@ def disk_needed(args: argparse.Namespace) -> int:
     vacuums its volumes (a 4 GiB run with peers once filled the disk mid-copy: the store
     failed and chute rightly gave cp EIO)."""
     if args.small_files:
-        total = args.files * 300 * KiB  # log-uniform 4 KiB-1 MiB: mean ~190 KiB
+        total = args.files * 300 * KiB  # log-uniform 4 KiB-1 MiB: mean ~190 KiB, padded
         contenders = (1 + (args.baseline is not None) + (2 if args.peers else 0)
                       + (2 if args.floors else 0))
         return int(total * (1 + args.runs * contenders) * 1.1)

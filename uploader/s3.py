@@ -182,6 +182,7 @@ class S3Client:
         self.credentials = credentials
         self.policy = policy
         self.stall_timeout = stall_timeout
+        self._send_chunk = send_chunk_size(stall_timeout)
         self.on_retry = on_retry
         """Told ``(operation, reason)`` about every retry (the mount's counters)."""
         self.on_request: Callable[[str, float, int | None], object] | None = None
@@ -230,9 +231,8 @@ class S3Client:
             self.stall_timeout, read=max(read_timeout or 0, self.stall_timeout), pool=None
         )
         content: bytes | AsyncIterator[memoryview]
-        chunk = send_chunk_size(self.stall_timeout)
-        if isinstance(body, memoryview) and len(body) > chunk:
-            content = _chunks(body, chunk, progress)
+        if isinstance(body, memoryview) and len(body) > self._send_chunk:
+            content = _chunks(body, self._send_chunk, progress)
         else:
             content = bytes(body)
         if method in ("GET", "HEAD", "DELETE") and not body:
