@@ -370,11 +370,16 @@ class S3Client:
             last_modified=response.headers.get("last-modified", ""), metadata=metadata,
         )
 
-    async def get_range(self, key: str, first: int, last: int) -> bytes:
-        """Bytes ``first..last`` (inclusive) of the object; a short answer is an error."""
-        response = await self.request(
-            "GetObject", "GET", key, headers={"Range": f"bytes={first}-{last}"}
-        )
+    async def get_range(self, key: str, first: int, last: int, *,
+                        if_match: str | None = None) -> bytes:
+        """Bytes ``first..last`` (inclusive) of the object; a short answer is an error.
+
+        ``if_match`` (an ETag) makes the store refuse with 412 PreconditionFailed, a
+        StoreError, if the object is no longer that version: a reader never mixes two."""
+        headers = {"Range": f"bytes={first}-{last}"}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+        response = await self.request("GetObject", "GET", key, headers=headers)
         if len(response.content) != last - first + 1:
             raise StoreError("GetObject", response.status_code, "ShortRead",
                              f"asked {last - first + 1} bytes, got {len(response.content)}")
