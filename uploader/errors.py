@@ -8,6 +8,7 @@ so that what ``cp`` prints is decided in one place::
     ├── FileTooLarge                EFBIG    10,000 parts of --slice-size are written
     ├── BackwardWrite               EINVAL   a write into bytes already sent to the store
     ├── ObjectExists                EEXIST   --no-overwrite, and the name exists (or appeared)
+    ├── ObjectChanged               ESTALE   the object a reader opened was replaced mid-read
     ├── UploadFailed                EIO      the upload of this file failed; sticky per file
     │   └── UploadSessionLost       EIO      the store forgot the multipart upload
     ├── StoreError                  EIO      the store answered with an S3 error
@@ -54,6 +55,13 @@ class ObjectExists(ChuteError):
     """``--no-overwrite``: the key exists, or was created by someone else before ours landed."""
 
     errno = errno.EEXIST
+
+
+class ObjectChanged(ChuteError):
+    """The object being read is no longer the version pinned at open (its ETag changed, the
+    store answered a conditional GET with 412): the reader gets ESTALE, never a mix of two."""
+
+    errno = errno.ESTALE
 
 
 class UploadFailed(ChuteError):
