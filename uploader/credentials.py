@@ -97,3 +97,36 @@ class CredentialSource:
         """Resolve the whole chain again: the store said our credentials are stale."""
         async with self._lock:
             await trio.to_thread.run_sync(self._resolve)
+
+
+class StaticCredentials(CredentialSource):
+    """Fixed keys, no AWS chain: for tests and tools that are handed their keys.
+
+    Models a key file the way the chain sees one: :meth:`rotate` changes the keys "on disk",
+    :meth:`get` keeps handing out the cached ones until :meth:`reload` (the client calls it
+    after a credential error) picks the new ones up. ``reloads`` counts those calls.
+    """
+
+    def __init__(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+        super().__init__()
+        self._on_disk = botocore.credentials.Credentials(access_key, secret_key, token)
+        self._credentials = self._on_disk
+        self._frozen = self._on_disk.get_frozen_credentials()
+        self.reloads = 0
+
+    def rotate(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+        """New keys that the next :meth:`reload` picks up."""
+        self._on_disk = botocore.credentials.Credentials(access_key, secret_key, token)
+
+    def load_blocking(self) -> botocore.credentials.ReadOnlyCredentials:
+        assert self._frozen is not None
+        return self._frozen
+
+    async def get(self) -> botocore.credentials.ReadOnlyCredentials:
+        assert self._frozen is not None
+        return self._frozen
+
+    async def reload(self) -> None:
+        self.reloads += 1
+        self._credentials = self._on_disk
+        self._frozen = self._on_disk.get_frozen_credentials()

@@ -177,6 +177,7 @@ class S3Client:
         stall_timeout: float = 30.0,
         max_connections: int = 16,
         on_retry: Callable[[str, str], object] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.bucket = bucket
         self.credentials = credentials
@@ -196,8 +197,10 @@ class S3Client:
             socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
         # The transport, not an AsyncClient: chute needs none of the client's layers
         # (cookies, redirects, auth flows, base URLs, default headers), and they cost
-        # 10-25% of the CPU of a small PUT, measured (see README, Performance).
-        self._http = httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options)
+        # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
+        # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
+        self._http = transport if transport is not None else httpx.AsyncHTTPTransport(
+            limits=limits, socket_options=socket_options)
 
     async def aclose(self) -> None:
         await self._http.aclose()
