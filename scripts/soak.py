@@ -2,8 +2,9 @@
 """Soak chute under faults: N concurrent writers, random faults, for M minutes (issue #7).
 
 Not part of CI. Each round picks a fault at random from the fault matrix's catalogue
-(``tests/test_fault_matrix.py``), mounts chute with that row's options on a SeaweedFS of its
-own through :class:`FaultProxy`, sets the fault, and runs N ``cp`` at once, each a random
+(``tests/support/fault_catalogue.py``; ``tests/test_fault_matrix.py`` runs each row once),
+mounts chute with that row's options on a SeaweedFS of its own through :class:`FaultProxy`
+(``tests/support/faultproxy/``), sets the fault, and runs N ``cp`` at once, each a random
 file (a small one sent as one PutObject, a multipart one, or one twice the ring). Every copy
 is judged as in the matrix: landed, failed loudly, silent-bad or unclean. A transient fault
 must let every copy land; under a permanent one a copy may also fail loudly (the fault may
@@ -32,31 +33,24 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _repo  # noqa: F401  (first: the repo root on sys.path, for tests.support)
 
-from chute.fs.embedded_store import EmbeddedStore  # noqa: E402
-from tests.conftest import BUCKET, Mount  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.test_fault_matrix import (  # noqa: E402
-    BIG,
-    CATALOGUE,
+from chute.fs.embedded_store import EmbeddedStore
+from tests.support.fault_catalogue import BIG, CATALOGUE, HUGE, SMALL, Row
+from tests.support.faultproxy import FaultProxy
+from tests.support.mounts import Mount, start_mount
+from tests.support.store import BUCKET, direct_client, store_env
+from tests.support.verdicts import (
     FAILED,
-    HUGE,
     LANDED,
     SILENT_BAD,
-    SMALL,
     UNCONFIRMED,
-    Row,
     Source,
     Tally,
     Verdict,
-    direct_client,
     judge,
     make_source,
     run_cp,
-    start_mount,
-    store_env,
 )
 
 SIZE_WEIGHTS = {SMALL: 3, BIG: 4, HUGE: 1}

@@ -3,7 +3,7 @@
 The promise (README, "Reliability"): with the default --retry-budget and --stall-timeout a
 writer learns of a store that is gone for good within three minutes, and a backup job neither
 sits blocked for half an hour nor exits 0. This measures it, per way of going away, against
-an embedded SeaweedFS behind tests/faultproxy.py:
+an embedded SeaweedFS behind the fault proxy (tests/support/faultproxy/):
 
 - refused:   nothing listens any more (the server process is gone);
 - reset:     connections are accepted and reset at once (a broken load balancer);
@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import _repo  # noqa: F401  (first: the repo root on sys.path, for tests.support)
 
-from chute.fs.embedded_store import EmbeddedStore  # noqa: E402
-from tests.conftest import BUCKET  # noqa: E402
-from tests.faultproxy import FaultProxy, Outage, StallRequest  # noqa: E402
-from tests.test_fault_matrix import direct_client, start_mount, store_env  # noqa: E402
+from chute.fs.embedded_store import EmbeddedStore
+from tests.support.faultproxy import FaultProxy, Outage, StallRequest
+from tests.support.mounts import start_mount
+from tests.support.store import BUCKET, direct_client, store_env
 
 GONE_FOR = 600.0
 """Longer than any writer may wait: 'for good' as far as the writer can tell."""

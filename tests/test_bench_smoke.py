@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import requires_fuse
+from tests.support.mounts import requires_fuse
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

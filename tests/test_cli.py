@@ -14,8 +14,8 @@ import pytest
 
 from chute.fs.cli import parse_remote
 from chute.uploader.errors import ConfigError
-
-from .conftest import BUCKET, is_mounted, requires_fuse
+from tests.support.mounts import is_mounted, requires_fuse
+from tests.support.store import BUCKET
 
 
 def chute(*args: str, env: dict[str, str] | None = None, timeout: float = 60

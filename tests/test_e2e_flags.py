@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    BUCKET,
-    object_keys,
-    pending_uploads,
-    random_file,
-    requires_fuse,
-    sha256_file,
-    sha256_object,
-    upload_markers,
-)
+from tests.support.files import random_file, sha256_file
+from tests.support.mounts import requires_fuse
+from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object, upload_markers
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from .conftest import BUCKET, object_keys, pending_uploads, requires_fuse
+from tests.support.mounts import requires_fuse
+from tests.support.store import BUCKET, object_keys, pending_uploads
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

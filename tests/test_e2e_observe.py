@@ -8,7 +8,6 @@ behind them (option translation, config conversion, label cutting) get direct te
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -24,53 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from chute.fs import cli, config_file, metrics, mount_helper
+from chute.fs import cli, config_file, metrics, mount_helper, mountinfo
 from chute.uploader.errors import ConfigError
-
-from .conftest import (
-    BUCKET,
-    is_mounted,
-    object_keys,
-    pending_uploads,
-    random_file,
-    requires_fuse,
-)
-from .faultproxy import FaultProxy, Kind, slow_down
+from tests.support.faultproxy import FaultProxy, Kind, slow_down
+from tests.support.files import random_file
+from tests.support.mounts import is_mounted, requires_fuse
+from tests.support.observe import chute, scrape, status, wait_for
+from tests.support.store import BUCKET, object_keys, pending_uploads, store_env
 
 MiB = 1 << 20
 SMALL_RING = ("--slice-size", "5MiB", "--ring-size", "20MiB")
-
-
-def chute(*args: str, env: dict[str, str] | None = None, timeout: float = 60
-          ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chute.fs.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def status(path: Path) -> dict:
-    result = chute("status", path, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def wait_for(predicate, what: str, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def store_env(store) -> dict[str, str]:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": store.access_key,
-           "AWS_SECRET_ACCESS_KEY": store.secret_key, "AWS_REGION": store.region}
-    env.pop("AWS_PROFILE", None)
-    return env
 
 
 @contextlib.contextmanager
@@ -181,15 +144,6 @@ def test_bad_config_is_refused_before_anything(tmp_path: Path) -> None:
 
 
 # -- metrics -------------------------------------------------------------------------------
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the endpoint by (name, sorted labels)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest.mark.e2e
@@ -416,9 +370,9 @@ def test_mount_t_fuse_chute_then_unmount_waits_for_the_writer(
                              "-o", options], capture_output=True, text=True,
                             env=store_env(store), timeout=60)
     assert result.returncode == 0, result.stderr
-    with open("/proc/self/mountinfo") as f:
-        (line,) = [line for line in f if line.split()[4] == str(path)]
-    assert " - fuse.chute chute:" in line
+    entry = mountinfo.find(path)
+    assert entry is not None and entry.fstype == "fuse.chute", entry
+    assert entry.source.startswith("chute:"), entry
     first = os.urandom(7 * MiB)
     with open_for_writing(path / "slow", first) as fd:
         unmount = subprocess.Popen([sys.executable, "-m", "chute.fs.cli", "unmount", str(path),

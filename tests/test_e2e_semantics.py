@@ -26,16 +26,9 @@ import pytest
 import xxhash
 
 from chute.fs.operations import LOOKUP_TTL, MAX_KEY_BYTES
-
-from .conftest import (
-    BUCKET,
-    object_keys,
-    pending_uploads,
-    random_file,
-    requires_fuse,
-    sha256_file,
-    sha256_object,
-)
+from tests.support.files import random_file, sha256_file
+from tests.support.mounts import requires_fuse
+from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

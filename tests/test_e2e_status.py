@@ -12,8 +12,8 @@ import time
 import pytest
 
 from chute.fs.control import socket_path
-
-from .conftest import BUCKET, requires_fuse
+from tests.support.mounts import requires_fuse
+from tests.support.store import BUCKET
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

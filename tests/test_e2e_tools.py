@@ -24,22 +24,15 @@ import pytest
 import trio
 
 from chute.fs.embedded_store import EmbeddedStore
-from chute.fs.operations import LOOKUP_TTL, METADATA_DEADLINE, copy_in_parts
+from chute.fs.operations import LOOKUP_TTL, METADATA_DEADLINE
+from chute.uploader.copy import copy_in_parts
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
-
-from .conftest import (
-    BUCKET,
-    object_keys,
-    pending_uploads,
-    random_file,
-    requires_fuse,
-    sha256_file,
-    sha256_object,
-    upload_markers,
-)
-from .test_e2e_observe import scrape, status
+from tests.support.files import random_file, sha256_file
+from tests.support.mounts import requires_fuse
+from tests.support.observe import scrape, status
+from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object, upload_markers
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

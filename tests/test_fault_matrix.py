@@ -1,10 +1,11 @@
 """Survive the network and the server: a fault matrix against real mounts (issue #7).
 
-Every row of ``CATALOGUE`` is one fault, declared as data. It runs against a real
-``chute mount`` whose store is the session's SeaweedFS seen through :class:`FaultProxy`,
-copies a file in with ``cp`` (23 MiB + a few bytes = 5 parts of a 5 MiB slice, or a small
-file sent as one PutObject when the fault targets PutObject), and judges what a user would
-see. Exactly one of two outcomes is acceptable:
+Every row of ``CATALOGUE`` (tests/support/fault_catalogue.py) is one fault, declared as data.
+It runs against a real ``chute mount`` whose store is the session's SeaweedFS seen through
+:class:`FaultProxy` (tests/support/faultproxy/), copies a file in with ``cp`` (23 MiB + a few
+bytes = 5 parts of a 5 MiB slice, or a small file sent as one PutObject when the fault
+targets PutObject), and judges what a user would see (tests/support/verdicts.py). Exactly
+one of two outcomes is acceptable:
 
 * **landed**: ``cp`` exited 0, the object is byte-identical (sha256 read with boto3 straight
   from the store, not through the proxy), its ``chute-xxh3-128`` tag is right, and nothing
@@ -31,370 +32,29 @@ faulted. Budgets and timeouts are small so the module takes about three minutes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
 import secrets
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-import boto3
 import httpx
 import pytest
 import trio
 import trio.testing
-import xxhash
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from chute.fs.embedded_store import EmbeddedStore
 from chute.uploader.retry import RetryPolicy
-
-from .conftest import (
-    BUCKET,
-    Mount,
-    is_mounted,
-    object_keys,
-    pending_uploads,
-    random_file,
-    requires_fuse,
-    upload_markers,
-)
-from .faultproxy import (
-    ExpiredTokenFor,
-    Fault,
-    FaultProxy,
-    Kind,
-    Outage,
-    ResetAfter,
-    ResetBefore,
-    StallRequest,
-    StallResponse,
-    Status,
-    Throttle,
-)
-
-KiB = 1 << 10
-MiB = 1 << 20
-RING = 40 * MiB
-BIG = 23 * MiB + 4099
-"""Five parts: four full 5 MiB slices and a 3 MiB tail."""
-SMALL = MiB + 17
-"""Below one slice: a single PutObject."""
-SLOW_SMALL = 600 * KiB + 17
-"""A single PutObject that takes six seconds at 100 KiB/s."""
-HUGE = 2 * RING + 3 * MiB + 11
-"""Twice the ring: the writer waits for slots while the fault plays out (backpressure)."""
-SIZES = (BIG, SMALL, SLOW_SMALL, HUGE)
-
-LANDED = "landed"
-FAILED = "failed loudly"
-UNCONFIRMED = "eio-but-landed"
-SILENT_BAD = "silent-bad"
-UNCLEAN = "unclean"
-OUTCOMES = (LANDED, FAILED, UNCONFIRMED, SILENT_BAD, UNCLEAN)
-CLEANUP_GRACE = 20.0
-"""Seconds a failed upload may take to be aborted (the janitor retries every 2 s)."""
-RETRIED = "retrying "
-"""What the mount logs once per retry (uploader/retry.py)."""
-
-
-# -- the catalogue -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    """One fault scenario: what the proxy does, what must come of it, and the mount options."""
-
-    name: str
-    faults: tuple[Fault, ...]
-    expect: str
-    """LANDED (a transient fault) or FAILED (a permanent one); UNCONFIRMED when the fault
-    takes the answer of the request that makes the object and then the store itself."""
-    size: int = BIG
-    budget: float = 20.0
-    """--retry-budget, seconds."""
-    stall: float = 3.0
-    """--stall-timeout, seconds."""
-    logs: tuple[str, ...] = ()
-    """Lines the mount's log must contain: how the user learns what happened."""
-    once: bool = False
-    """Each of ``logs`` must appear exactly once (one failure, one explanation)."""
-    not_cut: bool = False
-    """No transfer may be cancelled or retried: the fault slowed it but it kept moving."""
-    min_seconds: float = 0.0
-    """The copy cannot honestly have been faster: the fault really held it up."""
-    max_seconds: float = 120.0
-    """A failure must reach the writer about when the retry budget says, not much later."""
-    settle: float = 0.0
-    """Seconds to let the mount finish what is still in flight before its log is read."""
-    solo: bool = False
-    """Transient only if one writer meets all of it: with concurrent writers (scripts/soak.py)
-    another writer may take part of it and, for that writer, it is permanent."""
-    bug: str | None = None
-    """A known bug this row exposes, and where its fix goes (outside this module's reach)."""
-    strict: bool = True
-    """Whether the bug shows every time (else timing may hide it now and then)."""
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        return mount_options(self.budget, self.stall)
-
-
-def mount_options(budget: float, stall: float) -> tuple[str, ...]:
-    """Every mount here: 5 MiB slices in an 8-slot ring, a small budget and stall timeout."""
-    return ("--slice-size", "5MiB", "--ring-size", "40MiB",
-            "--retry-budget", f"{budget:g}", "--stall-timeout", f"{stall:g}")
-
-
-PART = Kind.UPLOAD_PART
-CREATE = Kind.CREATE_MULTIPART_UPLOAD
-COMPLETE = Kind.COMPLETE_MULTIPART_UPLOAD
-PUT = Kind.PUT_OBJECT
-HEAD = Kind.HEAD_OBJECT
-LIST = Kind.LIST_OBJECTS_V2
-TAGGING = Kind.PUT_OBJECT_TAGGING
-DELETE = Kind.DELETE_OBJECT
-ABORT = Kind.ABORT_MULTIPART_UPLOAD
-FOREVER = 300.0
-"""The duration of a fault meant to outlast the copy (bounded, as the proxy wants)."""
-STALLED = "failed: timeout ("
-"""How a transfer cancelled by --stall-timeout is logged."""
-MAY_HAVE_LANDED = "the object may have landed although the writer gets EIO"
-OUTAGE_BUDGET = 30.0
-"""For outages of 5 s: well past the outage, so the row shows an outage ridden out, not the
-last attempt at the budget's end racing the outage's end."""
-
-CATALOGUE: tuple[Row, ...] = (
-    # Transient answers of the store on parts: retried with backoff.
-    Row("500 InternalError on UploadPart x2", (Status(500, kind=PART, times=2),), LANDED),
-    Row("503 ServiceUnavailable on UploadPart x3", (Status(503, kind=PART, times=3),), LANDED),
-    Row("503 SlowDown on UploadPart x3", (Status(503, "SlowDown", kind=PART, times=3),), LANDED),
-    Row("429 TooManyRequests on UploadPart x2", (Status(429, kind=PART, times=2),), LANDED),
-    Row("400 RequestTimeout on UploadPart", (Status(400, "RequestTimeout", kind=PART),), LANDED),
-    # The connection, before and after the store acted.
-    Row("reset mid-body of UploadPart", (ResetBefore(kind=PART, after_body_bytes=MiB),), LANDED),
-    Row("reset after UploadPart x2 (answer lost)", (ResetAfter(kind=PART, times=2),), LANDED),
-    Row("stall 10 s mid-body of UploadPart (stall-timeout 2 s)",
-        (StallRequest(10.0, kind=PART),), LANDED, stall=2.0, logs=(STALLED,)),
-    Row("stall 10 s in UploadPart's answer (stall-timeout 2 s)",
-        (StallResponse(10.0, kind=PART),), LANDED, stall=2.0, logs=(STALLED,)),
-    Row("UploadPart at 200 KiB/s, 26 s (stall-timeout 8 s)", (Throttle(200 * KiB, kind=PART),),
-        LANDED, stall=8.0, not_cut=True, min_seconds=20.0),
-    Row("every PutObject at 100 KiB/s (stall-timeout 3 s)",
-        (Throttle(100 * KiB, kind=PUT, times=None, duration=FOREVER),), LANDED,
-        size=SLOW_SMALL, not_cut=True, min_seconds=5.0),
-    Row("ExpiredToken on every write for 3 s",
-        (ExpiredTokenFor(3.0, kind=(PART, CREATE, PUT, COMPLETE)),), LANDED,
-        logs=("credentials: ExpiredToken",)),
-    # Creating and completing the multipart upload.
-    Row("500 on CreateMultipartUpload x2", (Status(500, kind=CREATE, times=2),), LANDED),
-    Row("reset after CreateMultipartUpload (answer lost)", (ResetAfter(kind=CREATE),), LANDED,
-        logs=("made by a CreateMultipartUpload whose answer was lost",)),
-    Row("503 on CompleteMultipartUpload x2", (Status(503, kind=COMPLETE, times=2),), LANDED),
-    Row("reset after CompleteMultipartUpload (answer lost)", (ResetAfter(kind=COMPLETE),),
-        LANDED),
-    Row("reset after Complete, retry told NoSuchUpload (as AWS does)",
-        (ResetAfter(kind=COMPLETE), Status(404, "NoSuchUpload", kind=COMPLETE)), LANDED,
-        logs=("the object is ours",), solo=True),
-    Row("outage 5 s at CompleteMultipartUpload (budget 30 s)", (Outage(5.0, kind=COMPLETE),),
-        LANDED, budget=OUTAGE_BUDGET, min_seconds=4.5),
-    Row("500 on PutObjectTagging", (Status(500, kind=TAGGING),), LANDED),
-    Row("503 on DeleteObject x2 (the upload marker)", (Status(503, kind=DELETE, times=2),),
-        LANDED),
-    # A small file: one PutObject.
-    Row("503 on PutObject x2 (small file)", (Status(503, kind=PUT, times=2),), LANDED,
-        size=SMALL),
-    Row("reset after PutObject (small file, answer lost)", (ResetAfter(kind=PUT),), LANDED,
-        size=SMALL),
-    # cp's lookup of the destination: HeadObject, then ListObjectsV2.
-    Row("503 on HeadObject x2 + 500 on ListObjectsV2 x2 (lookup)",
-        (Status(503, kind=HEAD, times=2), Status(500, kind=LIST, times=2)), LANDED),
-    Row("reset after HeadObject and ListObjectsV2 (lookup)",
-        (ResetAfter(kind=HEAD), ResetAfter(kind=LIST)), LANDED),
-    # The server goes away for less than the retry budget.
-    Row("outage 5 s from the start (budget 30 s)", (Outage(5.0),), LANDED,
-        budget=OUTAGE_BUDGET, min_seconds=4.5),
-    Row("outage 5 s at the 3rd part (budget 30 s)", (Outage(5.0, kind=PART, after=2),), LANDED,
-        budget=OUTAGE_BUDGET, min_seconds=4.5),
-    Row("outage 5 s, file twice the ring (budget 30 s)", (Outage(5.0, kind=PART, after=3),),
-        LANDED, size=HUGE, budget=OUTAGE_BUDGET, min_seconds=4.5),
-    # Permanent: the writer must hear of it soon, and nothing may stay behind.
-    Row("NoSuchUpload on UploadPart (session lost)", (Status(404, "NoSuchUpload", kind=PART),),
-        FAILED, logs=("the parts already sent are gone",), max_seconds=10.0),
-    Row("NoSuchUpload on UploadPart while another crawls (abort mid-part)",
-        (Status(404, "NoSuchUpload", kind=PART), Throttle(MiB, kind=PART)), FAILED,
-        size=HUGE, stall=2.0, logs=("the parts already sent are gone",), once=True,
-        max_seconds=10.0, settle=5.0),
-    Row("AccessDenied on every UploadPart, 503 on the abort x2",
-        (Status(403, "AccessDenied", kind=PART, times=None, duration=FOREVER),
-         Status(503, kind=ABORT, times=2)), FAILED,
-        logs=("HTTP 403 AccessDenied",), max_seconds=10.0),
-    Row("NoSuchUpload on CompleteMultipartUpload (no object)",
-        (Status(404, "NoSuchUpload", kind=COMPLETE),), FAILED, max_seconds=10.0),
-    Row("ExpiredToken on CreateMultipartUpload for 60 s (never refreshed)",
-        (ExpiredTokenFor(60.0, kind=CREATE),), FAILED, logs=("credentials: ExpiredToken",),
-        max_seconds=12.0),
-    Row("outage 10 s at the 2nd part (budget 3 s)", (Outage(10.0, kind=PART, after=1),),
-        FAILED, budget=3.0, logs=("could not abort multipart upload",
-                                  "aborted leftover multipart upload"), max_seconds=10.0),
-    Row("outage 20 s at CreateMultipartUpload (budget 3 s)", (Outage(20.0, kind=CREATE),),
-        FAILED, budget=3.0, max_seconds=7.0),
-    Row("outage 20 s from the start (lookup, budget 3 s)", (Outage(20.0),), FAILED, budget=3.0,
-        max_seconds=7.0),
-    # Permanent, after the store acted on the request that makes the object: nobody can know
-    # whether it landed. The writer gets EIO and the log says the object may exist.
-    Row("reset after PutObject, then outage 10 s (budget 3 s)",
-        (ResetAfter(kind=PUT), Outage(10.0, kind=PUT)), UNCONFIRMED, size=SMALL, budget=3.0,
-        logs=(MAY_HAVE_LANDED,), max_seconds=7.0),
-    Row("reset after Complete, then outage 10 s (budget 3 s)",
-        (ResetAfter(kind=COMPLETE), Outage(10.0, kind=COMPLETE)), UNCONFIRMED, budget=3.0,
-        logs=(MAY_HAVE_LANDED,), max_seconds=10.0),
-)
-
-
-# -- judging an outcome ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    sha256: str
-    xxh3_128: str
-
-
-def make_source(path: Path, size: int, seed: int) -> Source:
-    random_file(path, size, seed=seed)
-    sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-            xxh.update(chunk)
-    return Source(path, sha.hexdigest(), xxh.hexdigest())
-
-
-@dataclass
-class Verdict:
-    outcome: str
-    detail: str = ""
-
-
-def _object(s3: Any, key: str) -> tuple[str, dict[str, str]] | None:
-    """sha256 and tags of an object, read straight from the store; None if absent."""
-    try:
-        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
-    digest = hashlib.sha256()
-    for chunk in body.iter_chunks(1 << 20):
-        digest.update(chunk)
-    tags = s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]
-    return digest.hexdigest(), {t["Key"]: t["Value"] for t in tags}
-
-
-def _leftovers(s3: Any, prefix: str, key: str, others: frozenset[str]) -> list[str]:
-    """What under ``prefix`` belongs to ``key`` or to no writer: multipart uploads, upload
-    markers (their ``chute-key`` says whose), and objects other than the writers' own."""
-    def mine(k: str) -> bool:
-        return k == key or k not in others
-
-    found = [f"upload {u['Key']} {u['UploadId']}" for u in pending_uploads(s3, prefix)
-             if mine(u["Key"])]
-    for marker in upload_markers(s3, prefix):
-        try:
-            meta = s3.head_object(Bucket=BUCKET, Key=marker)["Metadata"]
-        except ClientError:
-            continue  # deleted meanwhile
-        if mine(unquote(meta.get("chute-key", ""))):
-            found.append(f"marker {marker}")
-    found += [f"object {k}" for k in object_keys(s3, prefix) if k != key and k not in others]
-    return found
-
-
-def judge(s3: Any, prefix: str, key: str, source: Source, rc: int, stderr: str, *,
-          others: frozenset[str] = frozenset(), grace: float = CLEANUP_GRACE) -> Verdict:
-    """Which of landed / failed loudly / silent-bad / unclean a finished copy is.
-
-    ``others``: keys of concurrent writers under the same prefix, whose objects and uploads
-    are theirs to answer for.
-    """
-    if rc == 0:
-        found = _object(s3, key)
-        if found is None:
-            return Verdict(SILENT_BAD, "cp exited 0 but there is no object")
-        sha, tags = found
-        if sha != source.sha256:
-            return Verdict(SILENT_BAD, "cp exited 0 but the object differs")
-        if tags.get("chute-xxh3-128") != source.xxh3_128:
-            return Verdict(SILENT_BAD, f"the object lacks its xxh3-128 tag: {tags}")
-        left = _leftovers(s3, prefix, key, others)
-        if left:
-            return Verdict(UNCLEAN, f"landed, but left behind {left}")
-        return Verdict(LANDED)
-    if "Input/output error" not in stderr:
-        return Verdict(UNCLEAN, f"cp failed without EIO: {stderr.strip()!r}")
-    deadline = time.monotonic() + grace
-    while True:
-        left = _leftovers(s3, prefix, key, others)
-        if not left:
-            found = _object(s3, key)
-            if found is None:
-                return Verdict(FAILED, stderr.strip())
-            if found[0] == source.sha256:
-                return Verdict(UNCONFIRMED, "EIO, but the object landed whole")
-            left.append(f"object {key} (not what was written)")
-        if time.monotonic() > deadline:
-            return Verdict(UNCLEAN, f"failed, but left behind {left}")
-        time.sleep(0.5)
-
-
-# -- the tally, printed when the module ends -----------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """Outcomes per fault, in the order faults were first seen; safe across threads."""
-
-    rows: dict[str, dict[str, int]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, fault: str, outcome: str) -> None:
-        with self.lock:
-            self.rows.setdefault(fault, dict.fromkeys(OUTCOMES, 0))[outcome] += 1
-
-    def total(self, outcome: str) -> int:
-        with self.lock:
-            return sum(counts[outcome] for counts in self.rows.values())
-
-    def table(self) -> str:
-        with self.lock:
-            rows = [(name, sum(c.values()), *(c[o] for o in OUTCOMES))
-                    for name, c in self.rows.items()]
-        rows.append(("total", *(sum(r[i] for r in rows) for i in range(1, 2 + len(OUTCOMES)))))
-        header = ("fault", "runs", *OUTCOMES)
-        width = max(len(r[0]) for r in [header, *rows])
-        cells = [max(len(h), 4) for h in header[1:]]
-
-        def line(row: tuple) -> str:
-            return f"{row[0]:<{width}}" + "".join(f"  {v:>{w}}" for v, w in zip(row[1:], cells,
-                                                                                strict=True))
-
-        head = line(header)
-        return "\n".join([head, "-" * len(head), *map(line, rows[:-1]), "-" * len(head),
-                          line(rows[-1])])
-
+from tests.support.fault_catalogue import BIG, CATALOGUE, RETRIED, SIZES, MiB, Row, mount_options
+from tests.support.faultproxy import Fault, FaultProxy, Kind, Outage, Status
+from tests.support.mounts import Mount, requires_fuse, start_mount
+from tests.support.store import BUCKET, direct_client
+from tests.support.verdicts import LANDED, SILENT_BAD, Source, Tally, judge, make_source, run_cp
 
 TALLY = Tally()
 
@@ -414,54 +74,7 @@ def summary(request: pytest.FixtureRequest) -> Iterator[None]:
     assert TALLY.total(SILENT_BAD) == 0, "a copy reported success for a wrong object"
 
 
-# -- mounts, proxies and writers -----------------------------------------------------------------
-
-
-def start_mount(where: Path, endpoint_url: str, env: dict[str, str], options: tuple[str, ...],
-                prefix: str | None = None) -> Mount:
-    """``chute mount`` on ``where/mnt`` as conftest's mount_factory does it, with ``env`` as
-    the whole environment (so credentials may come from a profile instead)."""
-    prefix = prefix or f"t-{uuid.uuid4().hex[:10]}/"
-    path = where / "mnt"
-    path.mkdir(parents=True)
-    log_path = where / "mount.log"
-    args = [sys.executable, "-m", "chute.fs.cli", "mount", str(path),
-            f"s3://{BUCKET}/{prefix.rstrip('/')}", "--endpoint-url", endpoint_url, "-v",
-            *options]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    mount = Mount(path, prefix, proc, log_path, args)
-    deadline = time.monotonic() + 30
-    while not is_mounted(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            mount.unmount(timeout=10)
-            raise RuntimeError(f"chute mount did not come up:\n{mount.log()}")
-        time.sleep(0.05)
-    return mount
-
-
-def store_env(server: Any) -> dict[str, str]:
-    """The environment mount_factory gives a mount: the store's keys, no profile."""
-    env = {k: v for k, v in os.environ.items() if k != "AWS_PROFILE"}
-    env |= {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
-            "AWS_REGION": server.region}
-    return env
-
-
-def direct_client(server: Any) -> Any:
-    """boto3 straight to a store (never through a proxy): what really is in the bucket."""
-    return boto3.client(
-        "s3", endpoint_url=server.endpoint_url, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name=server.region,
-        config=Config(retries={"max_attempts": 10, "mode": "standard"}),
-    )
-
-
-def run_cp(source: Path, target: Path, timeout: float = 240) -> tuple[int, str, float]:
-    began = time.monotonic()
-    result = subprocess.run(["cp", str(source), str(target)], capture_output=True, text=True,
-                            timeout=timeout, check=False)
-    return result.returncode, result.stderr, time.monotonic() - began
+# -- sources and the proxy ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

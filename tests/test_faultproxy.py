@@ -32,9 +32,7 @@ from botocore.exceptions import (
 )
 
 from chute.fs.embedded_store import EmbeddedStore
-
-from .conftest import BUCKET
-from .faultproxy import (
+from tests.support.faultproxy import (
     ExpiredTokenFor,
     FaultProxy,
     Injection,
@@ -50,6 +48,7 @@ from .faultproxy import (
     classify,
     slow_down,
 )
+from tests.support.store import BUCKET
 
 MiB = 1 << 20
 NO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}  # max_attempts=1 would retry once

@@ -16,8 +16,7 @@ from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.upload import UploadState
 from chute.uploader.uploader import Uploader
-
-from .conftest import BUCKET, object_keys, pending_uploads
+from tests.support.store import BUCKET, object_keys, pending_uploads
 
 MiB = 1 << 20
 
