@@ -6,7 +6,7 @@ drive chute's client, uploads and namespace without SeaweedFS, FUSE or root, on 
 
 - PutObject: ``x-amz-meta-*``, ``x-amz-tagging``, ``If-None-Match: *`` (412
   PreconditionFailed), ``Content-MD5`` / ``x-amz-checksum-crc32c`` verified (400 BadDigest);
-- GetObject with ``Range`` (206, 416 InvalidRange), HeadObject (404 without a body),
+- GetObject with ``Range`` (206, 416 InvalidRange) and ``If-Match`` (412), HeadObject (404 without a body),
   DeleteObject (204 whether or not the key exists);
 - ListObjectsV2: prefix, delimiter, max-keys, continuation-token, start-after,
   ``encoding-type=url``;
@@ -391,6 +391,10 @@ class MemoryS3:
 
     def _op_GetObject(self, request: LoggedRequest) -> httpx.Response:
         obj = self._object(request.key)
+        if_match = request.headers.get("if-match")
+        if if_match is not None and if_match.strip('"') != obj.etag:
+            raise S3Failure("PreconditionFailed", "At least one of the pre-conditions you "
+                            "specified did not hold")
         headers = self._object_headers(obj)
         wanted = request.headers.get("range")
         if wanted is None:
