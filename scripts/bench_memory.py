@@ -26,6 +26,7 @@ from pathlib import Path
 import boto3
 
 from chute.fs.embedded_store import EmbeddedStore
+from chute.fs.mountinfo import is_mounted
 from chute.uploader.sizes import MiB, format_size, parse_size
 
 
@@ -41,9 +42,8 @@ def proc_field(path: str, field: str) -> int:
 def wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        with open("/proc/self/mountinfo") as f:
-            if any(line.split()[4] == str(path) for line in f):
-                return
+        if is_mounted(path):
+            return
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"mount did not come up (exit {proc.poll()})")
         time.sleep(0.05)
