@@ -20,13 +20,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-import httpx
 import trio
 import xxhash
 
 from chute.uploader.checksums import HASH_TAG
 from chute.uploader.credentials import CredentialSource, resolve_endpoint, resolve_region
-from chute.uploader.errors import ConfigError, StoreError
+from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
 
@@ -82,8 +81,8 @@ async def _fetch(client: S3Client, key: str) -> Stored:
         tags = await client.get_tags(key)
     except StoreError as exc:
         raise CannotVerify(f"the store answered {exc}") from None
-    except httpx.TransportError as exc:
-        raise CannotVerify(f"cannot reach the store: {exc or type(exc).__name__}") from None
+    except StoreUnreachable as exc:
+        raise CannotVerify(f"cannot reach the store: {exc.description}") from None
     finally:
         await client.aclose()
     if not tags.get(HASH_TAG):

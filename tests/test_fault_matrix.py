@@ -43,12 +43,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 import trio.testing
 
 from chute.fs.embedded_store import EmbeddedStore
+from chute.uploader.errors import StoreUnreachable
 from chute.uploader.retry import RetryPolicy
 from tests.support.fault_catalogue import BIG, CATALOGUE, RETRIED, SIZES, MiB, Row, mount_options
 from tests.support.faultproxy import Fault, FaultProxy, Kind, Outage, Status
@@ -249,11 +249,11 @@ def test_default_budget_rides_out_an_outage(caplog: pytest.LogCaptureFixture) ->
 
         async def attempt() -> None:
             if trio.current_time() - began < seconds:
-                raise httpx.ConnectError("all attempts to connect failed")
+                raise StoreUnreachable("UploadPart", "connection error (ConnectError)")
 
         try:
             await RetryPolicy().run("UploadPart", attempt)
-        except httpx.ConnectError:
+        except StoreUnreachable:
             return False
         return True
 

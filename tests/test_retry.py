@@ -1,7 +1,9 @@
 """Unit tests for the retry policy: classification, backoff bounds and the retry loop.
 
-The loop is driven on a ``MockClock`` with ``autojump_threshold=0``, so backoff sleeps and
-the default budget cost no wall-clock time and elapsed time can be checked exactly.
+The policy sees chute's errors only (the S3 client converts transport failures before it does,
+see test_s3_client.py), and names each retryable one with a RetryReason. The loop is driven
+on a ``MockClock`` with ``autojump_threshold=0``, so backoff sleeps and the default budget
+cost no wall-clock time and elapsed time can be checked exactly.
 """
 
 from __future__ import annotations
@@ -9,14 +11,13 @@ from __future__ import annotations
 import itertools
 import random
 
-import httpx
 import pytest
 import trio
 import trio.testing
 
 from chute.uploader import retry as retry_module
-from chute.uploader.errors import StoreError
-from chute.uploader.retry import CREDENTIAL_ERRORS, RetryPolicy, Stalled
+from chute.uploader.errors import MalformedResponse, Stalled, StoreError, StoreUnreachable
+from chute.uploader.retry import CREDENTIAL_ERRORS, RetryPolicy, RetryReason, describe
 
 
 @pytest.fixture
@@ -26,6 +27,35 @@ def clock() -> trio.testing.MockClock:
 
 def store_error(status: int, code: str) -> StoreError:
     return StoreError("UploadPart", status, code, "test", request_id="req-1")
+
+
+def refused() -> StoreUnreachable:
+    """What the client makes of a refused connection (nothing was sent)."""
+    return StoreUnreachable("UploadPart", "connection error (ConnectError: refused)")
+
+
+def lost() -> StoreUnreachable:
+    """The connection broke after the whole request went out."""
+    return StoreUnreachable("UploadPart", "connection error (RemoteProtocolError: peer "
+                            "closed)", request_sent=True)
+
+
+def stalled(*, sent: bool = True) -> Stalled:
+    return Stalled("UploadPart", "timeout (ReadTimeout): no progress for 30 s",
+                   request_sent=sent)
+
+
+class Reasons(list):
+    """An ``on_retry`` that keeps the reasons it was told, in order (and the errors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[Exception] = []
+
+    def __call__(self, reason: RetryReason, error: Exception) -> None:
+        assert isinstance(reason, RetryReason)
+        self.append(reason)
+        self.errors.append(error)
 
 
 class Flaky:
@@ -74,17 +104,23 @@ class Always:
 POLICY = RetryPolicy()
 
 RETRYABLE = [
-    pytest.param(store_error(500, "InternalError"), id="500-InternalError"),
-    pytest.param(store_error(500, "SomethingOdd"), id="500-unknown-code"),
-    pytest.param(store_error(503, "ServiceUnavailable"), id="503"),
-    pytest.param(store_error(503, "SlowDown"), id="503-SlowDown"),
-    pytest.param(store_error(429, "TooManyRequests"), id="429"),
-    pytest.param(store_error(400, "SlowDown"), id="SlowDown-any-status"),
-    pytest.param(store_error(400, "RequestTimeout"), id="400-RequestTimeout"),
-    pytest.param(httpx.ConnectError("connection refused"), id="ConnectError"),
-    pytest.param(httpx.ReadTimeout("read timed out"), id="ReadTimeout"),
-    pytest.param(httpx.RemoteProtocolError("peer closed"), id="RemoteProtocolError"),
-    pytest.param(Stalled("no bytes for 30 s"), id="Stalled"),
+    pytest.param(store_error(500, "InternalError"), RetryReason.SERVER_ERROR,
+                 id="500-InternalError"),
+    pytest.param(store_error(500, "SomethingOdd"), RetryReason.SERVER_ERROR,
+                 id="500-unknown-code"),
+    pytest.param(store_error(503, "ServiceUnavailable"), RetryReason.SERVER_ERROR, id="503"),
+    pytest.param(store_error(409, "OperationAborted"), RetryReason.SERVER_ERROR,
+                 id="409-OperationAborted"),
+    pytest.param(store_error(503, "SlowDown"), RetryReason.THROTTLED, id="503-SlowDown"),
+    pytest.param(store_error(429, "TooManyRequests"), RetryReason.THROTTLED, id="429"),
+    pytest.param(store_error(400, "SlowDown"), RetryReason.THROTTLED, id="SlowDown-any-status"),
+    pytest.param(store_error(400, "RequestTimeout"), RetryReason.REQUEST_TIMEOUT,
+                 id="400-RequestTimeout"),
+    pytest.param(store_error(400, "ExpiredToken"), RetryReason.CREDENTIALS, id="ExpiredToken"),
+    pytest.param(refused(), RetryReason.CONNECTION_FAILED, id="refused"),
+    pytest.param(stalled(sent=False), RetryReason.SEND_STALLED, id="stalled-sending"),
+    pytest.param(lost(), RetryReason.CONNECTION_LOST, id="lost"),
+    pytest.param(stalled(), RetryReason.STALLED, id="stalled-waiting"),
 ]
 
 FINAL = [
@@ -93,15 +129,15 @@ FINAL = [
     pytest.param(store_error(403, "AccessDenied"), id="403-AccessDenied"),
     pytest.param(store_error(404, "NoSuchKey"), id="404-NoSuchKey"),
     pytest.param(store_error(404, "NoSuchBucket"), id="404-NoSuchBucket"),
+    pytest.param(MalformedResponse("ListObjectsV2", 200, "not XML"), id="MalformedResponse"),
     pytest.param(ValueError("a bug, not the network"), id="ValueError"),
+    pytest.param(OSError("an OSError is not the store"), id="OSError"),
 ]
 
 
-@pytest.mark.parametrize("exc", RETRYABLE)
-def test_classify_retryable(exc: BaseException) -> None:
-    reason = POLICY.classify(exc)
-    assert isinstance(reason, str)
-    assert reason
+@pytest.mark.parametrize(("exc", "reason"), RETRYABLE)
+def test_classify_retryable(exc: BaseException, reason: RetryReason) -> None:
+    assert POLICY.classify(exc) is reason
 
 
 @pytest.mark.parametrize("exc", FINAL)
@@ -109,11 +145,25 @@ def test_classify_final(exc: BaseException) -> None:
     assert POLICY.classify(exc) is None
 
 
-def test_classify_reasons_name_the_failure() -> None:
-    assert POLICY.classify(store_error(503, "SlowDown")) == "HTTP 503 SlowDown"
-    assert "ReadTimeout" in POLICY.classify(httpx.ReadTimeout("x"))
-    assert "ConnectError" in POLICY.classify(httpx.ConnectError("x"))
-    assert POLICY.classify(Stalled("30 s")).startswith("stalled")
+def test_only_a_complete_send_may_have_lost_its_answer() -> None:
+    """The 2 x 2 of transport reasons: failed or stalled, before or after the whole request
+    was out. Only after may the store have acted on a request whose answer never came."""
+    lost_answers = {r for r in RetryReason if r.answer_may_be_lost}
+    assert lost_answers == {RetryReason.CONNECTION_LOST, RetryReason.STALLED}
+    assert POLICY.classify(lost()).answer_may_be_lost
+    assert POLICY.classify(stalled()).answer_may_be_lost
+    assert not POLICY.classify(refused()).answer_may_be_lost
+    assert not POLICY.classify(stalled(sent=False)).answer_may_be_lost
+    assert not POLICY.classify(store_error(503, "SlowDown")).answer_may_be_lost
+
+
+def test_reasons_have_short_labels_and_the_log_names_the_failure() -> None:
+    assert len({r.label for r in RetryReason}) == len(RetryReason)
+    assert RetryReason.STALLED.label == "stalled"
+    assert describe(store_error(503, "SlowDown")) == "HTTP 503 SlowDown"
+    assert describe(store_error(400, "ExpiredToken")) == "credentials: ExpiredToken"
+    assert describe(stalled()).startswith("timeout (ReadTimeout)")
+    assert "ConnectError" in describe(refused())
 
 
 @pytest.mark.parametrize(
@@ -123,7 +173,7 @@ def test_classify_reasons_name_the_failure() -> None:
 )
 def test_classify_credential_errors(status: int, code: str) -> None:
     assert code in CREDENTIAL_ERRORS
-    assert POLICY.classify(store_error(status, code)) == f"credentials: {code}"
+    assert POLICY.classify(store_error(status, code)) is RetryReason.CREDENTIALS
 
 
 def test_access_denied_is_not_a_credential_error() -> None:
@@ -165,18 +215,15 @@ def test_backoff_upper_bound_grows_then_caps(monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_run_succeeds_after_transient_failures(clock: trio.testing.MockClock) -> None:
-    errors = [store_error(503, "SlowDown"), httpx.ConnectError("refused"),
-              httpx.ReadTimeout("slow"), Stalled("stuck")]
+    errors = [store_error(503, "SlowDown"), refused(), lost(), stalled()]
     attempt = Flaky(errors, result={"etag": "abc"})
-    reasons: list[str] = []
-    result = await RetryPolicy().run("UploadPart", attempt, on_retry=reasons.append)
+    reasons = Reasons()
+    result = await RetryPolicy().run("UploadPart", attempt, on_retry=reasons)
     assert result == {"etag": "abc"}
     assert attempt.calls == 5
-    assert len(reasons) == 4
-    assert reasons[0] == "HTTP 503 SlowDown"
-    assert "ConnectError" in reasons[1]
-    assert "ReadTimeout" in reasons[2]
-    assert reasons[3].startswith("stalled")
+    assert reasons == [RetryReason.THROTTLED, RetryReason.CONNECTION_FAILED,
+                       RetryReason.CONNECTION_LOST, RetryReason.STALLED]
+    assert reasons.errors == errors
     # Each retry waited its backoff: never more than the cap for that attempt.
     policy = RetryPolicy()
     gaps = [b - a for a, b in itertools.pairwise(attempt.started)]
@@ -186,9 +233,9 @@ async def test_run_succeeds_after_transient_failures(clock: trio.testing.MockClo
 
 async def test_run_first_try_success_calls_nothing(clock: trio.testing.MockClock) -> None:
     attempt = Flaky([], result=42)
-    reasons: list[str] = []
+    reasons = Reasons()
     start = trio.current_time()
-    assert await RetryPolicy().run("PutObject", attempt, on_retry=reasons.append) == 42
+    assert await RetryPolicy().run("PutObject", attempt, on_retry=reasons) == 42
     assert attempt.calls == 1
     assert reasons == []
     assert trio.current_time() == start
@@ -199,10 +246,10 @@ async def test_run_reraises_final_error_at_once(
     clock: trio.testing.MockClock, exc: BaseException
 ) -> None:
     attempt = Flaky([exc])
-    reasons: list[str] = []
+    reasons = Reasons()
     start = trio.current_time()
     with pytest.raises(type(exc)) as info:
-        await RetryPolicy().run("UploadPart", attempt, on_retry=reasons.append)
+        await RetryPolicy().run("UploadPart", attempt, on_retry=reasons)
     assert info.value is exc  # re-raised unchanged
     assert attempt.calls == 1
     assert reasons == []
@@ -212,22 +259,22 @@ async def test_run_reraises_final_error_at_once(
 async def test_run_gives_up_after_max_attempts(clock: trio.testing.MockClock) -> None:
     policy = RetryPolicy(max_attempts=5, budget=10_000)
     attempt = Always(lambda: store_error(500, "InternalError"))
-    reasons: list[str] = []
+    reasons = Reasons()
     with pytest.raises(StoreError) as info:
-        await policy.run("UploadPart", attempt, on_retry=reasons.append)
+        await policy.run("UploadPart", attempt, on_retry=reasons)
     assert attempt.calls == 5
-    assert reasons == ["HTTP 500 InternalError"] * 4  # one per retry, none for giving up
+    assert reasons == [RetryReason.SERVER_ERROR] * 4  # one per retry, none for giving up
     assert info.value is attempt.raised[-1]  # the last exception, unchanged
 
 
 async def test_run_gives_up_within_time_budget(clock: trio.testing.MockClock) -> None:
     policy = RetryPolicy(base_delay=1.0, max_delay=8.0, max_attempts=1000, budget=60.0)
-    attempt = Always(lambda: httpx.ConnectError("refused"))
-    reasons: list[str] = []
+    attempt = Always(refused)
+    reasons = Reasons()
     random.seed(1)
     start = trio.current_time()
-    with pytest.raises(httpx.ConnectError):
-        await policy.run("UploadPart", attempt, on_retry=reasons.append)
+    with pytest.raises(StoreUnreachable):
+        await policy.run("UploadPart", attempt, on_retry=reasons)
     elapsed = trio.current_time() - start
     assert elapsed <= policy.budget
     # The budget, not the attempt cap, stopped it, and it used a fair share of the budget.
@@ -244,7 +291,7 @@ async def test_run_budget_with_slow_attempts_starts_none_after_deadline(
 ) -> None:
     """Attempts that take time themselves: no new attempt starts after the budget."""
     policy = RetryPolicy(base_delay=1.0, max_delay=4.0, max_attempts=1000, budget=30.0)
-    attempt = Always(lambda: Stalled("stuck"), duration=3.0)
+    attempt = Always(stalled, duration=3.0)
     random.seed(2)
     start = trio.current_time()
     with pytest.raises(Stalled):
@@ -285,13 +332,13 @@ async def test_run_credential_error_refreshes_before_retrying(
     async def refresh() -> None:
         events.append("refresh")
 
-    reasons: list[str] = []
+    reasons = Reasons()
     result = await RetryPolicy().run(
-        "UploadPart", attempt, on_retry=reasons.append, on_credential_error=refresh
+        "UploadPart", attempt, on_retry=reasons, on_credential_error=refresh
     )
     assert result == "done"
     assert events == ["attempt", "refresh", "attempt"]
-    assert reasons == ["credentials: ExpiredToken"]
+    assert reasons == [RetryReason.CREDENTIALS]
 
 
 async def test_run_stops_after_max_credential_attempts(clock: trio.testing.MockClock) -> None:
@@ -324,7 +371,7 @@ async def test_run_transient_errors_do_not_spend_credential_attempts(
     refreshes: list[int] = []
     errors: list[BaseException] = [
         store_error(503, "SlowDown"), store_error(400, "ExpiredToken"),
-        httpx.ConnectError("x"), store_error(500, "InternalError"),
+        refused(), store_error(500, "InternalError"),
     ]
     attempt = Flaky(errors, result="ok")
 
@@ -362,3 +409,15 @@ async def test_run_slow_credential_refresh_does_not_overrun_budget(
     assert all(t - start < policy.budget for t in attempt.started), [
         t - start for t in attempt.started
     ]
+
+
+def test_metrics_label_an_error_answer_by_status_and_code() -> None:
+    """The Prometheus ``reason`` label: bounded, and as before the enum for answers."""
+    from chute.fs.metrics import reason_label
+
+    assert reason_label(RetryReason.THROTTLED, store_error(503, "SlowDown")) == \
+        "HTTP 503 SlowDown"
+    assert reason_label(RetryReason.CREDENTIALS, store_error(400, "ExpiredToken")) == \
+        "credentials"
+    assert reason_label(RetryReason.STALLED, stalled()) == "stalled"
+    assert reason_label(RetryReason.CONNECTION_FAILED, refused()) == "connection failed"

@@ -12,15 +12,22 @@ so that what ``cp`` prints is decided in one place::
     ├── UploadFailed                EIO      the upload of this file failed; sticky per file
     │   └── UploadSessionLost       EIO      the store forgot the multipart upload
     ├── StoreError                  EIO      the store answered with an S3 error
-    │   └── (code, HTTP status, request id attached; see retry.py for which are retried)
+    │   │   (code, HTTP status, request id attached; see retry.py for which are retried)
+    │   └── MalformedResponse       EIO      an answer chute cannot read (not XML, a field
+    │                                        missing): code ``MalformedResponse``, not retried
+    ├── StoreUnreachable            EIO      no answer: no connection, the connection broke,
+    │   │                                    or (after retries) the store went away
+    │   └── Stalled                 EIO      no progress for --stall-timeout
     └── ConfigError                 -        bad mount options; reported before mounting
+
+These are the only failures the S3 client lets out (besides cancellation): it turns the HTTP
+library's exceptions into StoreUnreachable/Stalled and unreadable answers into
+MalformedResponse, so nothing above uploader/s3*.py knows which HTTP library is underneath.
 """
 
 from __future__ import annotations
 
 import errno
-
-import httpx
 
 
 class ChuteError(Exception):
@@ -89,12 +96,43 @@ class StoreError(ChuteError):
         )
 
 
+class MalformedResponse(StoreError):
+    """The store answered, but not in a form chute can read: not XML, or a required field
+    missing. Final (not retried): a store that answers this way will answer so again."""
+
+    CODE = "MalformedResponse"
+
+    def __init__(self, operation: str, status: int, message: str, request_id: str = "") -> None:
+        super().__init__(operation, status, self.CODE, message, request_id)
+
+
+class StoreUnreachable(ChuteError):
+    """A request got no answer: the connection could not be made, broke, or stalled.
+
+    ``description`` is one line saying what happened (it names the failure, e.g.
+    ``connection error (ConnectError: ...)``); ``request_sent`` says whether the whole
+    request had gone out when it happened: then the store may have acted on it and only its
+    answer is lost (see retry.RetryReason.answer_may_be_lost). Retried by the policy; once
+    the retries are spent it reaches the writer as EIO.
+    """
+
+    errno = errno.EIO
+
+    def __init__(self, operation: str, description: str, *, request_sent: bool = False) -> None:
+        self.operation = operation
+        self.description = description
+        self.request_sent = request_sent
+        super().__init__(f"{operation}: {description}")
+
+
+class Stalled(StoreUnreachable):
+    """A transfer made no progress for the stall timeout; it is cancelled and retried."""
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno a writer should see for ``exc``."""
     if isinstance(exc, ChuteError):
         return exc.errno
-    if isinstance(exc, httpx.TransportError):
-        return errno.EIO
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     return errno.EIO

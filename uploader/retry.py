@@ -9,7 +9,11 @@ with the defaults a writer hears about a dead store within about three minutes.
 Retryable: HTTP 5xx, 429 and ``SlowDown``, ``RequestTimeout``, connection failures and resets,
 stalls (no progress for ``stall_timeout``), and credential errors (``ExpiredToken``,
 ``InvalidAccessKeyId`` ...), which are retried a few times only, seconds apart, after the
-credentials have been re-read. Everything else (other 4xx) is final at once.
+credentials have been re-read. Everything else (other 4xx, an unreadable answer) is final at
+once. The policy sees chute's own errors only (errors.py): the S3 client has already turned
+the HTTP library's exceptions into StoreUnreachable/Stalled, saying whether the request had
+been sent in full, and :meth:`RetryPolicy.classify` names each retryable failure with a
+:class:`RetryReason`, which tells callers whether the answer may have been lost.
 
 A retry is only possible because the request body is still addressable: a part's bytes stay in
 their ring slot until the store acknowledges them (see ring.py).
@@ -17,16 +21,16 @@ their ring slot until the store acknowledges them (see ring.py).
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import httpx
 import trio
 
-from .errors import StoreError
+from .errors import Stalled, StoreError, StoreUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +42,75 @@ CREDENTIAL_ERRORS = frozenset(
 )
 """Codes after which re-reading the credentials may help (they rotated under us)."""
 
-_RETRYABLE_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
-     "ServiceUnavailable", "Throttling", "ThrottlingException", "OperationAborted"}
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
+"""Codes that mean: too many requests, slow down (whatever the HTTP status)."""
+
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "OperationAborted", "RequestTimeTooSkewed"}
 )
+"""Codes worth another attempt whatever their status (besides every 5xx)."""
 
 
-_NEVER_DELIVERED = ("(ConnectError", "(ConnectTimeout", "(WriteError", "(WriteTimeout")
-"""Transport failures before the whole request was out: the store cannot have acted."""
+class RetryReason(enum.Enum):
+    """Why a request is being retried; the value is a short readable name (a metrics label).
+
+    The transport reasons form a 2 x 2: did the connection fail or stall, and had the whole
+    request been sent when it did. Only after a complete send may the store have acted on a
+    request whose answer never arrived (:attr:`answer_may_be_lost`).
+    """
+
+    SERVER_ERROR = "server error"
+    """An error answer worth repeating: 5xx, InternalError, OperationAborted ..."""
+    THROTTLED = "throttled"
+    """429, SlowDown and the like: the store asks us to slow down."""
+    REQUEST_TIMEOUT = "request timeout"
+    """RequestTimeout: the store gave up waiting for the rest of our request."""
+    CREDENTIALS = "credentials"
+    """The credentials were refused (expired, rotated): re-read them, then retry."""
+    CONNECTION_FAILED = "connection failed"
+    """No connection, or it broke before the request was sent in full."""
+    SEND_STALLED = "stalled sending"
+    """No progress for the stall timeout before the request was sent in full."""
+    CONNECTION_LOST = "connection lost"
+    """The connection broke after the request was sent, before its answer was read."""
+    STALLED = "stalled"
+    """No answer for the stall timeout after the request was sent in full."""
+
+    @property
+    def answer_may_be_lost(self) -> bool:
+        """Whether the request may have reached the store whole and been acted on, only its
+        answer lost: unlike an error answer, a connection never made, or a body never sent
+        in full. A Create or Complete retried after such a failure needs checking."""
+        return self in (RetryReason.CONNECTION_LOST, RetryReason.STALLED)
+
+    @property
+    def label(self) -> str:
+        return self.value
 
 
-def answer_may_be_lost(reason: str) -> bool:
-    """Whether a retry ``reason`` (from :meth:`RetryPolicy.classify`) means the request may
-    have reached the store whole and been acted on, only its answer lost: a connection that
-    broke or stalled while waiting for the answer, unlike an error answer, a connection never
-    made, or a body never sent in full."""
-    return (reason.startswith(("connection error", "timeout", "stalled"))
-            and not any(marker in reason for marker in _NEVER_DELIVERED))
+def reason_for_answer(exc: StoreError) -> RetryReason | None:
+    """The reason to retry an error answer, or None if it is final."""
+    if exc.code in CREDENTIAL_ERRORS:
+        return RetryReason.CREDENTIALS
+    if exc.code in THROTTLE_CODES or exc.status == 429:
+        return RetryReason.THROTTLED
+    if exc.code == "RequestTimeout":
+        return RetryReason.REQUEST_TIMEOUT
+    if exc.status >= 500 or exc.code in _TRANSIENT_CODES:
+        return RetryReason.SERVER_ERROR
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line about a retryable failure, for the log (``HTTP 503 SlowDown``,
+    ``credentials: ExpiredToken``, ``timeout (ReadTimeout) ...``)."""
+    if isinstance(exc, StoreError):
+        if exc.code in CREDENTIAL_ERRORS:
+            return f"credentials: {exc.code}"
+        return f"HTTP {exc.status} {exc.code}"
+    if isinstance(exc, StoreUnreachable):
+        return exc.description
+    return f"{type(exc).__name__}: {exc}"
 
 
 DEFAULT_BUDGET = 120.0
@@ -62,10 +118,6 @@ DEFAULT_BUDGET = 120.0
 against a store that went away starts at 120 s and ends by 150 s, the abort takes at most
 10 s more (upload.py), so a writer hears of it within three minutes, however the store went
 (measured by scripts/store_gone.py)."""
-
-
-class Stalled(Exception):
-    """A transfer made no progress for the stall timeout; it is cancelled and retried."""
 
 
 @dataclass(frozen=True)
@@ -95,19 +147,18 @@ class RetryPolicy:
     7 s of rejected keys is ridden out, and a revoked key still fails within that time.
     """
 
-    def classify(self, exc: BaseException) -> str | None:
-        """A short reason if ``exc`` is worth retrying, else ``None``."""
-        if isinstance(exc, Stalled):
-            return f"stalled: {exc}"
-        if isinstance(exc, httpx.TimeoutException):
-            return f"timeout ({type(exc).__name__})"
-        if isinstance(exc, httpx.TransportError):
-            return f"connection error ({type(exc).__name__}: {exc})"
+    def classify(self, exc: BaseException) -> RetryReason | None:
+        """Why ``exc`` is worth retrying, or ``None`` if it is final.
+
+        Only chute's errors are retried: anything else (a bug, cancellation) is final.
+        """
+        if isinstance(exc, StoreUnreachable):
+            stalled = isinstance(exc, Stalled)
+            if exc.request_sent:
+                return RetryReason.STALLED if stalled else RetryReason.CONNECTION_LOST
+            return RetryReason.SEND_STALLED if stalled else RetryReason.CONNECTION_FAILED
         if isinstance(exc, StoreError):
-            if exc.code in CREDENTIAL_ERRORS:
-                return f"credentials: {exc.code}"
-            if exc.status >= 500 or exc.status == 429 or exc.code in _RETRYABLE_CODES:
-                return f"HTTP {exc.status} {exc.code}"
+            return reason_for_answer(exc)
         return None
 
     def backoff(self, attempt: int) -> float:
@@ -119,12 +170,14 @@ class RetryPolicy:
         operation: str,
         attempt_once: Callable[[], Awaitable[T]],
         *,
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[RetryReason, Exception], object] | None = None,
         on_credential_error: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Call ``attempt_once`` until it succeeds, fails for good, or the budget is spent.
 
-        ``on_retry(reason)`` is told about every retry (for counters); credential errors call
+        ``on_retry(reason, error)`` is told about every retry (for counters and for noting a
+        possibly lost answer; ``error`` is the chute error that failed the attempt, e.g. for
+        its status and code); credential errors call
         ``on_credential_error()`` (which re-reads the credentials) before the next attempt.
         The last exception is re-raised unchanged when giving up.
         """
@@ -139,7 +192,7 @@ class RetryPolicy:
                 reason = self.classify(exc)
                 if reason is None:
                     raise
-                credential = isinstance(exc, StoreError) and exc.code in CREDENTIAL_ERRORS
+                credential = reason is RetryReason.CREDENTIALS
                 credential_attempts += credential
                 delay = self.backoff(attempt)
                 if credential:
@@ -152,7 +205,7 @@ class RetryPolicy:
                     # A single-attempt policy is a probe (the janitor's, every 2 s while the
                     # store is away): its caller decides what a failure means.
                     log.log(logging.ERROR if self.max_attempts > 1 else logging.DEBUG,
-                            "%s failed after %d attempts: %s", operation, attempt, reason)
+                            "%s failed after %d attempts: %s", operation, attempt, describe(exc))
                     raise
                 # The last attempt is made when the budget ends, not skipped because its
                 # jittered delay would have ended later: an outage shorter than the budget
@@ -160,15 +213,15 @@ class RetryPolicy:
                 delay = min(delay, deadline - trio.current_time())
                 log.warning(
                     "retrying %s in %.1fs (attempt %d failed: %s)", operation, delay, attempt,
-                    reason,
+                    describe(exc),
                 )
                 if on_retry is not None:
-                    on_retry(reason)
+                    on_retry(reason, exc)
                 if credential and on_credential_error is not None:
                     await on_credential_error()
                     if trio.current_time() >= deadline:
                         log.error("%s failed: out of time after refreshing credentials: %s",
-                                  operation, reason)
+                                  operation, describe(exc))
                         raise
                     delay = min(delay, deadline - trio.current_time())
                 await trio.sleep(delay)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import botocore.auth
 import botocore.awsrequest
@@ -30,13 +28,16 @@ import botocore.config
 import httpx
 import trio
 
+from . import s3_wire as wire
 from .credentials import CredentialSource
 from .errors import StoreError
-from .retry import RetryPolicy
+from .retry import RetryPolicy, RetryReason
+from .s3_wire import Answer, Bucket, Listing, ObjectInfo, PendingUpload
+
+__all__ = ["Answer", "Bucket", "Listing", "ObjectInfo", "PendingUpload", "S3Client",
+           "send_chunk_size"]
 
 log = logging.getLogger(__name__)
-
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 SLOWEST_MOVING_LINK = 8 * 1024
 """Bytes per second below which a transfer counts as stalled. A body goes out in chunks,
 each one socket write under the stall timeout, so a chunk is sized to take the whole stall
@@ -72,90 +73,6 @@ attempt is cancelled and retried like any stall, and a close() waits at most the
 plus this, not ten minutes per attempt."""
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """Where objects go: endpoint, bucket and key prefix (``s3://bucket/prefix``)."""
-
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-
-    @property
-    def path_style(self) -> bool:
-        return self.endpoint_url is not None
-
-    def key(self, path: str) -> str:
-        """The object key of a path relative to the mount root."""
-        return f"{self.prefix}{path}"
-
-    def url(self, key: str = "", query: str = "") -> str:
-        quoted = quote(key, safe="/~")
-        if self.path_style:
-            base = f"{self.endpoint_url.rstrip('/')}/{self.bucket}"
-        else:
-            base = f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
-        url = f"{base}/{quoted}" if key else f"{base}{'/' if not self.path_style else ''}"
-        return f"{url}?{query}" if query else url
-
-
-def _query(params: Mapping[str, str | int | None]) -> str:
-    """A canonical (sorted, RFC 3986 encoded) query string, as SigV4 wants it."""
-    pairs = sorted(
-        (quote(k, safe="-_.~"), quote(str(v), safe="-_.~"))
-        for k, v in params.items()
-        if v is not None
-    )
-    return "&".join(f"{k}={v}" for k, v in pairs)
-
-
-def _text(element: ET.Element | None, tag: str, default: str = "") -> str:
-    if element is None:
-        return default
-    found = element.find(_NS + tag)
-    if found is None:
-        found = element.find(tag)
-    return found.text or default if found is not None else default
-
-
-def _parse_error(operation: str, status: int, body: bytes, headers: httpx.Headers) -> StoreError:
-    code, message = f"HTTP{status}", ""
-    if body:
-        try:
-            root = ET.fromstring(body)
-            code = _text(root, "Code", code)
-            message = _text(root, "Message")
-        except ET.ParseError:
-            message = body[:200].decode("utf-8", "replace")
-    elif status == 404:
-        code = "NotFound"
-    elif status == 412:
-        code = "PreconditionFailed"
-    return StoreError(operation, status, code, message, headers.get("x-amz-request-id", ""))
-
-
-@dataclass
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str
-    last_modified: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Listing:
-    objects: list[ObjectInfo]
-    prefixes: list[str]
-
-
-@dataclass
-class PendingUpload:
-    key: str
-    upload_id: str
-    initiated: str
-
-
 async def _chunks(body: memoryview, size: int, progress: Callable[[int], object] | None
                   ) -> AsyncIterator[memoryview]:
     for start in range(0, len(body), size):
@@ -165,8 +82,17 @@ async def _chunks(body: memoryview, size: int, progress: Callable[[int], object]
             progress(len(chunk))
 
 
+RetryHook = Callable[[str, RetryReason, Exception], object]
+"""``S3Client.on_retry``: told ``(operation, reason, error)`` about every retry."""
+
+
 class S3Client:
-    """The S3 calls chute needs, each retried by the mount's policy."""
+    """The S3 calls chute needs, each retried by the mount's policy.
+
+    Whatever goes wrong reaches the caller as a chute error (errors.py): StoreError for an
+    error answer (MalformedResponse for one that cannot be read), StoreUnreachable or
+    Stalled when no answer came, once the policy's retries are spent.
+    """
 
     def __init__(
         self,
@@ -176,7 +102,7 @@ class S3Client:
         *,
         stall_timeout: float = 30.0,
         max_connections: int = 16,
-        on_retry: Callable[[str, str], object] | None = None,
+        on_retry: RetryHook | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.bucket = bucket
@@ -185,22 +111,15 @@ class S3Client:
         self.stall_timeout = stall_timeout
         self._send_chunk = send_chunk_size(stall_timeout)
         self.on_retry = on_retry
-        """Told ``(operation, reason)`` about every retry (the mount's counters)."""
+        """Told ``(operation, reason, error)`` about every retry (the mount's counters)."""
         self.on_request: Callable[[str, float, int | None], object] | None = None
         """Told ``(operation, seconds, HTTP status or None)`` after every attempt that got an
         answer or a transport error (the mount's latency histogram); not on cancellation."""
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        socket_options = []
-        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-            socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
         # The transport, not an AsyncClient: chute needs none of the client's layers
         # (cookies, redirects, auth flows, base URLs, default headers), and they cost
         # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
         # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
-        self._http = transport if transport is not None else httpx.AsyncHTTPTransport(
-            limits=limits, socket_options=socket_options)
+        self._http = transport if transport is not None else _real_transport(max_connections)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -218,7 +137,7 @@ class S3Client:
         sign_payload: bool,
         read_timeout: float | None,
         progress: Callable[[int], object] | None,
-    ) -> httpx.Response:
+    ) -> Answer:
         credentials = await self.credentials.get()
         request = botocore.awsrequest.AWSRequest(
             method=method, url=url, headers=dict(headers), data=bytes(body) if sign_payload
@@ -230,9 +149,8 @@ class S3Client:
         send_headers["Content-Length"] = str(len(body))
         # Per socket operation, so only a stall trips it; waiting for a pooled connection
         # behind other slow transfers is not a stall.
-        timeout = httpx.Timeout(
-            self.stall_timeout, read=max(read_timeout or 0, self.stall_timeout), pool=None
-        )
+        read_seconds = max(read_timeout or 0, self.stall_timeout)
+        timeout = httpx.Timeout(self.stall_timeout, read=read_seconds, pool=None)
         content: bytes | AsyncIterator[memoryview]
         if isinstance(body, memoryview) and len(body) > self._send_chunk:
             content = _chunks(body, self._send_chunk, progress)
@@ -250,15 +168,19 @@ class S3Client:
                 await response.aread()
             finally:
                 await response.aclose()
-        except Exception:
+        except Exception as exc:
             if self.on_request is not None:
                 self.on_request(operation, trio.current_time() - started, None)
+            if isinstance(exc, httpx.HTTPError):
+                raise wire.transport_failure(operation, exc, send_timeout=self.stall_timeout,
+                                             read_timeout=read_seconds) from exc
             raise
         if self.on_request is not None:
             self.on_request(operation, trio.current_time() - started, response.status_code)
-        if response.status_code >= 300:
-            raise _parse_error(operation, response.status_code, response.content, response.headers)
-        return response
+        answer = Answer(response.status_code, dict(response.headers.items()), response.content)
+        if answer.status >= 300:
+            raise wire.error_from_answer(operation, answer)
+        return answer
 
     async def request(
         self,
@@ -272,19 +194,23 @@ class S3Client:
         sign_payload: bool = True,
         read_timeout: float | None = None,
         progress: Callable[[int], object] | None = None,
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[RetryReason], object] | None = None,
         policy: RetryPolicy | None = None,
-    ) -> httpx.Response:
-        """Send one S3 request, retried per the policy; raise StoreError on an error answer."""
-        query_string = query if isinstance(query, str) else _query(query)
+    ) -> Answer:
+        """Send one S3 request, retried per the policy; raise StoreError on an error answer.
+
+        ``on_retry(reason)`` is told about each retry of this request (besides the client's
+        own ``on_retry`` hook), e.g. to note that an answer may have been lost.
+        """
+        query_string = query if isinstance(query, str) else wire.canonical_query(query)
         url = self.bucket.url(key, query_string)
         label = f"{operation} {key}" if key else operation
 
-        def retried(reason: str) -> None:
+        def retried(reason: RetryReason, error: Exception) -> None:
             if on_retry is not None:
                 on_retry(reason)
             if self.on_retry is not None:
-                self.on_retry(operation, reason)
+                self.on_retry(operation, reason, error)
 
         return await (policy or self.policy).run(
             label,
@@ -305,28 +231,24 @@ class S3Client:
         self, prefix: str, *, delimiter: str | None = "/", max_keys: int = 1000,
         start_after: str | None = None,
     ) -> AsyncIterator[Listing]:
-        """ListObjectsV2, one page at a time (pages follow continuation tokens)."""
+        """ListObjectsV2, one page at a time (pages follow continuation tokens).
+
+        Asks for URL-encoded keys (``encoding-type=url``): a key may hold characters XML 1.0
+        cannot carry. They are decoded if the store did encode them.
+        """
         token: str | None = None
         while True:
-            response = await self.request(
+            answer = await self.request(
                 "ListObjectsV2", "GET", query={
                     "list-type": 2, "prefix": prefix, "delimiter": delimiter,
                     "max-keys": max_keys, "continuation-token": token,
                     "start-after": start_after if token is None else None,
+                    "encoding-type": "url",
                 },
             )
-            root = ET.fromstring(response.content)
-            objects = [
-                ObjectInfo(
-                    key=_text(c, "Key"), size=int(_text(c, "Size", "0")),
-                    etag=_text(c, "ETag").strip('"'), last_modified=_text(c, "LastModified"),
-                )
-                for c in root.iter(_NS + "Contents")
-            ]
-            prefixes = [_text(p, "Prefix") for p in root.iter(_NS + "CommonPrefixes")]
-            yield Listing(objects, prefixes)
-            token = _text(root, "NextContinuationToken") or None
-            if _text(root, "IsTruncated") != "true" or token is None:
+            page, token = wire.listing("ListObjectsV2", answer)
+            yield page
+            if token is None:
                 return
 
     async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
@@ -334,44 +256,29 @@ class S3Client:
         key_marker: str | None = None
         id_marker: str | None = None
         while True:
-            response = await self.request(
+            answer = await self.request(
                 "ListMultipartUploads", "GET", query={
                     "uploads": "", "prefix": prefix, "key-marker": key_marker,
-                    "upload-id-marker": id_marker,
+                    "upload-id-marker": id_marker or None,
                 },
             )
-            root = ET.fromstring(response.content)
-            uploads += [
-                PendingUpload(_text(u, "Key"), _text(u, "UploadId"), _text(u, "Initiated"))
-                for u in root.iter(_NS + "Upload")
-            ]
-            if _text(root, "IsTruncated") != "true":
+            page, markers = wire.pending_uploads("ListMultipartUploads", answer)
+            uploads += page
+            if markers is None:
                 return uploads
-            key_marker = _text(root, "NextKeyMarker") or None
-            id_marker = _text(root, "NextUploadIdMarker") or None
-            if key_marker is None:
-                return uploads
+            key_marker, id_marker = markers
 
     # -- objects ----------------------------------------------------------------------
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         """The object's size, ETag and user metadata, or None if there is no such key."""
         try:
-            response = await self.request("HeadObject", "HEAD", key)
+            answer = await self.request("HeadObject", "HEAD", key)
         except StoreError as exc:
             if exc.status == 404:
                 return None
             raise
-        metadata = {
-            name[len("x-amz-meta-"):]: value
-            for name, value in response.headers.items()
-            if name.lower().startswith("x-amz-meta-")
-        }
-        return ObjectInfo(
-            key=key, size=int(response.headers.get("content-length", 0)),
-            etag=response.headers.get("etag", "").strip('"'),
-            last_modified=response.headers.get("last-modified", ""), metadata=metadata,
-        )
+        return wire.object_info("HeadObject", key, answer)
 
     async def get_range(self, key: str, first: int, last: int, *,
                         if_match: str | None = None) -> bytes:
@@ -382,21 +289,21 @@ class S3Client:
         headers = {"Range": f"bytes={first}-{last}"}
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
-        response = await self.request("GetObject", "GET", key, headers=headers)
-        if len(response.content) != last - first + 1:
-            raise StoreError("GetObject", response.status_code, "ShortRead",
-                             f"asked {last - first + 1} bytes, got {len(response.content)}")
-        return response.content
+        answer = await self.request("GetObject", "GET", key, headers=headers)
+        if len(answer.body) != last - first + 1:
+            raise StoreError("GetObject", answer.status, "ShortRead",
+                             f"asked {last - first + 1} bytes, got {len(answer.body)}")
+        return answer.body
 
     async def put_object(
         self, key: str, body: memoryview | bytes, headers: Mapping[str, str],
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[RetryReason], object] | None = None,
     ) -> str:
-        response = await self.request(
+        answer = await self.request(
             "PutObject", "PUT", key, headers=headers, body=body, sign_payload=False,
             on_retry=on_retry,
         )
-        return response.headers.get("etag", "").strip('"')
+        return answer.etag()
 
     async def delete_object(self, key: str) -> None:
         await self.request("DeleteObject", "DELETE", key)
@@ -418,10 +325,10 @@ class S3Client:
         if metadata_headers is not None:
             headers["x-amz-metadata-directive"] = "REPLACE"
             headers.update(metadata_headers)
-        response = await self.request(
+        answer = await self.request(
             "CopyObject", "PUT", dest_key, headers=headers, read_timeout=COMPLETE_READ_TIMEOUT
         )
-        return _copy_result_etag("CopyObject", response)
+        return wire.result_etag("CopyObject", answer)
 
     async def upload_part_copy(
         self, source_key: str, dest_key: str, upload_id: str, part_number: int, first: int,
@@ -430,12 +337,12 @@ class S3Client:
         """Copy bytes ``first..last`` (inclusive) of ``source_key`` as one part; its ETag."""
         headers = self._copy_headers(source_key, if_match_etag)
         headers["x-amz-copy-source-range"] = f"bytes={first}-{last}"
-        response = await self.request(
+        answer = await self.request(
             "UploadPartCopy", "PUT", dest_key,
             query={"partNumber": part_number, "uploadId": upload_id}, headers=headers,
             read_timeout=COMPLETE_READ_TIMEOUT,
         )
-        return _copy_result_etag("UploadPartCopy", response)
+        return wire.result_etag("UploadPartCopy", answer)
 
     def _copy_headers(self, source_key: str, if_match_etag: str | None) -> dict[str, str]:
         """x-amz-copy-source is ``/bucket/key``, URL-quoted like a path."""
@@ -446,48 +353,42 @@ class S3Client:
         return headers
 
     async def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
-        tagset = "".join(
-            f"<Tag><Key>{_xml(k)}</Key><Value>{_xml(v)}</Value></Tag>" for k, v in tags.items()
-        )
-        body = f"<Tagging><TagSet>{tagset}</TagSet></Tagging>".encode()
-        await self.request("PutObjectTagging", "PUT", key, query="tagging=", body=body)
+        await self.request("PutObjectTagging", "PUT", key, query="tagging=",
+                           body=wire.tagging_body(tags))
 
     async def get_tags(self, key: str) -> dict[str, str]:
-        response = await self.request("GetObjectTagging", "GET", key, query="tagging=")
-        root = ET.fromstring(response.content)
-        return {_text(t, "Key"): _text(t, "Value") for t in root.iter(_NS + "Tag")}
+        answer = await self.request("GetObjectTagging", "GET", key, query="tagging=")
+        return wire.tags("GetObjectTagging", answer)
 
     # -- multipart --------------------------------------------------------------------
 
     async def create_multipart_upload(
         self, key: str, headers: Mapping[str, str],
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[RetryReason], object] | None = None,
     ) -> str:
-        response = await self.request(
+        answer = await self.request(
             "CreateMultipartUpload", "POST", key, query="uploads=", headers=headers,
             on_retry=on_retry,
         )
-        upload_id = _text(ET.fromstring(response.content), "UploadId")
-        if not upload_id:
-            raise StoreError("CreateMultipartUpload", response.status_code, "NoUploadId")
-        return upload_id
+        return wire.upload_id("CreateMultipartUpload", answer)
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, body: memoryview,
         headers: Mapping[str, str], *, progress: Callable[[int], object] | None = None,
-        on_retry: Callable[[str], object] | None = None,
+        on_retry: Callable[[RetryReason], object] | None = None,
     ) -> str:
-        response = await self.request(
+        answer = await self.request(
             "UploadPart", "PUT", key,
             query={"partNumber": part_number, "uploadId": upload_id},
             headers=headers, body=body, sign_payload=False, progress=progress,
             on_retry=on_retry,
         )
-        return response.headers.get("etag", "").strip('"')
+        return answer.etag()
 
     async def complete_multipart_upload(
         self, key: str, upload_id: str, parts: list[tuple[int, str, Mapping[str, str]]],
-        on_retry: Callable[[str], object] | None = None, *, if_none_match: bool = False,
+        on_retry: Callable[[RetryReason], object] | None = None, *,
+        if_none_match: bool = False,
     ) -> str:
         """Complete with ``parts`` = [(number, etag, {ChecksumCRC32C: ...})] in ascending order.
 
@@ -495,25 +396,13 @@ class S3Client:
         on long completes), so the body is always parsed. ``if_none_match`` makes the store
         refuse (412 PreconditionFailed) if the key exists by then: a no-clobber create.
         """
-        elements = "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag>"
-            + "".join(f"<{k}>{_xml(v)}</{k}>" for k, v in extra.items())
-            + "</Part>"
-            for n, etag, extra in parts
-        )
-        body = f"<CompleteMultipartUpload>{elements}</CompleteMultipartUpload>".encode()
-        response = await self.request(
-            "CompleteMultipartUpload", "POST", key, query={"uploadId": upload_id}, body=body,
+        answer = await self.request(
+            "CompleteMultipartUpload", "POST", key, query={"uploadId": upload_id},
+            body=wire.complete_body(parts),
             headers={"If-None-Match": "*"} if if_none_match else None,
             read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry,
         )
-        root = ET.fromstring(response.content)
-        if root.tag.endswith("Error"):
-            raise _parse_error(
-                "CompleteMultipartUpload", response.status_code, response.content,
-                response.headers,
-            )
-        return _text(root, "ETag").strip('"')
+        return wire.result_etag("CompleteMultipartUpload", answer)
 
     async def abort_multipart_upload(self, key: str, upload_id: str, *,
                                      policy: RetryPolicy | None = None) -> None:
@@ -528,17 +417,12 @@ class S3Client:
                 raise
 
 
-def _copy_result_etag(operation: str, response: httpx.Response) -> str:
-    """The ETag of a CopyObjectResult / CopyPartResult, or the <Error> sent with a 200."""
-    root = ET.fromstring(response.content)
-    if root.tag.endswith("Error"):
-        raise _parse_error(operation, response.status_code, response.content, response.headers)
-    return _text(root, "ETag").strip('"')
-
-
-def _xml(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
+def _real_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
+    """httpx's connection pool, with TCP_NOTSENT_LOWAT on every socket (see _NOTSENT_LOWAT)."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    socket_options = []
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
+    return httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options)

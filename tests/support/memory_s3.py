@@ -6,8 +6,8 @@ drive chute's client, uploads and namespace without SeaweedFS, FUSE or root, on 
 
 - PutObject: ``x-amz-meta-*``, ``x-amz-tagging``, ``If-None-Match: *`` (412
   PreconditionFailed), ``Content-MD5`` / ``x-amz-checksum-crc32c`` verified (400 BadDigest);
-- GetObject with ``Range`` (206, 416 InvalidRange) and ``If-Match`` (412), HeadObject (404 without a body),
-  DeleteObject (204 whether or not the key exists);
+- GetObject with ``Range`` (206, 416 InvalidRange) and ``If-Match`` (412), HeadObject (404
+  without a body), DeleteObject (204 whether or not the key exists);
 - ListObjectsV2: prefix, delimiter, max-keys, continuation-token, start-after,
   ``encoding-type=url``;
 - CopyObject: ``x-amz-copy-source``, ``x-amz-metadata-directive`` COPY/REPLACE,
@@ -38,7 +38,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote, quote_plus, unquote
 from xml.sax.saxutils import escape
 
 import crc32c
@@ -493,7 +493,7 @@ class MemoryS3:
             skip_prefix = common if item[0] == "prefix" else ""
 
         def enc(text: str) -> str:
-            return quote(text, safe="/") if url else text
+            return quote_plus(text, safe="/") if url else text
 
         parts = [_el("Name", self.bucket), _el("Prefix", enc(prefix)),
                  _el("KeyCount", len(entries)), _el("MaxKeys", max_keys),
