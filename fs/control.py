@@ -7,26 +7,92 @@ socket lives in a 0700 directory of the user's runtime dir (``$XDG_RUNTIME_DIR/c
 so ``chute status /mnt/cloud`` finds the right mount without any registry.
 
 Protocol: the client connects and sends one line, ``status``; the mount answers with one line
-of JSON (see ``Uploader.snapshot``) and closes the connection.
+of JSON and closes the connection. The answer is a :class:`MountStatus` record, made JSON by
+:func:`to_json`, the one conversion from statistics records to JSON (records are frozen
+dataclasses: see chute.uploader.statistics); :func:`query_status` reads it back as a record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import hashlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from chute.uploader.file_upload import FileUploadStatistics, UploadState
+from chute.uploader.ring import RingStatistics
+from chute.uploader.statistics import UploadTotals
+from chute.uploader.uploader import UploaderStatistics
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 256
+
+
+@dataclass(frozen=True)
+class MountStatus:
+    """What ``chute status`` answers: where the mount is, and its uploader's statistics."""
+
+    mountpoint: str
+    pid: int
+    remote: str
+    """``s3://bucket/prefix``"""
+    endpoint_url: str | None
+    metrics_url: str | None
+    ring: RingStatistics
+    files: tuple[FileUploadStatistics, ...]
+    """Files being written now."""
+    totals: UploadTotals
+
+    @classmethod
+    def of(cls, uploader: UploaderStatistics, *, mountpoint: str, pid: int, remote: str,
+           endpoint_url: str | None, metrics_url: str | None) -> MountStatus:
+        return cls(mountpoint=mountpoint, pid=pid, remote=remote, endpoint_url=endpoint_url,
+                   metrics_url=metrics_url, ring=uploader.ring, files=uploader.files,
+                   totals=uploader.totals)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MountStatus:
+        """The record :func:`to_json` made ``data`` of (enum keys of mappings stay strings)."""
+        def record(kind: type[Any], values: Mapping[str, Any], **typed: Any) -> Any:
+            names = {f.name for f in dataclasses.fields(kind)}
+            return kind(**{k: v for k, v in values.items() if k in names}, **typed)
+
+        return record(
+            cls, {k: v for k, v in data.items() if k not in ("ring", "files", "totals")},
+            ring=record(RingStatistics, data["ring"]),
+            files=tuple(record(FileUploadStatistics,
+                               {k: v for k, v in f.items() if k != "state"},
+                               state=UploadState(f["state"])) for f in data["files"]),
+            totals=record(UploadTotals, data["totals"]),
+        )
+
+
+def to_json(value: Any) -> Any:
+    """A statistics record as JSON data: dataclasses become objects (fields in order), enums
+    their value, mappings objects (keys as strings), sequences lists, floats rounded to
+    milliseconds' precision."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return to_json(value.value)
+    if isinstance(value, Mapping):
+        return {str(to_json(k)): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
 
 
 def control_dir() -> Path:
@@ -45,9 +111,11 @@ def socket_path(mountpoint: str) -> Path:
     return control_dir() / f"{digest}.sock"
 
 
-async def serve(mountpoint: str, snapshot: Callable[[], dict[str, Any]], *,
+async def serve(mountpoint: str, status: Callable[[], MountStatus], *,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Answer status requests until cancelled; removes the socket on the way out."""
+    """Answer status requests until cancelled; removes the socket on the way out.
+
+    The answer is ``status()`` with its ``mountpoint`` as served here (the real path)."""
     path = socket_path(mountpoint)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -68,8 +136,8 @@ async def serve(mountpoint: str, snapshot: Callable[[], dict[str, Any]], *,
                 if request.strip() != b"status":
                     await stream.send_all(b'{"error": "unknown request"}\n')
                     return
-                body = {"mountpoint": mountpoint, **snapshot()}
-                await stream.send_all(json.dumps(body).encode() + b"\n")
+                answer = dataclasses.replace(status(), mountpoint=mountpoint)
+                await stream.send_all(json.dumps(to_json(answer)).encode() + b"\n")
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -83,7 +151,7 @@ async def serve(mountpoint: str, snapshot: Callable[[], dict[str, Any]], *,
 
 
 def query(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the mount at ``mountpoint`` for its status (blocking; for the CLI)."""
+    """Ask the mount at ``mountpoint`` for its status as JSON data (blocking; for the CLI)."""
     path = socket_path(os.path.realpath(mountpoint))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -96,3 +164,8 @@ def query(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return json.loads(b"".join(chunks))
+
+
+def query_status(mountpoint: str, timeout: float = 5.0) -> MountStatus:
+    """Ask the mount at ``mountpoint`` for its status (blocking; for the CLI)."""
+    return MountStatus.from_json(query(mountpoint, timeout))

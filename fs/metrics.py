@@ -1,10 +1,10 @@
 """Prometheus metrics of one mount, served over HTTP from the mount's own trio loop.
 
-The counters that already exist for ``chute status`` (``UploaderStats``, the ring) are read at
+The statistics records ``chute status`` shows (``Uploader.statistics()``) are read at
 scrape time by a collector, so there is one set of numbers and status and metrics can never
 disagree. Only what status does not keep is recorded here as it happens: request latency per
 S3 operation (``S3Client.on_request``) and retries by operation and reason
-(``S3Client.on_retry``).
+(``S3Client.on_retry``, labelled by :func:`reason_label`).
 
 The HTTP side is a few lines on ``trio.serve_listeners``, not prometheus_client's own server:
 that one runs in a thread, and the mount's event loop is the only place its state may be read
@@ -35,7 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from chute.uploader.errors import ConfigError
+from chute.uploader.errors import ConfigError, StoreError
+from chute.uploader.retry import RetryReason
 
 if TYPE_CHECKING:
     from chute.uploader.uploader import Uploader
@@ -48,18 +49,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 MAX_REQUEST_HEAD = 8192
 
 
-def reason_label(reason: str) -> str:
-    """A retry reason from RetryPolicy.classify, cut to a bounded label value.
-
-    The full reason carries exception text (addresses, messages); a label must not, or every
-    new message would make a new time series.
-    """
-    for kind in ("stalled", "timeout", "connection error", "credentials"):
-        if reason.startswith(kind):
-            return kind
-    if reason.startswith("HTTP "):
-        return " ".join(reason.split()[:3])  # "HTTP 503 SlowDown"
-    return "other"
+def reason_label(reason: RetryReason, error: BaseException | None = None) -> str:
+    """A retry's ``reason`` label: for an error answer its status and code (``HTTP 503
+    SlowDown``, bounded: S3 has a fixed set), else the reason's name (``stalled``,
+    ``connection lost``, ``credentials`` ...). Never exception text (addresses, messages), or
+    every new message would make a new time series."""
+    if isinstance(error, StoreError) and reason is not RetryReason.CREDENTIALS:
+        return f"HTTP {error.status} {error.code}"
+    return reason.label
 
 
 class _UploaderCollector(Collector):
@@ -69,32 +66,32 @@ class _UploaderCollector(Collector):
         self._uploader = uploader
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._uploader.stats
-        ring = self._uploader.ring
+        statistics = self._uploader.statistics()
+        totals, ring = statistics.totals, statistics.ring
         for name, doc, value in (
-            ("chute_bytes_written", "Bytes received from writers", stats.bytes_written),
-            ("chute_bytes_uploaded", "Bytes acknowledged by the store", stats.bytes_uploaded),
-            ("chute_parts_uploaded", "Multipart parts acknowledged by the store", stats.parts),
-            ("chute_files_opened", "Files opened for writing", stats.files_opened),
-            ("chute_files_uploaded", "Files whose object is complete", stats.files_done),
+            ("chute_bytes_written", "Bytes received from writers", totals.bytes_written),
+            ("chute_bytes_uploaded", "Bytes acknowledged by the store", totals.bytes_uploaded),
+            ("chute_parts_uploaded", "Multipart parts acknowledged by the store", totals.parts),
+            ("chute_files_opened", "Files opened for writing", totals.files_opened),
+            ("chute_files_uploaded", "Files whose object is complete", totals.files_done),
             ("chute_upload_failures", "Uploads that failed (the writer got an error)",
-             stats.failures),
+             totals.failures),
             ("chute_files_abandoned", "Files dropped because the mount stopped while open",
-             stats.files_aborted),
+             totals.files_abandoned),
             ("chute_writer_blocked_seconds", "Seconds writers waited for a free ring slot",
              ring.blocked_seconds),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         slots = GaugeMetricFamily("chute_ring_slots", "Ring slots by state", labels=["state"])
-        for state, count in ring.counts().items():
-            slots.add_metric([state], count)
+        for state, count in ring.by_state().items():
+            slots.add_metric([state.value], count)
         yield slots
         yield GaugeMetricFamily("chute_ring_slot_bytes", "Bytes per ring slot (= per part)",
                                 value=ring.slice_size)
         yield GaugeMetricFamily("chute_writers_waiting", "Writers waiting for a ring slot now",
-                                value=ring.waiting)
+                                value=ring.writers_waiting)
         yield GaugeMetricFamily("chute_files_open", "Files being written now",
-                                value=len(self._uploader.uploads))
+                                value=len(statistics.files))
 
 
 class MountMetrics:
@@ -125,8 +122,9 @@ class MountMetrics:
         self.latency.labels(operation).observe(seconds)
         self.requests.labels(operation, str(status) if status is not None else "error").inc()
 
-    def observe_retry(self, operation: str, reason: str) -> None:
-        self.retries.labels(operation, reason_label(reason)).inc()
+    def observe_retry(self, operation: str, reason: RetryReason,
+                      error: Exception | None = None) -> None:
+        self.retries.labels(operation, reason_label(reason, error)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

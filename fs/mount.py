@@ -20,7 +20,6 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pyfuse3
@@ -133,18 +132,18 @@ async def _watch_signals() -> None:
 
 
 def _status(request: MountRequest, uploader: Uploader, metrics_url: str | None
-            ) -> Callable[[], dict[str, Any]]:
-    """What the status socket answers: the uploader's snapshot plus where this mount is."""
+            ) -> Callable[[], control.MountStatus]:
+    """What the status socket answers: the uploader's statistics plus where this mount is
+    (``mountpoint`` as given; control.serve answers with the real path it serves)."""
     bucket = request.bucket
 
-    def snapshot() -> dict[str, Any]:
-        body = uploader.snapshot()
-        body["totals"].update(files_opened=uploader.stats.files_opened,
-                              files_abandoned=uploader.stats.files_aborted)
-        return {"pid": os.getpid(), "remote": f"s3://{bucket.bucket}/{bucket.prefix}",
-                "endpoint_url": bucket.endpoint_url, "metrics_url": metrics_url, **body}
+    def status() -> control.MountStatus:
+        return control.MountStatus.of(
+            uploader.statistics(), mountpoint=request.mountpoint, pid=os.getpid(),
+            remote=f"s3://{bucket.bucket}/{bucket.prefix}", endpoint_url=bucket.endpoint_url,
+            metrics_url=metrics_url)
 
-    return snapshot
+    return status
 
 
 async def _serve(request: MountRequest, credentials: CredentialSource,

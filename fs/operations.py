@@ -60,11 +60,11 @@ import trio
 
 from chute.uploader import leftovers
 from chute.uploader.checksums import HASH_TAG, HASH_XATTR
+from chute.uploader.copy import MAX_COPY_BYTES, copy_in_parts
 from chute.uploader.errors import ChuteError, StoreError, errno_for
+from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.retry import Stalled
 from chute.uploader.s3 import Listing, ObjectInfo, S3Client
-from chute.uploader.sizes import MAX_PART_SIZE, MAX_PARTS, GiB, format_size
-from chute.uploader.upload import FileUpload, UploadState
 from chute.uploader.uploader import Uploader
 
 from . import openers
@@ -97,11 +97,6 @@ MTIME_META = "chute-mtime-ns"
 DEFAULT_FILE_MODE = 0o644
 """Mode of an object that carries no chute-mode (written by something else)."""
 DEFAULT_DIR_MODE = 0o755
-MAX_COPY_BYTES = MAX_PART_SIZE
-"""S3's limit for one CopyObject; larger objects are copied in parts (UploadPartCopy)."""
-COPY_PART_BYTES = 1 * GiB
-"""Part size of a copy in parts: few requests, each well under S3's 5 GiB part limit."""
-COPY_PARTS_IN_FLIGHT = 4
 
 
 @dataclass(eq=False)
@@ -1068,52 +1063,6 @@ def _int_or_none(value: str | None, base: int = 10) -> int | None:
         return int(value, base) if value is not None else None
     except ValueError:
         return None
-
-
-async def copy_in_parts(client: S3Client, source_key: str, dest_key: str, size: int,
-                        metadata_headers: dict[str, str], *, if_match_etag: str | None = None,
-                        part_size: int = COPY_PART_BYTES) -> str:
-    """Copy an object too large for one CopyObject (> 5 GiB) as a multipart upload of
-    UploadPartCopy ranges; returns the new ETag. A multipart upload does not take the
-    source's tags as CopyObject does, so they are copied after Complete. On failure the
-    upload is aborted and nothing appears at ``dest_key``.
-    """
-    part_size = max(part_size, -(-size // MAX_PARTS))
-    ranges = [(number, start, min(start + part_size, size) - 1)
-              for number, start in enumerate(range(0, size, part_size), 1)]
-    tags = await client.get_tags(source_key)
-    upload_id = await client.create_multipart_upload(dest_key, metadata_headers)
-    etags: dict[int, str] = {}
-    errors: list[Exception] = []
-    limiter = trio.CapacityLimiter(COPY_PARTS_IN_FLIGHT)
-
-    async def copy_part(number: int, first: int, last: int, cancel: trio.CancelScope) -> None:
-        async with limiter:
-            try:
-                etags[number] = await client.upload_part_copy(
-                    source_key, dest_key, upload_id, number, first, last,
-                    if_match_etag=if_match_etag)
-            except Exception as exc:  # the first failure stops the others
-                errors.append(exc)
-                cancel.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for number, first, last in ranges:
-                nursery.start_soon(copy_part, number, first, last, nursery.cancel_scope)
-        if errors:
-            raise errors[0]
-        etag = await client.complete_multipart_upload(
-            dest_key, upload_id, [(n, etags[n], {}) for n in sorted(etags)])
-    except BaseException:
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await client.abort_multipart_upload(dest_key, upload_id)
-        raise
-    log.info("copied %s to %s in %d parts of %s", source_key, dest_key, len(ranges),
-             format_size(part_size))
-    if tags:
-        await client.put_tags(dest_key, tags)
-    return etag
 
 
 def _http_date_ns(value: str) -> int:

@@ -24,11 +24,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 from chute.uploader.sizes import format_size
 
-from .control import query
+from . import mountinfo
+from .control import MountStatus, query_status
 
 POLL = 0.25
 EXIT_WAIT = 60.0
@@ -37,11 +37,6 @@ EXIT_WAIT = 60.0
 
 def _say(message: str) -> None:
     print(f"chute: {message}", file=sys.stderr, flush=True)
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 def _alive(pid: int) -> bool:
@@ -53,9 +48,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _query(path: str) -> dict[str, Any] | None:
+def _query(path: str) -> MountStatus | None:
     try:
-        return query(path)
+        return query_status(path)
     except (LookupError, OSError):
         return None
 
@@ -63,7 +58,7 @@ def _query(path: str) -> dict[str, Any] | None:
 def _wait_gone(path: str, pid: int | None) -> bool:
     deadline = time.monotonic() + EXIT_WAIT
     while time.monotonic() < deadline:
-        if not _mounted(path) and (pid is None or not _alive(pid)):
+        if not mountinfo.is_mounted(path) and (pid is None or not _alive(pid)):
             return True
         time.sleep(POLL)
     return False
@@ -75,14 +70,14 @@ def _unmount_command(path: str, *, lazy: bool) -> list[str]:
     return ["fusermount3", "-u", *(["-z"] if lazy else []), path]
 
 
-def _abandon(path: str, snapshot: dict[str, Any]) -> None:
-    for f in snapshot["files"]:
-        _say(f"abandoning {f['path']}: {format_size(f['bytes_received'])} received, "
-             f"{format_size(f['bytes_acknowledged'])} acknowledged; its upload is aborted and "
+def _abandon(path: str, snapshot: MountStatus) -> None:
+    for f in snapshot.files:
+        _say(f"abandoning {f.path}: {format_size(f.bytes_received)} received, "
+             f"{format_size(f.bytes_acknowledged)} acknowledged; its upload is aborted and "
              "nothing of it stays in the bucket")
     subprocess.run(_unmount_command(path, lazy=True), capture_output=True)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(snapshot["pid"], signal.SIGTERM)
+        os.kill(snapshot.pid, signal.SIGTERM)
 
 
 def unmount(mountpoint: str, *, timeout: float, abandon: bool) -> int:
@@ -90,7 +85,7 @@ def unmount(mountpoint: str, *, timeout: float, abandon: bool) -> int:
     path = os.path.realpath(mountpoint)
     snapshot = _query(path)
     if snapshot is None:
-        if not _mounted(path):
+        if not mountinfo.is_mounted(path):
             _say(f"no chute mount is serving {mountpoint}")
             return 1
         _say(f"nothing answers for the mount at {mountpoint} (its process is gone?); "
@@ -98,12 +93,12 @@ def unmount(mountpoint: str, *, timeout: float, abandon: bool) -> int:
         result = subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True,
                                 text=True)
         return 0 if result.returncode == 0 else 1
-    pid: int | None = snapshot.get("pid")
+    pid: int | None = snapshot.pid
     deadline = time.monotonic() + (0 if abandon else timeout)
     announced = False
     abandoned = False
     while snapshot is not None:
-        if not snapshot["files"]:
+        if not snapshot.files:
             command = _unmount_command(path, lazy=False)
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode == 0:
@@ -115,11 +110,11 @@ def unmount(mountpoint: str, *, timeout: float, abandon: bool) -> int:
             if not abandon:
                 _say(f"the mount is still in use after {timeout:g} s; stopping it anyway")
             _abandon(path, snapshot)
-            abandoned = bool(snapshot["files"])
+            abandoned = bool(snapshot.files)
             break
-        if snapshot["files"] and not announced:
-            names = ", ".join(f["path"] for f in snapshot["files"])
-            _say(f"waiting up to {timeout:g} s for {len(snapshot['files'])} open file(s) to be "
+        if snapshot.files and not announced:
+            names = ", ".join(f.path for f in snapshot.files)
+            _say(f"waiting up to {timeout:g} s for {len(snapshot.files)} open file(s) to be "
                  f"closed: {names}")
             announced = True
         time.sleep(POLL)

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from chute.fs import cli, config_file, metrics, mount_helper, mountinfo
-from chute.uploader.errors import ConfigError
+from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
+from chute.uploader.retry import RetryReason
 from tests.support.faultproxy import FaultProxy, Kind, slow_down
 from tests.support.files import random_file
 from tests.support.mounts import is_mounted, requires_fuse
@@ -68,12 +69,16 @@ def background_mounts() -> Iterator[list[Path]]:
 
 
 def test_retry_reasons_become_bounded_labels() -> None:
-    assert metrics.reason_label("HTTP 503 SlowDown") == "HTTP 503 SlowDown"
-    assert metrics.reason_label("connection error (ConnectError: [Errno 111] refused)") == \
-        "connection error"
-    assert metrics.reason_label("timeout (ReadTimeout)") == "timeout"
-    assert metrics.reason_label("credentials: ExpiredToken") == "credentials"
-    assert metrics.reason_label("stalled: no progress for 30 s") == "stalled"
+    slow_down = StoreError("UploadPart", 503, "SlowDown", "Please reduce your request rate.")
+    assert metrics.reason_label(RetryReason.THROTTLED, slow_down) == "HTTP 503 SlowDown"
+    expired = StoreError("PutObject", 400, "ExpiredToken", "The token has expired.")
+    assert metrics.reason_label(RetryReason.CREDENTIALS, expired) == "credentials"
+    refused = StoreUnreachable("PutObject", "connection error (ConnectError: [Errno 111] "
+                               "Connection refused)")
+    assert metrics.reason_label(RetryReason.CONNECTION_FAILED, refused) == "connection failed"
+    assert metrics.reason_label(RetryReason.STALLED) == "stalled"
+    labels = [reason.label for reason in RetryReason]
+    assert len(set(labels)) == len(labels)  # a fixed few, no error text
 
 
 def test_metrics_address_and_exposure(caplog: pytest.LogCaptureFixture) -> None:
@@ -179,7 +184,7 @@ def test_metrics_move_during_an_upload_and_add_up(mount_factory, s3) -> None:
     assert after[("chute_writer_blocked_seconds_total", ())] >= 0
     # every UploadPart attempt is timed; with no retries, attempts = acknowledged parts
     assert after.get(("chute_retries_total", (("operation", "UploadPart"),
-                                              ("reason", "timeout")))) is None
+                                              ("reason", "stalled")))) is None
     parts = ("chute_s3_request_duration_seconds_count", (("operation", "UploadPart"),))
     assert after[parts] == after[("chute_s3_requests_total",
                                   (("operation", "UploadPart"), ("status", "200")))] == 4
@@ -203,6 +208,7 @@ def test_metrics_count_retries_by_operation_and_reason(store, mount_factory, s3)
         after = scrape(url)
         assert mount.unmount() == 0
     upload_part = ("operation", "UploadPart")
+    # an error answer's label is its status and code (metrics.reason_label), as before
     assert after[("chute_retries_total", (upload_part, ("reason", "HTTP 503 SlowDown")))] == 2
     assert after[("chute_s3_requests_total", (upload_part, ("status", "503")))] == 2
     assert after[("chute_s3_requests_total", (upload_part, ("status", "200")))] == 3

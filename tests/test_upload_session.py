@@ -8,13 +8,13 @@ import logging
 import pytest
 import trio
 
-from chute.uploader import upload as upload_module
+from chute.uploader import slices as slices_module
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import FileTooLarge, UploadFailed, errno_for
+from chute.uploader.file_upload import UploadState
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
-from chute.uploader.upload import UploadState
 from chute.uploader.uploader import Uploader
 from tests.support.store import BUCKET, object_keys, pending_uploads
 
@@ -45,7 +45,7 @@ async def _with_uploader(store, prefix: str, body, **config):
 
 async def test_more_than_max_parts_is_efbig(store_env, s3, monkeypatch, caplog) -> None:
     """10,000 parts of 5 MiB is 48.8 GiB; the rule is the same with a limit of 3 parts."""
-    monkeypatch.setattr(upload_module, "MAX_PARTS", 3)
+    monkeypatch.setattr(slices_module, "MAX_PARTS", 3)
     prefix = "efbig/"
 
     async def body(uploader: Uploader) -> None:

@@ -85,6 +85,27 @@ class SlotState(enum.Enum):
     RETAINED = "retained"
 
 
+@dataclass(frozen=True)
+class RingStatistics:
+    """A snapshot of the ring (``ring`` in ``chute status --json``); the slot counts per
+    state always sum to ``slots``."""
+
+    slots: int
+    slice_size: int
+    free: int
+    filling: int
+    sealed: int
+    uploading: int
+    retained: int
+    writers_waiting: int
+    """Writers waiting for a slot now (backpressure)."""
+    blocked_seconds: float
+    """Total time writers have spent waiting for a slot since the mount started."""
+
+    def by_state(self) -> dict[SlotState, int]:
+        return {state: getattr(self, state.value) for state in SlotState}
+
+
 class RetainingOwner(Protocol):
     """What the ring needs of the owner of a RETAINED slot."""
 
@@ -162,6 +183,15 @@ class Ring:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def statistics(self) -> RingStatistics:
+        counts = self.counts()
+        return RingStatistics(
+            slots=len(self.slots), slice_size=self.slice_size, free=counts["free"],
+            filling=counts["filling"], sealed=counts["sealed"], uploading=counts["uploading"],
+            retained=counts["retained"], writers_waiting=self.waiting,
+            blocked_seconds=self.blocked_seconds,
+        )
 
     def _progress_possible(self) -> bool:
         now = trio.current_time()

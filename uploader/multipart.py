@@ -1,0 +1,359 @@
+"""The store side of one file's upload: one multipart upload, or one PutObject.
+
+A :class:`MultipartSession` is what a file upload (file_upload.py) says to the store, and all
+of it: it knows keys, upload ids, part ETags and checksums, and nothing of ring slots or of the
+writer. Its life::
+
+    NEW ──create()──> CREATED ──upload_part() ...──> ──complete()──> COMPLETED
+     │                   │
+     │                   └──── abort() ───> ABORTED  (or handed to the janitor: janitor.py)
+     ├──put()──> COMPLETED   (a file that fits one slice: one PutObject, no multipart upload)
+     └──abort()──> ABORTED   (a create() still on its way aborts its upload when it lands)
+
+Invariants it keeps:
+
+- Nothing is visible at the key before :meth:`complete` or :meth:`put` succeeds: S3 shows a
+  multipart object only once CompleteMultipartUpload returns, and a failed one is aborted.
+- Every multipart upload it creates is recorded by a marker object (leftovers.py) right after
+  the create, and the marker goes once the upload is completed or aborted, so a mount that
+  dies leaves nothing the next mount cannot find.
+- A CreateMultipartUpload whose answer was lost may have made an upload nobody heard of; when
+  a retry says so, the listing is searched for it and it is aborted (the lost-create check).
+- A Complete or PutObject whose answer was lost may have made the object: a retry then meets
+  NoSuchUpload (or, with ``no_clobber``, PreconditionFailed). That is accepted only if the
+  object now at the key is exactly this upload (:meth:`_is_ours`); otherwise it is an error.
+- A failed Create is not tried again per queued part: the first failure is remembered and
+  raised to every later caller, so the writer hears of it within one retry budget.
+- An abort gets ``ABORT_BUDGET`` seconds while the writer waits for its EIO; after that it is
+  the janitor's (``defer_abort``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+import trio
+import xxhash
+
+from . import leftovers
+from .checksums import (
+    HASH_TAG,
+    ChecksumAlgorithm,
+    body_headers_off_loop,
+    complete_part_fields,
+    create_headers,
+    multipart_etag,
+)
+from .errors import ObjectExists, StoreError, UploadFailed, UploadSessionLost
+from .retry import RetryReason
+from .s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+ABORT_BUDGET = 10.0
+"""Seconds to abort a failed file's upload (at most the retry budget) while its writer waits
+for the EIO: briefly, since an abort that fails is retried by the janitor every few seconds
+until the store answers, and by the next mount if it never does."""
+
+
+@dataclass(frozen=True)
+class MultipartStatistics:
+    """A snapshot of one session."""
+
+    upload_id: str | None
+    """The multipart upload's id, once created (None for a PutObject)."""
+    parts_acknowledged: int
+    retries: Mapping[RetryReason, int]
+    """Retries of this file's Create, UploadPart, Complete and PutObject, per reason."""
+
+
+class MultipartSession:
+    """One object in the making at ``key``; see the module docstring for its rules."""
+
+    def __init__(self, client: S3Client, key: str, *, checksum: ChecksumAlgorithm = "crc32c",
+                 no_clobber: bool = False, name: str | None = None,
+                 defer_abort: Callable[[str, str], None] | None = None,
+                 read_back: trio.Semaphore | None = None) -> None:
+        self.client = client
+        self.key = key
+        self.checksum: ChecksumAlgorithm = checksum
+        self.no_clobber = no_clobber
+        """Make the object only if the key does not exist then (If-None-Match: *): EEXIST."""
+        self.name = name or key
+        """What log lines call the file (its path in the mount)."""
+        self._defer_abort = defer_abort
+        self._read_back = read_back or trio.Semaphore(1)
+        self.upload_id: str | None = None
+        self.etag = ""
+        self.metadata_sent: dict[str, str] = {}
+        """The metadata the object was actually created with (once Create/Put was sent)."""
+        self.retries: Counter[RetryReason] = Counter()
+        self._parts: dict[int, tuple[str, dict[str, str]]] = {}
+        self._create_lock = trio.Lock()
+        self._create_error: BaseException | None = None
+        self._closed = False
+        """abort() was called: no upload may be left behind from here on."""
+        self._aborted = False
+        self._marker = False
+        """A marker for ``upload_id`` is in the bucket (leftovers.py)."""
+        self._commit_unconfirmed = False
+        """An attempt of PutObject/Complete lost its connection after it went out: the store
+        may have made the object although the request finally failed."""
+
+    def statistics(self) -> MultipartStatistics:
+        return MultipartStatistics(
+            upload_id=self.upload_id, parts_acknowledged=len(self._parts),
+            retries=dict(self.retries),
+        )
+
+    def _count_retry(self, reason: RetryReason) -> None:
+        self.retries[reason] += 1
+
+    def _count_commit_retry(self, reason: RetryReason) -> None:
+        self._count_retry(reason)
+        self._commit_unconfirmed |= reason.answer_may_be_lost
+
+    def _metadata_headers(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        """Headers for Create/Put; remembers what was sent, since the file's owner may change
+        its metadata later (chmod while writing) and must then fix the object up."""
+        self.metadata_sent = dict(metadata)
+        return {f"x-amz-meta-{k}": v for k, v in self.metadata_sent.items()}
+
+    # -- multipart --------------------------------------------------------------------
+
+    async def create(self, metadata: Mapping[str, str]) -> str:
+        """The upload id, creating the multipart upload on the first call (once)."""
+        async with self._create_lock:
+            if self.upload_id is not None:
+                return self.upload_id
+            if self._create_error is not None:
+                # The Create another part waited for failed for good. Trying again once
+                # per queued part, one after the other, would keep the writer from its
+                # EIO for a retry budget per part instead of one.
+                raise self._create_error
+            if self._closed:
+                raise UploadFailed(f"upload of {self.name} was abandoned")
+            headers = {**self._metadata_headers(metadata), **create_headers(self.checksum)}
+            answer_lost = False
+
+            def retried(reason: RetryReason) -> None:
+                nonlocal answer_lost
+                self._count_retry(reason)
+                answer_lost |= reason.answer_may_be_lost
+
+            began = trio.current_time()
+            try:
+                upload_id = await self.client.create_multipart_upload(
+                    self.key, headers, on_retry=retried
+                )
+            except Exception as exc:
+                self._create_error = exc
+                raise
+            self.upload_id = upload_id
+            self._marker = True
+            await leftovers.record(self.client, self.key, upload_id)
+            if self._closed:
+                # The file failed while the Create was on its way, and its abort found no
+                # upload to abort: this one must not stay behind.
+                await self._abort_now()
+                raise UploadFailed(f"upload of {self.name} was abandoned")
+            if answer_lost:
+                # An attempt whose answer was lost may have created an upload we never
+                # heard of: invisible, billed, and without a marker for a later mount.
+                await leftovers.abort_lost_creates(
+                    self.client, self.key, upload_id, trio.current_time() - began,
+                )
+            return upload_id
+
+    async def upload_part(self, part_number: int, body: memoryview | bytes) -> str:
+        """Send one part (creating the upload first if need be is the caller's: create());
+        its ETag. NoSuchUpload before abort() means the store lost the upload."""
+        assert self.upload_id is not None, "create() first"
+        headers = await body_headers_off_loop(self.checksum, body)
+        try:
+            etag = await self.client.upload_part(
+                self.key, self.upload_id, part_number, body, headers,
+                on_retry=self._count_retry,
+            )
+        except StoreError as exc:
+            # Once the file has failed, its upload is aborted while parts may still be in
+            # flight; their NoSuchUpload is that abort, not the store losing the upload.
+            if exc.code == "NoSuchUpload" and not self._closed:
+                log.error(
+                    "%s: the store no longer knows multipart upload %s (NoSuchUpload on part "
+                    "%d): the parts already sent are gone and the ring no longer holds them, "
+                    "so this file cannot be completed; the writer gets EIO",
+                    self.name, self.upload_id, part_number,
+                )
+                raise UploadSessionLost(str(exc)) from exc
+            raise
+        self._parts[part_number] = (etag, complete_part_fields(headers))
+        return etag
+
+    async def complete(self, size: int) -> str:
+        """Complete the upload from the parts sent, in part-number order; the ETag.
+
+        ``size`` is the file's length, to recognise the object if the answer was lost."""
+        assert self.upload_id is not None, "create() first"
+        parts = [(n, etag, fields) for n, (etag, fields) in sorted(self._parts.items())]
+        expected = multipart_etag([etag for _, etag, _ in parts])
+        try:
+            try:
+                self.etag = await self.client.complete_multipart_upload(
+                    self.key, self.upload_id, parts, on_retry=self._count_commit_retry,
+                    if_none_match=self.no_clobber,
+                )
+            except StoreError as exc:
+                # A retry after a lost answer finds the upload already completed
+                # (NoSuchUpload, or with no_clobber a key that now exists). Accept only if
+                # the object is exactly ours (same size, same multipart ETag).
+                if exc.code not in ("NoSuchUpload", "PreconditionFailed"):
+                    raise
+                if not await self._is_ours(size, expected, None):
+                    self._raise_refused(exc)
+        except ObjectExists:
+            raise
+        except Exception:
+            self._report_unconfirmed()
+            raise
+        await self._forget_marker()
+        return self.etag
+
+    # -- one PutObject ----------------------------------------------------------------
+
+    async def put(self, body: memoryview | bytes, metadata: Mapping[str, str],
+                  xxh3_128: str) -> str:
+        """Make the object with one PutObject, tagged with its xxh3-128; the ETag."""
+        headers = {
+            **self._metadata_headers(metadata),
+            **await body_headers_off_loop(self.checksum, body),
+            "x-amz-tagging": f"{HASH_TAG}={xxh3_128}",
+        }
+        if self.no_clobber:
+            headers["If-None-Match"] = "*"
+        try:
+            try:
+                self.etag = await self.client.put_object(
+                    self.key, body, headers, on_retry=self._count_commit_retry
+                )
+            except StoreError as exc:
+                # Our own first attempt may have made the object before its answer was lost.
+                if exc.code != "PreconditionFailed" or not await self._is_ours(
+                    len(body), None, xxh3_128
+                ):
+                    self._raise_refused(exc)
+        except ObjectExists:
+            raise
+        except Exception:
+            self._report_unconfirmed()
+            raise
+        return self.etag
+
+    # -- after the object exists ------------------------------------------------------
+
+    async def tag(self, xxh3_128: str) -> None:
+        """Store the file hash as the object's tag (the multipart path; PutObject sends it)."""
+        await self.client.put_tags(self.key, {HASH_TAG: xxh3_128})
+
+    async def read_back_hash(self, size: int, chunk: int) -> str:
+        """The xxh3-128 of the object as stored, read back ``chunk`` bytes at a time.
+
+        For files whose retained first slice was patched after it was hashed. One read-back
+        per mount at a time (the shared ``read_back`` semaphore), so the memory it takes
+        beside the ring is one chunk.
+        """
+        hasher = xxhash.xxh3_128()
+        async with self._read_back:
+            for first in range(0, size, chunk):
+                last = min(first + chunk, size) - 1
+                data = await self.client.get_range(self.key, first, last)
+                await trio.to_thread.run_sync(hasher.update, data)
+        return hasher.hexdigest()
+
+    # -- lost answers -----------------------------------------------------------------
+
+    async def _is_ours(self, size: int, multipart_etag: str | None,
+                       xxh3_128: str | None) -> bool:
+        """Whether the object now at the key is exactly this upload, made by an attempt whose
+        answer was lost: same size and multipart ETag, or for a PutObject (whose ETag chute
+        does not compute) same size and the xxh3-128 tag sent with it. Asked whatever the
+        retries said: a gateway's 502/504 may also come after the store acted."""
+        info = await self.client.head_object(self.key)
+        ours = info is not None and info.size == size and (
+            info.etag == multipart_etag if multipart_etag is not None
+            else (await self.client.get_tags(self.key)).get(HASH_TAG) == xxh3_128
+        )
+        if not ours:
+            self._commit_unconfirmed = False  # we looked: the object is not ours
+            return False
+        assert info is not None
+        log.info("%s: the answer to making the object was lost but the object is ours; ok",
+                 self.name)
+        self.etag = info.etag
+        return True
+
+    def _raise_refused(self, exc: StoreError) -> NoReturn:
+        """Raise what a commit the store refused with ``exc`` reports to the writer."""
+        if exc.code == "PreconditionFailed" and self.no_clobber:
+            log.error("%s: %s exists and the mount has --no-overwrite: EEXIST; the new "
+                      "upload was dropped and the existing object is untouched",
+                      self.name, self.key)
+            raise ObjectExists(f"{self.key} exists (--no-overwrite)") from exc
+        raise exc
+
+    def _report_unconfirmed(self) -> None:
+        if self._commit_unconfirmed:
+            # Nobody can tell: the store went away with the answer. Deleting the object
+            # later could delete a successful second copy, so say it instead.
+            log.error(
+                "%s: an attempt to make the object lost its connection after it was sent, "
+                "and the store could not be asked again: the object may have landed although "
+                "the writer gets EIO; check %s or copy again", self.name, self.key,
+            )
+
+    # -- abort ------------------------------------------------------------------------
+
+    async def abort(self) -> None:
+        """Leave nothing behind: abort the multipart upload if there is one (once), and make
+        a create() still on its way abort its upload when it lands."""
+        self._closed = True
+        if self.upload_id is not None and not self._aborted:
+            await self._abort_now()
+
+    async def _abort_now(self) -> None:
+        """Abort now if the store answers within ABORT_BUDGET's few seconds, else leave it to
+        the janitor: the writer waiting for its EIO must not wait another retry budget."""
+        assert self.upload_id is not None
+        self._aborted = True
+        with trio.CancelScope(shield=True):
+            try:
+                await self.client.abort_multipart_upload(
+                    self.key, self.upload_id, policy=dataclasses.replace(
+                        self.client.policy, budget=min(ABORT_BUDGET, self.client.policy.budget),
+                        max_delay=2.0,
+                    ),
+                )
+            except Exception as exc:
+                log.error("%s: could not abort multipart upload %s (%s); will keep trying",
+                          self.name, self.upload_id, exc)
+                if self._defer_abort is not None:
+                    self._defer_abort(self.key, self.upload_id)
+            else:
+                await self._forget_marker()
+
+    async def _forget_marker(self) -> None:
+        """The upload was completed or aborted: its marker goes (a failure only logs)."""
+        if not self._marker:
+            return
+        self._marker = False
+        assert self.upload_id is not None
+        try:
+            await leftovers.forget(self.client, self.upload_id)
+        except Exception as exc:
+            log.warning("could not delete the marker of upload %s of %s: %s",
+                        self.upload_id, self.key, exc)
