@@ -138,6 +138,11 @@ def _find(element: ET.Element, tag: str) -> ET.Element | None:
     return found if found is not None else element.find(tag)
 
 
+def _all(root: ET.Element, tag: str) -> list[ET.Element]:
+    """Every ``tag`` element under ``root``, in S3's namespace or (some stores) in none."""
+    return list(root.iter(NS + tag)) or list(root.iter(tag))
+
+
 def text(element: ET.Element | None, tag: str, default: str = "") -> str:
     """The text of ``element``'s child ``tag`` (with or without the S3 namespace)."""
     if element is None:
@@ -209,7 +214,7 @@ def upload_id(operation: str, answer: Answer) -> str:
 
 def tags(operation: str, answer: Answer) -> dict[str, str]:
     root = parse(operation, answer)
-    return {text(t, "Key"): text(t, "Value") for t in root.iter(NS + "Tag")}
+    return {text(t, "Key"): text(t, "Value") for t in _all(root, "Tag")}
 
 
 def object_info(operation: str, key: str, answer: Answer) -> ObjectInfo:
@@ -237,14 +242,14 @@ def listing(operation: str, answer: Answer) -> tuple[Listing, str | None]:
     root = parse(operation, answer)
     decode = unquote_plus if text(root, "EncodingType") == "url" else (lambda s: s)
     objects = []
-    for entry in root.iter(NS + "Contents"):
+    for entry in _all(root, "Contents"):
         objects.append(ObjectInfo(
             key=decode(required(operation, answer, entry, "Key")),
             size=number(operation, answer, text(entry, "Size", "0"), "Size"),
             etag=text(entry, "ETag").strip('"'), last_modified=text(entry, "LastModified"),
         ))
     prefixes = [decode(required(operation, answer, p, "Prefix"))
-                for p in root.iter(NS + "CommonPrefixes")]
+                for p in _all(root, "CommonPrefixes")]
     token = text(root, "NextContinuationToken") or None
     if text(root, "IsTruncated") != "true":
         token = None
@@ -258,7 +263,7 @@ def pending_uploads(operation: str, answer: Answer
     uploads = [
         PendingUpload(required(operation, answer, u, "Key"),
                       required(operation, answer, u, "UploadId"), text(u, "Initiated"))
-        for u in root.iter(NS + "Upload")
+        for u in _all(root, "Upload")
     ]
     key_marker = text(root, "NextKeyMarker")
     if text(root, "IsTruncated") != "true" or not key_marker:
