@@ -1,0 +1,382 @@
+"""Reading one stored object through ranged GETs: a prefetcher per open file handle.
+
+An :class:`ObjectReader` serves ``read(offset, size)`` for one object pinned at open by its
+key, size and ETag. Every GET carries ``If-Match: <etag>``, so each byte it returns is the
+pinned version's; if the object was replaced (or deleted) the store answers 412 (or 404) and
+the read fails with :class:`ObjectChanged` (ESTALE), never with a mix of two versions. The
+failure is sticky: every later read of the handle fails the same way.
+
+The prefetch policy follows mountpoint-s3's prefetcher (``mountpoint-s3-fs/src/prefetch.rs``):
+start small, make requests larger while the reads stay sequential, start small again after a
+jump.
+
+- The reader keeps a *window*: consecutive chunks covering ``[window start, window end)``,
+  each one ranged GET, done or in flight. A read inside the window is served from it, waiting
+  for the chunks it needs; a small step back (``keep_behind``, for the kernel's readahead
+  arriving out of order) is served from chunks kept behind the reader.
+- A read that continues the previous one (within ``sequential_slack`` of it) is sequential:
+  the reader covers it with a request of the current size, then sends at most one more
+  request ahead of it if the window has room. Each request sent while sequential doubles
+  the next one's size, from ``initial_request`` up to ``max_request``; the window is capped
+  by ``max_window`` and by the reader's fair share of the budget, so a sequential reader
+  settles at about ``max_window / max_request`` GETs in flight.
+- A read outside the window is a seek: the window is dropped (its GETs cancelled, its budget
+  returned) and the read is fetched as asked plus ``random_extra``, with the next sequential
+  request back at ``initial_request``.
+- Budget (:mod:`read_budget`): prefetched chunks are charged as prefetch, which is granted or
+  refused at once; a refused request is retried at half the size, and a read the window cannot
+  cover is fetched on demand (exactly what is asked, from the demand reserve, released when
+  copied out), so a read always progresses, however many readers share the budget.
+
+Retries, stall detection and credential reloads are the S3 client's (one policy per mount).
+All GETs run as tasks in a nursery the reader's owner provides; each chunk has its own cancel
+scope, and :meth:`ObjectReader.aclose` cancels them all and returns every byte of budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from .errors import ChuteError, ObjectChanged, StoreError
+from .read_budget import ReadBudget
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class ReadTuning:
+    """The prefetch policy's sizes (bytes). The defaults are the mount's."""
+
+    initial_request: int = 512 * KiB
+    """First request of a sequential run: four kernel reads (128 KiB), so a reader that stops
+    early (a `file`, a header probe) costs little, and a small file is one GET."""
+    max_request: int = 8 * MiB
+    """Requests stop growing here: the size at which one GET reaches a store's per-connection
+    throughput (mountpoint-s3 and the AWS CRT use 8 MiB parts; chute's default slice is too)."""
+    min_request: int = 128 * KiB
+    """A read-ahead refused by the budget is retried at half the size down to this."""
+    max_window: int = 32 * MiB
+    """Bytes fetched ahead of a sequential reader at most: four 8 MiB GETs in flight, and two
+    readers at full speed within the default 64 MiB budget (less its demand reserve)."""
+    random_extra: int = 64 * KiB
+    """Fetched past a non-sequential read, for the small forward reads that often follow."""
+    keep_behind: int = 256 * KiB
+    """Chunks ending this far behind the reader are kept: the kernel's readahead may deliver
+    reads up to 256 KiB out of order (mountpoint-s3 keeps 1 MiB for the same reason)."""
+    sequential_slack: int = 1 * MiB
+    """A read starting up to this far past the previous one still counts as sequential."""
+
+
+DEFAULT_TUNING = ReadTuning()
+
+
+class RangeSource(Protocol):
+    """What the reader needs from the store: :meth:`S3Client.get_range`."""
+
+    async def get_range(self, key: str, first: int, last: int, *,
+                        if_match: str | None = None) -> bytes: ...
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """One ranged GET of ``[start, end)`` and, once it answered, its bytes or its error."""
+
+    start: int
+    end: int
+    charged: int
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: Exception | None = None
+    served_to: int = 0
+    """Highest offset served from this chunk, to count what a drop discards unread."""
+    cut: bool = False
+    """Cut down to its last ``keep_behind`` bytes once the reader had passed it."""
+
+
+class ObjectReader:
+    """Reads of one pinned object version for one open file handle; see the module docstring.
+
+    ``read()`` calls on one reader are served one at a time (a FIFO lock), so concurrent
+    reads of the same handle each get exactly the bytes they asked for.
+    """
+
+    def __init__(self, source: RangeSource, budget: ReadBudget, *, key: str, size: int,
+                 etag: str, nursery: trio.Nursery, tuning: ReadTuning = DEFAULT_TUNING) -> None:
+        self.key = key
+        self.size = size
+        self.etag = etag
+        self._source = source
+        self._budget = budget
+        self._nursery = nursery
+        self._tuning = tuning
+        self._chunks: deque[_Chunk] = deque()
+        self._window_end = 0
+        """Where the next request starts; the chunks cover [_window_start, _window_end)."""
+        self._position: int | None = None
+        """End of the last read served, or None before the first (and after a failure)."""
+        self._next_request = tuning.initial_request
+        self._lock = trio.Lock()
+        self._closed = False
+        self._stale: ObjectChanged | None = None
+        budget.register()
+
+    async def __aenter__(self) -> ObjectReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def _window_start(self) -> int:
+        return self._chunks[0].start if self._chunks else self._window_end
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """The object's bytes ``[offset, offset + size)``; short or empty past its end.
+
+        Raises ObjectChanged (ESTALE) if the object was replaced since the reader was opened,
+        the S3 client's error (EIO) if the store failed past the retry budget."""
+        if offset < 0 or size < 0:
+            raise ValueError(f"read({offset}, {size})")
+        self._check_open()
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        async with self._lock:
+            self._check_open()
+            try:
+                data = await self._read(offset, end)
+            except ObjectChanged as exc:
+                self._stale = exc
+                self._reset(offset)
+                raise
+            except Exception:
+                self._reset(offset)
+                self._position = None
+                raise
+        self._budget.note_served(len(data))
+        return data
+
+    def _check_open(self) -> None:
+        if self._stale is not None:
+            raise ObjectChanged(str(self._stale))
+        if self._closed:
+            raise ChuteError(f"read of {self.key} after its reader was closed")
+
+    async def _read(self, offset: int, end: int) -> bytes:
+        sequential = self._classify(offset)
+        self._trim(offset)
+        covered = self._cover(end, sequential)
+        if sequential and covered >= end:
+            self._read_ahead(end)
+        parts = []
+        if offset < covered:
+            parts.append(await self._serve(offset, min(end, covered)))
+        if covered < end:
+            # The budget could not cover the read: fetch the rest on demand. Those bytes are
+            # not kept, so the window restarts, empty, where this read ends.
+            parts.append(await self._demand(max(offset, covered), end))
+            self._drop_all()
+            self._window_end = end
+        self._position = end
+        self._trim(end)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _classify(self, offset: int) -> bool:
+        """Whether a read at ``offset`` is sequential; a read outside the window resets it."""
+        position = self._position
+        if position is None:
+            self._reset(offset)
+            return offset == 0
+        if self._window_start <= offset <= self._window_end:
+            return (position - self._tuning.keep_behind <= offset
+                    <= position + self._tuning.sequential_slack)
+        self._reset(offset)
+        return False
+
+    def _cover(self, end: int, sequential: bool) -> int:
+        """Send requests until the window reaches ``end`` or the budget refuses; where it ends.
+        """
+        tuning = self._tuning
+        while self._window_end < end:
+            need = min(end - self._window_end, tuning.max_request)
+            want = self._next_request if sequential else need + tuning.random_extra
+            want = min(max(need, min(want, tuning.max_request)), self.size - self._window_end)
+            sent = self._send(want, least=need)
+            if not sent:
+                break
+            if sequential:
+                self._grow(sent)
+        return self._window_end
+
+    def _read_ahead(self, end: int) -> None:
+        """Send one request ahead of a sequential reader if its window has room for it."""
+        remaining = self.size - self._window_end
+        if remaining <= 0:
+            return
+        limit = min(self._tuning.max_window, self._budget.fair_share())
+        size = min(self._next_request, limit, remaining)
+        if size <= 0 or self._window_end - self._window_start + size > limit:
+            return
+        sent = self._send(size, least=min(size, self._tuning.min_request))
+        if sent:
+            self._grow(sent)
+
+    def _grow(self, sent: int) -> None:
+        self._next_request = min(self._tuning.max_request, 2 * sent)
+
+    def _send(self, size: int, *, least: int) -> int:
+        """Start a GET of ``size`` bytes at the window's end if the budget grants it, halving
+        down to ``least`` when refused; the bytes requested (0 if none)."""
+        while not self._budget.try_prefetch(size):
+            if size <= least:
+                return 0
+            size = max(least, size // 2)
+        chunk = _Chunk(self._window_end, self._window_end + size, charged=size)
+        chunk.served_to = chunk.start
+        self._chunks.append(chunk)
+        self._window_end = chunk.end
+        self._nursery.start_soon(self._fetch, chunk)
+        return size
+
+    async def _fetch(self, chunk: _Chunk) -> None:
+        """The task of one chunk: its GET, with errors kept for the read that needs them."""
+        try:
+            with chunk.scope:
+                self._budget.note_request()
+                data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
+                                                    if_match=self.etag)
+                chunk.data = data
+                self._budget.note_fetched(len(data))
+        except Exception as exc:
+            chunk.error = exc
+        finally:
+            chunk.done.set()
+
+    async def _serve(self, offset: int, end: int) -> bytes:
+        """Bytes ``[offset, end)`` from the window's chunks, waiting for those in flight."""
+        parts = []
+        for chunk in list(self._chunks):
+            if chunk.end <= offset:
+                continue
+            if chunk.start >= end:
+                break
+            await chunk.done.wait()
+            if chunk.data is None:
+                if chunk.error is not None:
+                    raise self._translate(chunk.error) from chunk.error
+                raise ChuteError(f"read of {self.key} after its reader was closed")
+            first = max(offset, chunk.start) - chunk.start
+            last = min(end, chunk.end) - chunk.start
+            parts.append(chunk.data[first:last])
+            chunk.served_to = max(chunk.served_to, chunk.start + last)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _demand(self, offset: int, end: int) -> bytes:
+        """Bytes ``[offset, end)`` fetched now from the demand reserve, not kept."""
+        parts = []
+        while offset < end:
+            size = min(end - offset, self._budget.demand_reserve)
+            async with self._budget.demand(size):
+                self._budget.note_request()
+                try:
+                    data = await self._source.get_range(self.key, offset, offset + size - 1,
+                                                        if_match=self.etag)
+                except StoreError as exc:
+                    raise self._translate(exc) from exc
+                self._budget.note_fetched(len(data))
+            parts.append(data)
+            offset += size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _translate(self, exc: Exception) -> Exception:
+        """A refused If-Match (412), or a key gone (404), means the pinned version is gone."""
+        if isinstance(exc, StoreError) and (exc.status in (404, 412)
+                                            or exc.code == "PreconditionFailed"):
+            log.warning("%s changed while open for reading (pinned ETag %s): %s", self.key,
+                        self.etag, exc)
+            return ObjectChanged(f"{self.key} was replaced or deleted since it was opened "
+                                 f"(ETag {self.etag}): {exc}")
+        return exc
+
+    # -- the window ---------------------------------------------------------------------
+
+    def _reset(self, offset: int) -> None:
+        """Drop the window (cancel its GETs, return its budget); the next request is small."""
+        self._drop_all()
+        self._window_end = offset
+        self._next_request = self._tuning.initial_request
+
+    def _trim(self, position: int) -> None:
+        """Drop what a reader at ``position`` is done with; keep ``keep_behind`` bytes of it.
+
+        A chunk the reader has passed is cut down to its tail once (one copy of at most
+        ``keep_behind`` bytes), so the window holds the tail, the chunk being read, and what
+        is ahead, and no more than ``max_window`` of it."""
+        keep_from = position - self._tuning.keep_behind
+        while self._chunks and self._chunks[0].end <= keep_from:
+            self._drop(self._chunks.popleft())
+        for chunk in self._chunks:
+            if chunk.end > position:
+                break
+            if chunk.cut or chunk.start >= keep_from or chunk.data is None:
+                continue
+            cut = keep_from - chunk.start
+            chunk.data = chunk.data[cut:]
+            chunk.start = keep_from
+            chunk.served_to = max(chunk.served_to, chunk.start)
+            chunk.charged -= cut
+            chunk.cut = True
+            self._budget.release(cut)
+
+    def _drop_all(self) -> None:
+        while self._chunks:
+            self._drop(self._chunks.popleft())
+
+    def _drop(self, chunk: _Chunk) -> None:
+        chunk.scope.cancel()
+        if chunk.charged:
+            self._budget.release(chunk.charged)
+            chunk.charged = 0
+        if chunk.data is not None:
+            self._budget.note_discarded(chunk.end - chunk.served_to)
+
+    async def aclose(self) -> None:
+        """Cancel every GET in flight and return all budget; reads after this fail."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drop_all()
+        self._budget.unregister()
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_reader(source: RangeSource, budget: ReadBudget, *, key: str, size: int,
+                      etag: str, tuning: ReadTuning = DEFAULT_TUNING
+                      ) -> AsyncIterator[ObjectReader]:
+    """An :class:`ObjectReader` with a nursery of its own, closed on exit (scripts, tests).
+    A mount passes its own nursery to ObjectReader instead: a handle outlives any one call."""
+    async with trio.open_nursery() as nursery:
+        reader = ObjectReader(source, budget, key=key, size=size, etag=etag, nursery=nursery,
+                              tuning=tuning)
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
