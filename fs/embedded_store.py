@@ -9,6 +9,14 @@ What it guarantees, and why:
 * **Loopback only.** Every listener is bound to 127.0.0.1, the telemetry report
   ``weed`` sends by default is switched off, and WebDAV, the admin UI and the Iceberg/Lance
   catalogues are disabled. The store is a private detail of one user's mount.
+* **Only the S3 port answers strangers, and it wants a signature.** Loopback is reachable by
+  every local user, so every other port (master, volume server, filer and admin HTTP, and
+  every gRPC port) requires the client certificate and tokens made afresh at each launch
+  (fs/store_security.py, which says what weed honours and what was measured). weed's Unix
+  sockets are made 0700 (umask) and the filer's and S3's are put in the data directory; the
+  gRPC ones weed always puts at ``/tmp/seaweedfs-*-grpc-PORT.sock``, so ports whose path there
+  belongs to another user are never chosen. ``WEED_*`` variables are not passed on (a set one
+  would override the security settings).
 * **Credentials are real.** SeaweedFS enforces SigV4 once an identity file exists, so a key
   pair is generated once (``secrets``) and kept in the data directory (0700) as the identity
   file weed reads and an AWS shared-credentials file (both 0600). A later store on the same
@@ -51,6 +59,7 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -61,6 +70,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from chute.uploader.errors import ConfigError
+
+from . import store_security
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +152,7 @@ class EmbeddedStore:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._log_handle: IO[bytes] | None = None
+        self._secrets: store_security.StoreSecrets | None = None
 
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -356,9 +368,9 @@ class EmbeddedStore:
     # -- process -------------------------------------------------------------------------
 
     def _command(self, weed: Path) -> list[str]:
-        assert self._ports is not None
+        assert self._ports is not None and self._secrets is not None
         return [
-            str(weed), "mini",
+            str(weed), f"-config_dir={self._secrets.config_dir}", "mini",
             f"-dir={self._weed_dir}",
             f"-ip={_HOST}", f"-ip.bind={_HOST}",
             f"-s3.config={self.identities_file}",
@@ -372,11 +384,38 @@ class EmbeddedStore:
             # fires. Its peers are weed's own filer and S3 gateway on loopback sending whole
             # chunks, so a short one costs nothing and bounds stop().
             "-idleTimeout=3",
+            *self._local_socket_options(),
         ]
+
+    def _local_socket_options(self) -> list[str]:
+        """The filer's and S3's Unix sockets in the private weed directory, if paths fit.
+
+        A Unix socket path has at most 107 bytes; beyond that weed's default under /tmp stays
+        (0700 by the umask, and a foreign file there makes the port unusable, see ports).
+        """
+        options = []
+        for service in ("filer", "s3"):
+            path = self._weed_dir / f"{service}.sock"
+            if len(os.fsencode(path)) <= 107:
+                options.append(f"-{service}.localSocket={path}")
+        return options
 
     def _launch(self) -> None:
         weed = find_weed()
         self._weed_dir.mkdir(mode=0o700, exist_ok=True)
+        assert self._ports is not None
+        foreign = _foreign_sockets(self._ports.values())
+        if foreign:
+            raise EmbeddedStoreError(
+                f"{foreign[0]} belongs to another user: weed would talk to it instead of "
+                f"itself; remove it, or delete {self._ports_file} to choose other ports")
+        try:
+            self._secrets = store_security.create(self.data_dir)
+        except store_security.StoreSecurityError as exc:
+            raise EmbeddedStoreError(str(exc)) from exc
+        except OSError as exc:
+            raise EmbeddedStoreError(
+                f"cannot write the embedded store's secrets in {self.data_dir}: {exc}") from exc
         # Keep the previous run's log: it explains why that run ended.
         if self.log_file.exists():
             with contextlib.suppress(OSError):
@@ -389,8 +428,9 @@ class EmbeddedStore:
         # weed mini turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into an extra S3 identity:
         # the user's real AWS keys must not become keys to this store (nor be stored by it).
         # It falls back to S3_* when flags are empty; S3_EXTERNAL_URL changes signature checks.
+        # WEED_* variables override security.toml: none of the user's may weaken it.
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AWS_", "S3_"))}
+               if not k.startswith(("AWS_", "S3_", "WEED_"))}
         try:
             self._process = _spawn(command, env=env, cwd=self._weed_dir, stdout=self._log_handle)
         except OSError as exc:
@@ -402,11 +442,14 @@ class EmbeddedStore:
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         assert self._process is not None and self._ports is not None
+        assert self._secrets is not None
         bucket_url = f"{self.endpoint_url}/{self.bucket}"
-        master_url = f"http://{_HOST}:{self._ports['master.port']}/dir/status"
+        # The master answers only HTTPS with the launch's client certificate.
+        master_url = f"https://{_HOST}:{self._ports['master.port']}/dir/status"
         problem = "no answer yet"
         # trust_env=False: an HTTP(S)_PROXY in the environment must not capture loopback.
-        with httpx.Client(trust_env=False, timeout=1) as client:
+        with httpx.Client(trust_env=False, timeout=1,
+                          verify=self._secrets.client_ssl_context()) as client:
             while True:
                 code = self._process.poll()
                 if code is not None:
@@ -556,8 +599,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _foreign_sockets(ports: Iterable[int]) -> list[str]:
+    """The paths weed would use for these ports under /tmp that another user owns.
+
+    weed always serves (and dials) its in-process gRPC at /tmp/seaweedfs-SVC-grpc-PORT.sock
+    and cannot replace a file another user put there: its own components would then dial that
+    user's socket (mutual TLS makes that fail, not leak, but the store would not work).
+    """
+    me = os.geteuid()
+    found = []
+    for port in ports:
+        for service in _SERVICES:
+            for path in (f"/tmp/seaweedfs-{service}-grpc-{port}.sock",
+                         f"/tmp/seaweedfs-{service}-{port}.sock"):
+                try:
+                    owner = os.lstat(path).st_uid
+                except OSError:
+                    continue
+                if owner != me:
+                    found.append(path)
+    return found
+
+
 def _port_is_free(port: int) -> bool:
     """Whether weed could listen on 127.0.0.1:port (Go listeners set SO_REUSEADDR too)."""
+    if _foreign_sockets((port,)):
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -608,7 +675,12 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _child_setup(parent_pid: int) -> None:
-    """In the child before exec: die (SIGTERM, so weed shuts down cleanly) with chute."""
+    """In the child before exec: die (SIGTERM, so weed shuts down cleanly) with chute.
+
+    The umask makes every file and Unix socket weed creates private to the user (connecting
+    to a socket needs write permission on it).
+    """
+    os.umask(0o077)
     _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:  # chute died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
