@@ -291,7 +291,6 @@ def _mount(args: argparse.Namespace) -> int:
         slice_size=args.slice_size, ring_size=args.ring_size,
         upload_concurrency=args.upload_concurrency, checksum=args.checksum,
         stall_timeout=args.stall_timeout, retry_budget=args.retry_budget,
-        no_overwrite=args.no_overwrite, no_delete=args.no_delete,
     )
     config.validate()
     metrics_addr = _metrics_addr(args)
@@ -330,6 +329,9 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
                 metrics_addr: tuple[str, int] | None,
                 on_ready: Callable[[], None] | None) -> int:
     from chute.fs.mount import MountRequest, check_mountpoint, run_mount
+    from chute.fs.policy import MountPolicy
+
+    policy = MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete)
 
     if args.remote:
         bucket_name, prefix = parse_remote(args.remote)
@@ -337,7 +339,7 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
                         endpoint_url=resolve_endpoint(args.profile, args.endpoint_url),
                         region=resolve_region(args.profile, args.region))
         return run_mount(MountRequest(args.mountpoint, bucket, config, args.profile,
-                                      args.allow_other, metrics_addr), on_ready)
+                                      args.allow_other, metrics_addr, policy), on_ready)
 
     from pathlib import Path
 
@@ -364,7 +366,7 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
             print(banner, file=sys.stderr, flush=True)
         bucket = Bucket(store.bucket, "", endpoint_url=store.endpoint_url, region=store.region)
         return run_mount(MountRequest(args.mountpoint, bucket, config, None, args.allow_other,
-                                      metrics_addr), on_ready)
+                                      metrics_addr, policy), on_ready)
     finally:
         store.stop()
 

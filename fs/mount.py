@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import pyfuse3
@@ -33,8 +33,9 @@ from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
-from . import control, daemon, metrics
+from . import control, daemon, metrics, mountinfo
 from .operations import ChuteOperations
+from .policy import MountPolicy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class MountRequest:
     allow_other: bool = False
     metrics_addr: tuple[str, int] | None = None
     """(host, port) to serve Prometheus metrics on; exposure was checked by the CLI."""
+    policy: MountPolicy = field(default_factory=MountPolicy)
+    """--no-overwrite / --no-delete: what the FUSE operations refuse."""
 
 
 def check_mountpoint(path: str) -> None:
@@ -117,10 +120,7 @@ def _still_mounted(path: str) -> bool:
     """From /proc/self/mountinfo, never by stat: a stat of our own mount root would wait for
     the request loop that has already ended. False once ``umount -l`` detached it, and then
     libfuse must not try to unmount it again (it would log a failure)."""
-    escaped = path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011") \
-        .replace("\n", "\\012")
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == escaped for line in f)
+    return mountinfo.is_mounted(path)
 
 
 async def _watch_signals() -> None:
@@ -175,7 +175,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             await leftovers.clean(client)
     except Exception as exc:
         log.warning("could not look for uploads left by earlier mounts: %s", exc)
-    operations = ChuteOperations(uploader, client, request.mountpoint)
+    operations = ChuteOperations(uploader, client, request.mountpoint, request.policy)
     options = set(pyfuse3.default_options)
     options |= {f"fsname=chute:{request.bucket.bucket}/{request.bucket.prefix}".rstrip("/"),
                 "subtype=chute"}

@@ -19,6 +19,10 @@ since the open, everything is scanned. A descriptor passed over a Unix socket (S
 an older process is not seen: the file is then finalized at the opener's close and later
 writes through that descriptor fail loudly with EIO, never silently.
 
+The mount's id comes from ``chute.fs.mountinfo`` (its octal unescaping finds a mountpoint
+whose path has spaces or non-ASCII characters; a wrong parser would find nothing, and the
+check would fall back to counting handles).
+
 Processes whose /proc entries we may not read cannot hold a file of a mount without
 ``allow_other``, so they are skipped.
 
@@ -31,22 +35,6 @@ blocking on a disk, and a hop to a worker thread alone cost more (0.9 ms per clo
 from __future__ import annotations
 
 import os
-
-
-def mount_id_of(mountpoint: str) -> int | None:
-    """The kernel's id for the mount at ``mountpoint`` (from /proc/self/mountinfo).
-
-    ``mountpoint`` must already be resolved (realpath before mounting): resolving it now
-    would stat the mount from inside its own request loop and deadlock.
-    """
-    target = mountpoint
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4].encode().decode("unicode_escape") == target:
-                found = int(fields[0])  # the last one mounted there is on top
-    return found
 
 
 def _holds(pid: str, mount_id: int, inode: int, prefix: str) -> bool:
@@ -98,7 +86,8 @@ def held_open(mountpoint: str, mount_id: int, inode: int, opener_pid: int,
 
     With ``max_scan``, None when more processes than that would have to be scanned besides
     the opener: call again without it, in a worker thread. ``mountpoint`` is the resolved
-    path; see :func:`mount_id_of`.
+    path (resolved before mounting) and ``mount_id`` its id in mountinfo
+    (``chute.fs.mountinfo.find(mountpoint).mount_id``).
     """
     prefix = mountpoint
     if _holds(str(opener_pid), mount_id, inode, prefix):

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from chute.fs.operations import LOOKUP_TTL, MAX_KEY_BYTES
+from chute.fs.lookups import LOOKUP_TTL
+from chute.fs.namespace import MAX_KEY_BYTES
 from tests.support.files import random_file, sha256_file
 from tests.support.mounts import requires_fuse
 from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object

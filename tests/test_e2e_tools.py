@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from chute.fs.embedded_store import EmbeddedStore
-from chute.fs.operations import LOOKUP_TTL, METADATA_DEADLINE
+from chute.fs.lookups import LOOKUP_TTL, METADATA_DEADLINE
 from chute.uploader.copy import copy_in_parts
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.retry import RetryPolicy

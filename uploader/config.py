@@ -1,7 +1,8 @@
 """A mount's settings, with their defaults and the checks that tie them together.
 
-They travel as one value from the command line to the uploader and to the FUSE operations,
-which read the policies (``no_overwrite``, ``no_delete``) from ``uploader.config``."""
+They travel as one value from the command line to the uploader. The mount's policies
+(``--no-overwrite``, ``--no-delete``) are not here: they belong to the file system
+(chute.fs.policy); the uploader hears of ``--no-overwrite`` per file, as ``no_clobber``."""
 
 from __future__ import annotations
 
@@ -33,12 +34,6 @@ class UploaderConfig:
     """Seconds a request keeps being retried before the writer gets EIO."""
     ring_stall_grace: float = 5.0
     """See the progress rule in ring.py."""
-    no_overwrite: bool = False
-    """Policy (--no-overwrite): an object already in the bucket is never replaced through the
-    mount; the FUSE operations refuse with EEXIST, and each upload is a conditional create."""
-    no_delete: bool = False
-    """Policy (--no-delete): nothing in the bucket is deleted through the mount (unlink,
-    rmdir, rename); the FUSE operations refuse with EPERM."""
 
     @property
     def slot_count(self) -> int:

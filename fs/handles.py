@@ -1,0 +1,277 @@
+"""Open files: the handle table, and the decision of which close finishes a file.
+
+A handle is one FUSE open of a file being written: its upload, and who opened it (for the
+last-close check of openers.py). Opening with O_TRUNC (or creating) starts a new upload;
+another open of a file being written, without O_TRUNC (``truncate -s`` while a writer has it
+open, a second ``exec 3<>``), joins the same upload. Reading is not offered (a streaming
+mount holds no file's bytes after upload): opening an existing file for reading fails with
+EACCES.
+
+When does a file's upload finish? On the flush of the last close of all the opens that write
+it (see openers.py), so ``close()`` returns only when the object is complete in the bucket
+and returns EIO if it is not. ``release()`` (asynchronous: its errors reach nobody) finishes
+whatever no flush did, e.g. a file whose last descriptor went away with a killed process.
+
+Once an upload has ended, the node shows the object (or disappears if it failed and nothing
+was there before), and a chmod/utimens made while it was written is fixed up on the object
+(objects.py) before the close returns.
+
+Directory handles (opendir) hold the listing taken at opendir, read by readdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+import trio
+
+from chute.uploader.errors import errno_for
+from chute.uploader.file_upload import FileUpload, UploadState
+from chute.uploader.uploader import Uploader
+
+from . import metadata, mountinfo, openers
+from .errnos import Refused, errors_as_errno
+from .namespace import Namespace, Node
+from .objects import ObjectOps
+
+
+@dataclass(eq=False)
+class Handle:
+    node: Node
+    upload: FileUpload
+    opener_pid: int
+    last_pid_at_open: int
+    """See openers.held_open: only processes created after the open can share it."""
+
+
+class HandleTable:
+    """File and directory handles of one mount (see the module)."""
+
+    def __init__(self, namespace: Namespace, uploader: Uploader, objects: ObjectOps,
+                 mountpoint: str) -> None:
+        """``mountpoint`` must be resolved already (see openers.py)."""
+        self.ns = namespace
+        self.uploader = uploader
+        self.objects = objects
+        self.mountpoint = mountpoint
+        self._mount_id: int | None = None
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, list[tuple[str, Node]]] = {}
+        self._next_fh = 1
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def get(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise Refused(errno.EBADF)
+        return handle
+
+    # -- opening --------------------------------------------------------------------
+
+    def create(self, parent: Node, name: str, mode: int, flags: int, pid: int
+               ) -> tuple[int, Node]:
+        """O_CREAT of a name the kernel found free (or that a race filled): a new upload
+        under a new or reused node, attached. The caller counts the kernel's lookup."""
+        self.check_write_flags(flags, name)
+        known = self.ns.child(parent, name)
+        if known is not None and known.upload is None:
+            self.objects.refuse_if_no_overwrite(known)
+        node = self.ns.attach(self.ns.record(parent, name, False, size=0,
+                                             mode=stat.S_IMODE(mode), mtime_ns=time.time_ns()))
+        try:
+            return self._start_upload(node, pid), node
+        except BaseException:
+            self.ns.prune(node)
+            raise
+
+    def open(self, node: Node, flags: int, pid: int) -> int:
+        """An open of an existing node: join its upload, or start one replacing it."""
+        if node.is_dir:
+            raise Refused(errno.EISDIR)
+        path = self.ns.path(node)
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise Refused(errno.EACCES, "%s: chute mounts are write-only; read the object "
+                          "from the bucket instead", path)
+        self.check_write_flags(flags, path)
+        upload = node.upload
+        if upload is not None and upload.state is UploadState.OPEN and not flags & os.O_TRUNC:
+            return self._new_handle(node, pid)
+        if upload is None:
+            self.objects.refuse_if_no_overwrite(node)
+        size = upload.size if upload is not None else node.size
+        if not flags & os.O_TRUNC and size > 0:
+            raise Refused(errno.EOPNOTSUPP, "%s exists (%d bytes): chute replaces whole "
+                          "objects only, open it with O_TRUNC", path, size)
+        return self._start_upload(node, pid)
+
+    @staticmethod
+    def check_write_flags(flags: int, name: str) -> None:
+        if flags & os.O_APPEND:
+            raise Refused(errno.EOPNOTSUPP, "%s: O_APPEND is not supported: objects cannot "
+                          "be appended to", name)
+
+    def _start_upload(self, node: Node, pid: int) -> int:
+        if node.upload is not None and node.upload.state is UploadState.OPEN:
+            raise Refused(errno.EBUSY, "%s is already open for writing; chute takes one "
+                          "writer per file", self.ns.path(node))
+        node.mtime_ns = time.time_ns()
+        node.mtime_explicit = False
+        node.needs_head = False
+        node.upload = self.uploader.open_file(
+            self.ns.key(node), self.ns.path(node), metadata.chute_metadata(node),
+            no_clobber=self.objects.policy.no_overwrite)
+        node.local = True
+        return self._new_handle(node, pid)
+
+    def _new_handle(self, node: Node, pid: int) -> int:
+        assert node.upload is not None
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(node, node.upload, pid, openers.last_pid())
+        node.opens += 1
+        return fh
+
+    # -- writing --------------------------------------------------------------------
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.get(fh)
+        written = await handle.upload.write(offset, data)
+        node = handle.node
+        node.mtime_ns = time.time_ns()
+        node.mtime_explicit = False
+        metadata.sync_upload_metadata(node)
+        return written
+
+    async def fsync(self, fh: int) -> None:
+        await self.get(fh).upload.wait_acknowledged()
+
+    async def resize(self, node: Node, size: int) -> None:
+        """truncate: only a file being written can be extended (zero-filled)."""
+        upload = node.upload
+        current = upload.size if upload is not None else node.size
+        if size == current:
+            return
+        if upload is not None and upload.state is UploadState.OPEN and size > current:
+            await upload.write(size, b"")  # a forward gap is zero-filled in the stream
+            return
+        raise Refused(errno.EOPNOTSUPP, "cannot change the size of %s from %d to %d: chute "
+                      "streams files and can only extend one being written",
+                      self.ns.path(node), current, size)
+
+    # -- closing --------------------------------------------------------------------
+
+    async def flush(self, fh: int) -> None:
+        """A close(): finishes the file if it is the last close (see the module)."""
+        handle = self.get(fh)
+        upload = handle.upload
+        if upload.state is not UploadState.OPEN:
+            if upload.error is not None and upload.state is UploadState.FAILED:
+                raise Refused(errno_for(upload.error))
+            return
+        if await self._held_elsewhere(handle):
+            return
+        await self._finalize(handle)
+
+    async def release(self, fh: int) -> None:
+        """The last descriptor of this open went away: finish what no flush did."""
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        handle.node.opens -= 1
+        try:
+            if handle.upload.state is UploadState.OPEN and not self._other_handles(handle):
+                with contextlib.suppress(Exception):  # logged; release's errors reach nobody
+                    async with errors_as_errno("close"):
+                        await self._finalize(handle)
+        finally:
+            self._settle(handle)
+            self.ns.release(handle.node)
+
+    def _other_handles(self, handle: Handle) -> list[Handle]:
+        """The other open handles on the same upload."""
+        return [h for h in self._handles.values() if h.upload is handle.upload
+                and h is not handle]
+
+    async def _held_elsewhere(self, handle: Handle) -> bool:
+        """Whether a descriptor of this upload is still open: of this handle (a dup, a child)
+        or of another handle joined to the same upload, each by its own opener's rule."""
+        if self._mount_id is None:
+            entry = mountinfo.find(self.mountpoint)
+            if entry is None:
+                return bool(self._other_handles(handle))
+            self._mount_id = entry.mount_id
+        for one in (handle, *self._other_handles(handle)):
+            args = (self.mountpoint, self._mount_id, one.node.inode, one.opener_pid,
+                    one.last_pid_at_open)
+            held = openers.held_open(*args, max_scan=openers.INLINE_SCAN_MAX)
+            if held is None:  # many processes to look at: not on the event loop
+                held = await trio.to_thread.run_sync(openers.held_open, *args)
+            if held:
+                return True
+        return False
+
+    async def _finalize(self, handle: Handle) -> None:
+        try:
+            await handle.upload.finalize()
+        finally:
+            self._settle(handle)
+        node = handle.node
+        if node.upload is None and handle.upload.state is UploadState.DONE:
+            await self.objects.fix_up_metadata(node)
+
+    def _settle(self, handle: Handle) -> None:
+        """Once an upload has ended, the node shows the object (or disappears if it failed).
+
+        The object's mtime is the one it was created with, unless utimens set one since
+        the last write (that one is stored by the fix-up): a multipart object's metadata is
+        fixed at Create, and rewriting it only to move mtime to the last write would be a
+        full server-side copy on AWS.
+        """
+        node, upload = handle.node, handle.upload
+        if node.upload is not upload or upload.state in (UploadState.OPEN,
+                                                         UploadState.FINALIZING):
+            return
+        node.upload = None
+        if upload.state is UploadState.DONE:
+            node.size = upload.size
+            node.xxh3_128 = upload.xxh3_128
+            node.checked_at = trio.current_time()
+            node.etag = upload.etag
+            node.metadata = dict(upload.metadata_sent)
+            sent = metadata.sent_mtime(node.metadata)
+            if not node.mtime_explicit and sent is not None:
+                node.mtime_ns = sent
+        elif node.etag:
+            # A failed replacement: the object it was to replace is still there, untouched.
+            # Keep showing it; the next stat asks the store what it holds now.
+            node.needs_head = True
+        else:
+            parent = self.ns.get(node.parent)
+            if parent is not None:
+                self.ns.remove(parent, node.name)
+                self.ns.unsure_of(parent)
+        self.ns.release(node)
+
+    async def abort_all(self, why: str) -> None:
+        await self.uploader.abort_open_uploads(why)
+
+    # -- directories ----------------------------------------------------------------
+
+    def open_dir(self, entries: dict[str, Node]) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = sorted(entries.items())
+        return fh
+
+    def dir_entries(self, fh: int) -> list[tuple[str, Node]]:
+        return self._dirs.get(fh, [])
+
+    def release_dir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)

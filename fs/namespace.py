@@ -1,0 +1,356 @@
+"""The mount's namespace: the inodes the kernel knows, their names, and the rules names obey.
+
+No I/O, no FUSE: this is the table the FUSE handlers read and the store answers are entered
+into. Times are passed in (the trio clock of the caller), so it runs in plain unit tests.
+
+The tree is the bucket's keys under the prefix, ``/`` separating directories, plus what this
+mount has created: files being written and empty directories (kept in the bucket as ``dir/``
+marker objects). A node is a file or a directory of that tree.
+
+Invariants:
+
+- **Attached nodes.** A node is attached (in the table under an inode number the kernel may
+  use) while the kernel holds lookups on it, while it is in use (an open handle, an upload),
+  while attached children hang under it, and always for the root. When none of that holds it
+  leaves the table (:meth:`Namespace.prune`). Inode numbers are never reused: a request for
+  an inode that left answers ENOENT (:meth:`Namespace.node`), never another file.
+- **Lookup counts** count exactly what the kernel counts: one for each successful reply of
+  lookup, create and mkdir, and one for each readdirplus entry a reply carried (pyfuse3
+  always answers readdir with readdirplus, ``FUSE_CAP_READDIRPLUS_AUTO`` off, and its
+  ``readdir_reply`` returning True means the entry is in the reply). ``forget`` subtracts.
+  Too low a count would drop a node the kernel still uses, too high would keep it forever.
+- **One node per name.** Every attached node but the root and the removed ones still in use
+  is its parent's child under its name, and the name maps back to it.
+- **Listing snapshots prove absence.** A directory listed whole at ``listed_at`` (or created
+  empty by this mount) keeps a snapshot: a detached record of each name it held that is not
+  attached. Until ``ttl`` after ``listed_at``, a name neither attached nor in the snapshot
+  did not exist then. The mount's own changes keep it true: a node leaving the table puts
+  its record into its parent's fresh snapshot (the name still exists), a removal drops the
+  name from both. A snapshot is dropped once stale, oldest first whenever another is taken,
+  so memory follows what the kernel references plus the latest listings, not the number of
+  files ever seen.
+- **Names.** A name is UTF-8 (S3 keys are), at most NAME_MAX bytes, and its key at most
+  MAX_KEY_BYTES (a directory's marker counts its slash). The mount root's upload-marker
+  directory (see uploader/leftovers.py) is chute's and is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from chute.uploader import leftovers
+
+from .errnos import Refused
+
+ROOT_INODE = 1
+"""The kernel's inode number of the mount root (FUSE_ROOT_ID, pyfuse3.ROOT_INODE)."""
+MAX_KEY_BYTES = 1024
+"""S3's limit on a key's length in UTF-8."""
+NAME_MAX = 255
+"""The longest name (one path component) in bytes, as statfs reports it; the kernel lets
+FUSE names of up to 1024 bytes through, and S3 would take them, but tools expect 255."""
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    """A file or directory. ``inode`` is 0 while the node is a detached record (a store
+    answer or a snapshot entry not entered in the table)."""
+
+    inode: int
+    parent: int
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = field(default_factory=time.time_ns)
+    mode: int | None = None
+    """Permission bits; None = not known, shown as the default."""
+    checked_at: float = 0.0
+    """When the store last confirmed this node (trio clock); 0 = created by this mount."""
+    local: bool = False
+    """Created by this mount and known to exist without asking the store."""
+    upload: Any = None
+    """The FileUpload writing this file, while one is (chute.uploader's; kept untyped here
+    so the namespace does not depend on the uploader's modules)."""
+    xxh3_128: str = ""
+    etag: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The object's user metadata as the bucket holds it (without the x-amz-meta- prefix)."""
+    needs_head: bool = False
+    """Seen in a listing only: mode and mtime are unknown until a HEAD."""
+    mtime_explicit: bool = False
+    """mtime was set by utimens since the last write (so it must reach the object)."""
+    lookups: int = 0
+    """The kernel's lookup count (see the module docstring)."""
+    opens: int = 0
+    """Open handles on this node (the handle table's)."""
+    listed_at: float = -math.inf
+    """Directory: when its snapshot's listing started (or this mount created it empty)."""
+    listing: dict[str, Node] | None = None
+    """Directory: detached records of the names it held at ``listed_at`` (see above)."""
+    gone: bool = False
+    """Its name was removed (deleted, replaced): a stale record of it is never attached."""
+    fits_one_page: bool = True
+    """Directory: False once a listing had more than one page; then it is no longer listed
+    to answer lookups, which ask about each name instead."""
+
+    @property
+    def in_use(self) -> bool:
+        return self.upload is not None or self.opens > 0
+
+
+class Namespace:
+    """The inode table, the children maps and the listing snapshots (see the module)."""
+
+    def __init__(self, key_of: Callable[[str], str], ttl: float) -> None:
+        """``key_of`` turns a path under the mount into the bucket key (adds the prefix);
+        ``ttl`` is how long a listing snapshot proves absence."""
+        self._key_of = key_of
+        self.ttl = ttl
+        self.root = Node(ROOT_INODE, ROOT_INODE, "", True, local=True)
+        self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._children: dict[int, dict[str, Node]] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._snapshots: OrderedDict[int, None] = OrderedDict()
+        """Directories holding a snapshot, oldest listing first."""
+
+    # -- reading --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Attached nodes, the root included."""
+        return len(self._nodes)
+
+    def get(self, inode: int) -> Node | None:
+        return self._nodes.get(inode)
+
+    def node(self, inode: int) -> Node:
+        """The attached node, or ENOENT (an inode that left the table, or never existed)."""
+        node = self._nodes.get(inode)
+        if node is None:
+            raise Refused(errno.ENOENT)
+        return node
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        """The attached child ``name`` of ``parent``."""
+        return self._children.get(parent.inode, {}).get(name)
+
+    def children(self, parent: Node) -> Iterator[tuple[str, Node]]:
+        return iter(list(self._children.get(parent.inode, {}).items()))
+
+    def path(self, node: Node) -> str:
+        """The node's path under the mount ("" for the root)."""
+        parts = []
+        while node.inode != ROOT_INODE:
+            parts.append(node.name)
+            parent = self._nodes.get(node.parent)
+            if parent is None:
+                break
+            node = parent
+        return "/".join(reversed(parts))
+
+    def child_path(self, parent: Node, name: str) -> str:
+        return f"{self.path(parent)}/{name}".lstrip("/")
+
+    def key(self, node: Node) -> str:
+        """The node's key: a directory's is its marker's (ends with ``/``)."""
+        path = self.path(node)
+        return self._key_of(path + "/" if node.is_dir and path else path)
+
+    def child_key(self, parent: Node, name: str, *, directory: bool = False) -> str:
+        return self._key_of(self.child_path(parent, name) + ("/" if directory else ""))
+
+    # -- names ----------------------------------------------------------------------
+
+    def check_name(self, parent: Node, raw: bytes, *, directory: bool = False) -> str:
+        """The name as a str, or a clear refusal: not UTF-8 (EINVAL), reserved (EPERM), or
+        too long (ENAMETOOLONG: a name over NAME_MAX, or a key over MAX_KEY_BYTES, counting
+        a directory marker's slash)."""
+        if len(raw) > NAME_MAX:
+            raise Refused(errno.ENAMETOOLONG, "name %r... is %d bytes, more than the %d a "
+                          "name may have", raw[:40], len(raw), NAME_MAX)
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(errno.EINVAL, "name %r is not UTF-8, which S3 keys must be",
+                          raw) from None
+        if self.is_reserved(parent, name):
+            raise Refused(errno.EPERM, "%s is chute's own marker directory (see "
+                          "uploader/leftovers.py) and cannot be used through the mount", name)
+        if len(self.child_key(parent, name).encode()) + directory > MAX_KEY_BYTES:
+            raise Refused(errno.ENAMETOOLONG, "key for %r would exceed S3's %d bytes",
+                          name, MAX_KEY_BYTES)
+        return name
+
+    @staticmethod
+    def is_reserved(parent: Node, name: str) -> bool:
+        """The mount root's upload-marker directory is chute's, not the user's."""
+        return parent.inode == ROOT_INODE and name == leftovers.MARKER_DIR
+
+    # -- entering and leaving -------------------------------------------------------
+
+    def record(self, parent: Node, name: str, is_dir: bool, **attrs: Any) -> Node:
+        """What the store says of ``name``: the attached node of that name and kind,
+        updated, or else a new detached record (entered by :meth:`attach`)."""
+        node = self.child(parent, name)
+        if node is not None and node.is_dir == is_dir:
+            for k, v in attrs.items():
+                setattr(node, k, v)
+            return node
+        return Node(0, parent.inode, name, is_dir, **attrs)
+
+    def attach(self, node: Node) -> Node:
+        """Enter a record in the table under a new inode number (no lookup counted). If its
+        name is attached meanwhile to a node of the same kind, that node is the answer; one
+        of the other kind is replaced."""
+        if node.inode:
+            return node
+        parent = self._nodes.get(node.parent)
+        if parent is None:
+            raise Refused(errno.ENOENT)  # the directory left the table meanwhile
+        current = self.child(parent, node.name)
+        if current is not None:
+            if current.is_dir == node.is_dir:
+                return current
+            self.remove(parent, node.name)
+        node.inode = self._next_inode
+        self._next_inode += 1
+        self._nodes[node.inode] = node
+        self._children.setdefault(parent.inode, {})[node.name] = node
+        if parent.listing is not None:
+            parent.listing.pop(node.name, None)
+        return node
+
+    def looked_up(self, node: Node) -> Node:
+        """The kernel received ``node`` in a reply: attach it and count the lookup."""
+        node = self.attach(node)
+        node.lookups += 1
+        return node
+
+    def forget(self, inode: int, count: int) -> None:
+        """The kernel dropped ``count`` lookups of ``inode``; unknown inodes are ignored
+        (a node removed from the namespace while the kernel still referred to it)."""
+        node = self._nodes.get(inode)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self.prune(node)
+
+    def prune(self, node: Node) -> None:
+        """Detach ``node`` if nothing keeps it (see the module); then its parent, which may
+        have been kept only by it. Its record goes into its parent's fresh snapshot."""
+        while (node is not self.root and node.inode and node.lookups == 0
+               and not node.in_use and not self._children.get(node.inode)):
+            self._nodes.pop(node.inode, None)
+            self._children.pop(node.inode, None)
+            self._drop_snapshot(node)
+            parent = self._nodes.get(node.parent)
+            if parent is None:
+                return
+            siblings = self._children.get(parent.inode, {})
+            if siblings.get(node.name) is node:
+                del siblings[node.name]
+                if not siblings:
+                    self._children.pop(parent.inode, None)
+                if parent.listing is not None:
+                    parent.listing[node.name] = node  # the name still exists
+            node.inode = 0
+            node = parent
+
+    def remove(self, parent: Node, name: str) -> None:
+        """``name`` no longer exists (deleted, replaced, or found gone). Its node leaves the
+        table, or, while in use, stays attached outside its parent until it is not."""
+        if parent.listing is not None:
+            parent.listing.pop(name, None)
+        siblings = self._children.get(parent.inode, {})
+        node = siblings.pop(name, None)
+        if not siblings:
+            self._children.pop(parent.inode, None)
+        if node is None:
+            return
+        node.gone = True
+        if not node.in_use:
+            self._nodes.pop(node.inode, None)
+            self._children.pop(node.inode, None)
+            self._drop_snapshot(node)
+            node.inode = 0
+        self.prune(parent)
+
+    def release(self, node: Node) -> None:
+        """``node`` stopped being in use: it leaves the table if nothing else keeps it (a
+        removed node, one whose lookups were forgotten while it was open)."""
+        self.prune(node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str, now: float) -> None:
+        """The node takes its new name (a rename that landed); a node it replaces leaves."""
+        old_parent = self._nodes.get(node.parent)
+        if old_parent is not None:
+            if old_parent.listing is not None:
+                old_parent.listing.pop(node.name, None)
+            siblings = self._children.get(old_parent.inode, {})
+            if siblings.get(node.name) is node:
+                del siblings[node.name]
+        replaced = self.child(new_parent, new_name)
+        if replaced is not None and replaced is not node:
+            self.remove(new_parent, new_name)
+        if new_parent.listing is not None:
+            new_parent.listing.pop(new_name, None)
+        node.parent = new_parent.inode
+        node.name = new_name
+        node.checked_at = now
+        if node.inode:
+            self._children.setdefault(new_parent.inode, {})[new_name] = node
+        elif new_parent.listing is not None:
+            new_parent.listing[new_name] = node
+        if old_parent is not None:
+            if not self._children.get(old_parent.inode):
+                self._children.pop(old_parent.inode, None)
+            self.prune(old_parent)
+
+    # -- listing snapshots ----------------------------------------------------------
+
+    def listed(self, directory: Node, records: dict[str, Node], started: float,
+               now: float) -> None:
+        """A complete listing that started at ``started``: ``records`` holds every name
+        under ``directory`` then (attached nodes or detached records)."""
+        directory.listing = {name: node for name, node in records.items() if not node.inode}
+        directory.listed_at = started
+        self._keep_snapshot(directory, now)
+
+    def created_empty(self, directory: Node, free_since: float, now: float) -> None:
+        """This mount created ``directory`` where nothing was at ``free_since``."""
+        directory.listing = {}
+        directory.listed_at = free_since
+        self._keep_snapshot(directory, now)
+
+    def listing_fresh(self, directory: Node, now: float) -> bool:
+        return directory.listing is not None and now - directory.listed_at < self.ttl
+
+    def from_listing(self, directory: Node, name: str) -> Node | None:
+        """The snapshot's record of ``name`` (call only while the snapshot is fresh)."""
+        return directory.listing.get(name) if directory.listing is not None else None
+
+    def unsure_of(self, directory: Node) -> None:
+        """A name of ``directory`` left the table although its key may still exist (a
+        failed replacement, a delete that failed): its listing no longer proves absence."""
+        self._drop_snapshot(directory)
+
+    def _keep_snapshot(self, directory: Node, now: float) -> None:
+        self._snapshots[directory.inode] = None
+        self._snapshots.move_to_end(directory.inode)
+        while self._snapshots:
+            oldest = self._nodes.get(next(iter(self._snapshots)))
+            if oldest is not None and now - oldest.listed_at < self.ttl:
+                return
+            self._snapshots.popitem(last=False)
+            if oldest is not None:
+                oldest.listing = None
+
+    def _drop_snapshot(self, directory: Node) -> None:
+        directory.listing = None
+        directory.listed_at = -math.inf
+        self._snapshots.pop(directory.inode, None)

@@ -1,0 +1,22 @@
+"""The mount's policies: what the mount refuses to do to objects already in the bucket.
+
+They belong to the file system, not to the uploader: the FUSE operations decide them before
+any request (objects.py, handles.py). The uploader only hears of ``--no-overwrite`` per file,
+as ``no_clobber`` (a conditional create, which catches a name taken while it was written).
+Built by cli.py from ``--no-overwrite`` / ``--no-delete`` (or the config file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MountPolicy:
+    no_overwrite: bool = False
+    """--no-overwrite: an object already in the bucket is never replaced through the mount;
+    opening it for writing and renaming onto it are EEXIST, and each upload is a conditional
+    create (If-None-Match), so a name that appears while its file is written fails at close."""
+    no_delete: bool = False
+    """--no-delete: nothing in the bucket is deleted through the mount; unlink, rmdir and
+    rename (a copy, then a delete of the source) are EPERM, as on an append-only directory."""

@@ -1,0 +1,179 @@
+"""The namespace alone (fs/namespace.py): inode table, names, moves, lookup counts and
+forget, listing snapshots. No store, no FUSE."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from chute.fs.errnos import Refused
+from chute.fs.namespace import MAX_KEY_BYTES, NAME_MAX, ROOT_INODE, Namespace, Node
+from chute.uploader import leftovers
+
+TTL = 1.0
+
+
+def namespace(prefix: str = "") -> Namespace:
+    return Namespace(lambda path: prefix + path, TTL)
+
+
+def add(ns: Namespace, parent: Node, name: str, is_dir: bool = False, **attrs: object
+        ) -> Node:
+    """A name the kernel looked up once."""
+    return ns.looked_up(ns.record(parent, name, is_dir, **attrs))
+
+
+def refused(call, *args: object, **kwargs: object) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(Refused) as caught:
+        call(*args, **kwargs)
+    return caught.value.errno
+
+
+def test_paths_keys_and_inodes() -> None:
+    ns = namespace("pre/")
+    d = add(ns, ns.root, "d", True)
+    f = add(ns, d, "f.txt")
+    assert ns.path(f) == "d/f.txt" and ns.key(f) == "pre/d/f.txt" and ns.key(d) == "pre/d/"
+    assert ns.node(f.inode) is f and ns.child(d, "f.txt") is f
+    assert f.inode > d.inode > ROOT_INODE
+    assert refused(ns.node, 999) == errno.ENOENT
+
+
+def test_name_rules() -> None:
+    ns = namespace()
+    root = ns.root
+    assert ns.check_name(root, "é.txt".encode()) == "é.txt"
+    assert ns.check_name(root, b"x" * NAME_MAX) == "x" * NAME_MAX
+    assert refused(ns.check_name, root, b"x" * (NAME_MAX + 1)) == errno.ENAMETOOLONG
+    assert refused(ns.check_name, root, b"\xff\xfe") == errno.EINVAL
+    assert refused(ns.check_name, root, leftovers.MARKER_DIR.encode()) == errno.EPERM
+    d = add(ns, root, "d", True)
+    assert ns.check_name(d, leftovers.MARKER_DIR.encode())  # reserved only at the root
+    # A key of exactly MAX_KEY_BYTES is fine for a file, one byte too many for a dir marker.
+    deep = root
+    while len(ns.key(deep).encode()) + 1 + NAME_MAX < MAX_KEY_BYTES:
+        deep = add(ns, deep, "y" * 200, True)
+    name = "z" * (MAX_KEY_BYTES - len(ns.key(deep).encode()))
+    assert ns.check_name(deep, name.encode()) == name
+    assert refused(ns.check_name, deep, name.encode(), directory=True) == errno.ENAMETOOLONG
+
+
+def test_forget_with_counts_drops_a_node_only_at_zero() -> None:
+    ns = namespace()
+    f = add(ns, ns.root, "f")
+    ns.looked_up(f)
+    inode = f.inode
+    ns.forget(inode, 1)
+    assert ns.get(inode) is f
+    ns.forget(inode, 1)
+    assert ns.get(inode) is None and ns.child(ns.root, "f") is None
+    assert len(ns) == 1
+    ns.forget(inode, 1)  # an unknown inode is ignored
+    ns.forget(ROOT_INODE, 5)
+    assert ns.get(ROOT_INODE) is ns.root
+
+
+def test_a_node_in_use_outlives_its_lookups() -> None:
+    ns = namespace()
+    f = add(ns, ns.root, "f")
+    f.opens = 1
+    ns.forget(f.inode, 1)
+    assert ns.child(ns.root, "f") is f
+    f.opens = 0
+    ns.release(f)
+    assert ns.child(ns.root, "f") is None
+
+
+def test_a_directory_stays_while_children_hang_under_it() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    f = add(ns, d, "f")
+    ns.forget(d.inode, 1)
+    assert ns.get(d.inode) is d
+    ns.forget(f.inode, 1)
+    assert len(ns) == 1  # the child left, then the directory it kept
+
+
+def test_forgotten_names_stay_in_a_fresh_listing() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    ns.created_empty(d, 10.0, 10.0)
+    f = add(ns, d, "new", size=3)
+    first = f.inode
+    ns.forget(first, 1)
+    assert ns.child(d, "new") is None
+    record = ns.from_listing(d, "new")
+    assert record is not None and record.size == 3 and record.inode == 0
+    again = ns.looked_up(record)
+    assert again.inode not in (0, first) and ns.child(d, "new") is again
+    assert ns.get(first) is None  # inode numbers are never reused
+    assert ns.from_listing(d, "new") is None  # attached, not in the snapshot
+
+
+def test_removed_names_leave_the_listing() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    ns.listed(d, {"a": ns.record(d, "a", False), "b": ns.record(d, "b", False)}, 5.0, 5.0)
+    a = ns.looked_up(ns.from_listing(d, "a"))  # type: ignore[arg-type]
+    ns.remove(d, "a")
+    ns.remove(d, "b")
+    assert a.gone and ns.get(a.inode or -1) is None
+    assert ns.from_listing(d, "a") is None and ns.from_listing(d, "b") is None
+    assert ns.listing_fresh(d, 5.5) and not ns.listing_fresh(d, 6.0)
+
+
+def test_removed_while_in_use_stays_until_unused() -> None:
+    ns = namespace()
+    f = add(ns, ns.root, "f")
+    f.upload = object()
+    ns.remove(ns.root, "f")
+    assert ns.get(f.inode) is f and ns.child(ns.root, "f") is None
+    ns.forget(f.inode, 1)
+    assert ns.get(f.inode) is f
+    f.upload = None
+    ns.release(f)
+    assert len(ns) == 1
+
+
+def test_stale_snapshots_are_dropped_oldest_first() -> None:
+    ns = namespace()
+    dirs = [add(ns, ns.root, f"d{i}", True) for i in range(3)]
+    ns.listed(dirs[0], {"x": ns.record(dirs[0], "x", False)}, 0.0, 0.0)
+    ns.listed(dirs[1], {}, 0.5, 0.5)
+    ns.listed(dirs[2], {}, 1.2, 1.2)  # d0's snapshot (from 0.0) is stale now
+    assert dirs[0].listing is None and dirs[1].listing is not None
+
+
+def test_move_renames_and_replaces() -> None:
+    ns = namespace()
+    a = add(ns, ns.root, "a", True)
+    b = add(ns, ns.root, "b", True)
+    f = add(ns, a, "f")
+    old = add(ns, b, "g")
+    ns.move(f, b, "g", 3.0)
+    assert ns.child(b, "g") is f and ns.child(a, "f") is None and ns.path(f) == "b/g"
+    assert old.gone and ns.get(old.inode or -1) is None
+    assert f.checked_at == 3.0
+
+
+def test_move_of_a_detached_record_lands_in_the_fresh_listing() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    ns.listed(d, {"src": ns.record(d, "src", False, size=7)}, 0.0, 0.0)
+    record = ns.from_listing(d, "src")
+    assert record is not None
+    ns.move(record, d, "dst", 0.5)
+    assert ns.from_listing(d, "src") is None
+    moved = ns.from_listing(d, "dst")
+    assert moved is record and moved.size == 7
+
+
+def test_attach_returns_the_node_already_holding_the_name() -> None:
+    ns = namespace()
+    f = add(ns, ns.root, "f")
+    other = ns.record(ns.root, "f", False)
+    assert other is f  # record updates the attached node of the same kind
+    as_dir = Node(0, ROOT_INODE, "f", True)
+    d = ns.attach(as_dir)
+    assert d is as_dir and ns.child(ns.root, "f") is d and f.gone

@@ -1,0 +1,279 @@
+"""The FUSE operations without FUSE: handlers called directly over the in-memory S3
+(tests/support/memory_s3.py). Lookups and listing freshness, object operations, policies,
+the handle table's last-close rule and lookup counts. No root, no kernel, no SeaweedFS."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+from chute.fs import handles as handles_module
+from chute.fs.lookups import LOOKUP_TTL
+from chute.fs.metadata import MODE_META, MTIME_META
+from chute.fs.mountinfo import MountEntry
+from chute.fs.namespace import ROOT_INODE, Node
+from chute.fs.operations import ChuteOperations
+from chute.fs.policy import MountPolicy
+from chute.uploader.config import UploaderConfig
+from chute.uploader.uploader import Uploader
+from tests.support.memory_s3 import MemoryS3, memory_client
+
+MiB = 1 << 20
+CTX = pyfuse3.RequestContext()
+WRITE = os.O_WRONLY | os.O_TRUNC
+
+
+@dataclass
+class Mounted:
+    ops: ChuteOperations
+    store: MemoryS3
+
+    def ops_since(self, start: int) -> list[str]:
+        return self.store.operations()[start:]
+
+
+async def _mounted(policy: MountPolicy | None = None) -> AsyncIterator[Mounted]:
+    store = MemoryS3()
+    client = memory_client(store)
+    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(uploader.run)
+        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt",
+                                          policy or MountPolicy()), store)
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+
+
+@pytest.fixture
+async def m() -> AsyncIterator[Mounted]:
+    async for mounted in _mounted():
+        yield mounted
+
+
+async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await awaitable
+    return caught.value.errno
+
+
+async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes) -> Node:
+    info, attrs = await ops.create(parent, name.encode(), 0o600, WRITE | os.O_CREAT, CTX)
+    await ops.write(info.fh, 0, data)
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    return ops.ns.node(attrs.st_ino)
+
+
+# -- lookups ------------------------------------------------------------------------------
+
+
+async def test_fresh_listing_answers_absence_without_a_request(m: Mounted,
+                                                               mock_clock) -> None:
+    attrs = await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    start = len(m.store.requests)
+    for name in (b"a", b"b", b"c"):
+        assert await errno_of(m.ops.lookup(attrs.st_ino, name, CTX)) == errno.ENOENT
+    assert m.ops_since(start) == []
+    mock_clock.jump(LOOKUP_TTL)
+    assert await errno_of(m.ops.lookup(attrs.st_ino, b"a", CTX)) == errno.ENOENT
+    assert m.ops_since(start) == ["ListObjectsV2"]  # relisted once, then fresh again
+    assert await errno_of(m.ops.lookup(attrs.st_ino, b"b", CTX)) == errno.ENOENT
+    assert m.ops_since(start) == ["ListObjectsV2"]
+
+
+async def test_names_from_outside_show_up_after_the_ttl(m: Mounted, mock_clock) -> None:
+    attrs = await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    m.store.put("d/late", b"xyz", {MODE_META: "0640", MTIME_META: "1000"})
+    assert await errno_of(m.ops.lookup(attrs.st_ino, b"late", CTX)) == errno.ENOENT
+    mock_clock.jump(LOOKUP_TTL)
+    found = await m.ops.lookup(attrs.st_ino, b"late", CTX)
+    assert found.st_size == 3 and found.attr_timeout == 0  # listed only: needs a HEAD
+    start = len(m.store.requests)
+    stat = await m.ops.getattr(found.st_ino, CTX)
+    assert m.ops_since(start) == ["HeadObject"]
+    assert stat.st_mode & 0o777 == 0o640 and stat.st_mtime_ns == 1000
+
+
+async def test_a_large_directory_is_asked_name_by_name(m: Mounted, mock_clock,
+                                                       monkeypatch) -> None:
+    from chute.fs import lookups
+
+    monkeypatch.setattr(lookups, "RELIST_MAX_KEYS", 2)
+    for name in ("a", "b", "c"):
+        m.store.put(f"big/{name}", b"1")
+    big = await m.ops.lookup(ROOT_INODE, b"big", CTX)
+    fh = await m.ops.opendir(big.st_ino, CTX)  # three keys: more than one page
+    await m.ops.releasedir(fh)
+    mock_clock.jump(LOOKUP_TTL)
+    start = len(m.store.requests)
+    assert await errno_of(m.ops.lookup(big.st_ino, b"zz", CTX)) == errno.ENOENT
+    assert m.ops_since(start) == ["HeadObject", "ListObjectsV2"]
+
+
+# -- object operations --------------------------------------------------------------------
+
+
+async def test_chmod_is_a_self_copy_guarded_by_the_etag(m: Mounted) -> None:
+    node = await write_file(m.ops, ROOT_INODE, "f", b"hello")
+    start = len(m.store.requests)
+    etag = m.store.objects["f"].etag
+    await m.ops.objects.change_mode_mtime(node, 0o640 | 0o100000, None)
+    [copy] = m.store.requests[start:]
+    assert copy.operation == "CopyObject"
+    assert copy.headers["x-amz-copy-source-if-match"].strip('"') == etag.strip('"')
+    assert m.store.objects["f"].metadata[MODE_META] == "0640"
+    assert m.store.body("f") == b"hello"
+    m.store.put("f", b"changed behind our back")
+    with pytest.raises(Exception) as caught:
+        await m.ops.objects.change_mode_mtime(node, 0o644, None)
+    assert getattr(caught.value, "errno", None) == errno.ESTALE
+    assert m.store.body("f") == b"changed behind our back"
+
+
+async def test_rename_file_and_empty_dir(m: Mounted) -> None:
+    await write_file(m.ops, ROOT_INODE, "f", b"data")
+    await m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"g", 0, CTX)
+    assert m.store.keys() == ["g"] and m.store.body("g") == b"data"
+    d = await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    await m.ops.rename(ROOT_INODE, b"d", ROOT_INODE, b"e", 0, CTX)
+    assert m.store.keys() == ["e/", "g"]
+    assert m.ops.ns.path(m.ops.ns.node(d.st_ino)) == "e"
+    assert await errno_of(m.ops.rename(ROOT_INODE, b"g", ROOT_INODE, b"e", 0, CTX)) == \
+        errno.EISDIR
+    assert await errno_of(m.ops.rename(ROOT_INODE, b"g", ROOT_INODE, b"h",
+                                       pyfuse3.RENAME_EXCHANGE, CTX)) == errno.EINVAL
+
+
+async def test_unlink_and_rmdir(m: Mounted) -> None:
+    d = await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    await write_file(m.ops, d.st_ino, "f", b"x")
+    assert await errno_of(m.ops.rmdir(ROOT_INODE, b"d", CTX)) == errno.ENOTEMPTY
+    assert await errno_of(m.ops.unlink(ROOT_INODE, b"d", CTX)) == errno.EISDIR
+    await m.ops.unlink(d.st_ino, b"f", CTX)
+    assert await errno_of(m.ops.lookup(d.st_ino, b"f", CTX)) == errno.ENOENT
+    await m.ops.rmdir(ROOT_INODE, b"d", CTX)
+    assert m.store.keys() == []
+    assert await errno_of(m.ops.getattr(d.st_ino, CTX)) == errno.ENOENT
+
+
+async def test_policies() -> None:
+    async for m in _mounted(MountPolicy(no_overwrite=True, no_delete=True)):
+        node = await write_file(m.ops, ROOT_INODE, "f", b"x")
+        assert await errno_of(m.ops.open(node.inode, WRITE, CTX)) == errno.EEXIST
+        assert await errno_of(m.ops.unlink(ROOT_INODE, b"f", CTX)) == errno.EPERM
+        assert await errno_of(m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"g", 0, CTX)) \
+            == errno.EPERM
+        await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+        assert await errno_of(m.ops.rmdir(ROOT_INODE, b"d", CTX)) == errno.EPERM
+        assert m.store.keys() == ["d/", "f"]
+        put = [r for r in m.store.requests if r.operation == "PutObject" and r.key == "f"]
+        assert put[0].headers.get("if-none-match") == "*"  # no_clobber reached the upload
+
+
+async def test_write_only_and_whole_objects(m: Mounted) -> None:
+    node = await write_file(m.ops, ROOT_INODE, "f", b"x")
+    assert await errno_of(m.ops.open(node.inode, os.O_RDONLY, CTX)) == errno.EACCES
+    assert await errno_of(m.ops.open(node.inode, os.O_WRONLY, CTX)) == errno.EOPNOTSUPP
+    assert await errno_of(m.ops.open(node.inode, WRITE | os.O_APPEND, CTX)) == errno.EOPNOTSUPP
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"\xff", CTX)) == errno.EINVAL
+
+
+# -- the handle table and the last close --------------------------------------------------
+
+
+async def test_the_last_close_finishes_the_file(m: Mounted, monkeypatch) -> None:
+    held = [True]
+    monkeypatch.setattr(handles_module.mountinfo, "find",
+                        lambda path: MountEntry(77, path, "fuse.chute", "chute"))
+    monkeypatch.setattr(handles_module.openers, "held_open",
+                        lambda *args, **kwargs: held[0])
+    info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"abc")
+    await m.ops.flush(info.fh)  # a dup's close: another descriptor still holds the file
+    assert m.store.keys() == []
+    held[0] = False
+    await m.ops.flush(info.fh)  # the last close
+    assert m.store.body("f") == b"abc"
+    await m.ops.release(info.fh)
+    assert len(m.ops.handles) == 0
+
+
+async def test_without_mountinfo_joined_handles_are_counted(m: Mounted) -> None:
+    info, attrs = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    joined = await m.ops.open(attrs.st_ino, os.O_WRONLY, CTX)  # truncate -s while written
+    await m.ops.write(info.fh, 0, b"abc")
+    await m.ops.flush(joined.fh)
+    await m.ops.release(joined.fh)
+    assert m.store.keys() == []
+    await m.ops.flush(info.fh)
+    assert m.store.body("f") == b"abc"
+    await m.ops.release(info.fh)
+
+
+async def test_release_finishes_what_no_flush_did(m: Mounted) -> None:
+    info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"abc")
+    await m.ops.release(info.fh)
+    assert m.store.body("f") == b"abc"
+
+
+# -- lookup counts ------------------------------------------------------------------------
+
+
+async def test_forget_empties_the_table(m: Mounted) -> None:
+    d = await m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    inodes = [(await write_file(m.ops, d.st_ino, f"f{i}", b"x")).inode for i in range(50)]
+    assert len(m.ops.ns) == 52
+    looked = await m.ops.lookup(d.st_ino, b"f0", CTX)
+    await m.ops.forget([(inode, 1) for inode in inodes])
+    assert len(m.ops.ns) == 3  # root, d, f0 (looked up twice)
+    await m.ops.forget([(looked.st_ino, 1), (d.st_ino, 1)])
+    assert len(m.ops.ns) == 1
+    # Forgotten but still there: found again from the listing, without a request.
+    start = len(m.store.requests)
+    again = await m.ops.lookup(ROOT_INODE, b"d", CTX)
+    assert (await m.ops.lookup(again.st_ino, b"f7", CTX)).st_size == 1
+    assert again.st_ino not in inodes and len(m.ops.ns) == 3
+    # d from the root's fresh snapshot; f7 from one listing of d (d's own snapshot left
+    # with its node), no HEAD.
+    assert [(r.operation, r.query["prefix"]) for r in m.store.requests[start:]] == \
+        [("ListObjectsV2", "d/")]
+
+
+async def test_readdir_counts_each_entry_it_replies(m: Mounted, monkeypatch) -> None:
+    for name in ("a", "b", "c"):
+        m.store.put(name, b"1")
+    replied: list[bytes] = []
+
+    def reply(token, name, attrs, next_id):  # type: ignore[no-untyped-def]
+        if len(replied) == 2:
+            return False  # the kernel's buffer is full
+        replied.append(name)
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await m.ops.opendir(ROOT_INODE, CTX)
+    await m.ops.readdir(fh, 0, None)  # type: ignore[arg-type]
+    await m.ops.releasedir(fh)
+    assert replied == [b"a", b"b"]
+    a, b = (m.ops.ns.child(m.ops.ns.root, n) for n in ("a", "b"))
+    assert a is not None and b is not None and a.lookups == b.lookups == 1
+    assert m.ops.ns.child(m.ops.ns.root, "c") is None  # not replied: not in the table
+    await m.ops.forget([(a.inode, 1), (b.inode, 1)])
+    assert len(m.ops.ns) == 1
+
+
+async def test_requests_for_forgotten_inodes_are_enoent(m: Mounted) -> None:
+    node = await write_file(m.ops, ROOT_INODE, "f", b"x")
+    inode = node.inode
+    await m.ops.forget([(inode, 1)])
+    assert await errno_of(m.ops.getattr(inode, CTX)) == errno.ENOENT
+    assert await errno_of(m.ops.open(inode, WRITE, CTX)) == errno.ENOENT
+    await m.ops.forget([(inode, 1)])  # again: ignored
