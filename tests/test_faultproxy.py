@@ -208,9 +208,10 @@ def test_relays_bytes_exactly_and_chunked_both_ways() -> None:
         upstream.close()
 
 
-# -- pass-through against SeaweedFS ----------------------------------------------------------
+# -- pass-through against SeaweedFS (e2e: the session's store) --------------------------------
 
 
+@pytest.mark.e2e
 def test_pass_through_put_get_multipart(proxy: FaultProxy, client: Any, direct: Any,
                                         key: str) -> None:
     client.head_bucket(Bucket=BUCKET)
@@ -255,12 +256,14 @@ def test_pass_through_put_get_multipart(proxy: FaultProxy, client: Any, direct: 
     assert proxy.connections == 1  # one keep-alive connection served all 17 requests
 
 
+@pytest.mark.e2e
 def test_stands_in_for_the_store(proxy: FaultProxy, store: EmbeddedStore) -> None:
     assert proxy.endpoint_url == proxy.url == f"http://127.0.0.1:{proxy.port}"
     assert (proxy.access_key, proxy.secret_key, proxy.region) == (
         store.access_key, store.secret_key, store.region)
 
 
+@pytest.mark.e2e
 def test_concurrent_connections(proxy: FaultProxy, store: EmbeddedStore, key: str) -> None:
     client = make_client(proxy.url, store, max_pool_connections=8)
 
@@ -274,6 +277,7 @@ def test_concurrent_connections(proxy: FaultProxy, store: EmbeddedStore, key: st
     assert 2 <= proxy.connections <= 8
 
 
+@pytest.mark.e2e
 def test_upstream_down_looks_like_a_reset(store: EmbeddedStore) -> None:
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
@@ -284,6 +288,7 @@ def test_upstream_down_looks_like_a_reset(store: EmbeddedStore) -> None:
             assert (counts.seen, counts.forwarded) == (1, 0)  # never reached the upstream
 
 
+@pytest.mark.e2e
 def test_seaweedfs_checks_the_host_it_receives(proxy: FaultProxy, store: EmbeddedStore) -> None:
     """Signatures made for the proxy's host:port pass; the Host header really is checked."""
     credentials = Credentials(store.access_key, store.secret_key)
@@ -314,6 +319,7 @@ def test_seaweedfs_checks_the_host_it_receives(proxy: FaultProxy, store: Embedde
     (429, "TooManyRequests"), (429, "SlowDown"), (400, "RequestTimeout"),
     (403, "ExpiredToken"), (403, "AccessDenied"), (404, "NoSuchUpload"),
 ])
+@pytest.mark.e2e
 def test_status_once_then_success(proxy: FaultProxy, client: Any, direct: Any, key: str,
                                   status: int, code: str) -> None:
     proxy.set_scenario([Status(status, code, kind=Kind.PUT_OBJECT)])
@@ -330,6 +336,7 @@ def test_status_once_then_success(proxy: FaultProxy, client: Any, direct: Any, k
     assert proxy.connections == 1
 
 
+@pytest.mark.e2e
 def test_status_after_and_times_on_upload_part(proxy: FaultProxy, client: Any,
                                                key: str) -> None:
     """Skip the first part, fail the next two (5 MiB bodies sent with Expect: 100-continue)."""
@@ -355,6 +362,7 @@ def test_status_after_and_times_on_upload_part(proxy: FaultProxy, client: Any,
     assert (counts.seen, counts.forwarded, counts.injected) == (4, 2, 2)
 
 
+@pytest.mark.e2e
 def test_status_duration_window(proxy: FaultProxy, client: Any, key: str) -> None:
     client.put_object(Bucket=BUCKET, Key=key, Body=b"z")
     began = time.monotonic()
@@ -372,6 +380,7 @@ def test_status_duration_window(proxy: FaultProxy, client: Any, key: str) -> Non
     assert failures >= 3 and proxy.stats[Kind.HEAD_OBJECT].injected == failures
 
 
+@pytest.mark.e2e
 def test_reset_before_put(proxy: FaultProxy, client: Any, direct: Any, key: str) -> None:
     proxy.set_scenario(ResetBefore(kind=Kind.PUT_OBJECT, after_body_bytes=64 * 1024))
     with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
@@ -382,6 +391,7 @@ def test_reset_before_put(proxy: FaultProxy, client: Any, direct: Any, key: str)
     assert exists(direct, key)
 
 
+@pytest.mark.e2e
 def test_reset_after_put_loses_the_response(proxy: FaultProxy, client: Any, direct: Any,
                                             key: str) -> None:
     proxy.set_scenario(ResetAfter(kind=Kind.PUT_OBJECT))
@@ -392,6 +402,7 @@ def test_reset_after_put_loses_the_response(proxy: FaultProxy, client: Any, dire
     assert proxy.stats[Kind.PUT_OBJECT].forwarded == 1
 
 
+@pytest.mark.e2e
 def test_reset_after_complete(proxy: FaultProxy, client: Any, direct: Any, key: str) -> None:
     """The classic lost Complete: the object exists, a retried Complete finds no upload."""
     proxy.set_scenario(ResetAfter(kind=Kind.COMPLETE_MULTIPART_UPLOAD))
@@ -406,6 +417,7 @@ def test_reset_after_complete(proxy: FaultProxy, client: Any, direct: Any, key: 
     assert not direct.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads")
 
 
+@pytest.mark.e2e
 def test_throttle_request(proxy: FaultProxy, client: Any, direct: Any, key: str) -> None:
     body = b"t" * (2 * MiB)
     proxy.set_scenario(Throttle(MiB, kind=Kind.PUT_OBJECT))
@@ -419,6 +431,7 @@ def test_throttle_request(proxy: FaultProxy, client: Any, direct: Any, key: str)
     assert direct.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
 
 
+@pytest.mark.e2e
 def test_throttle_response(proxy: FaultProxy, client: Any, key: str) -> None:
     client.put_object(Bucket=BUCKET, Key=key, Body=b"d" * MiB)
     proxy.set_scenario(Throttle(2 * MiB, kind=Kind.GET_OBJECT, direction="response"))
@@ -427,6 +440,7 @@ def test_throttle_response(proxy: FaultProxy, client: Any, key: str) -> None:
     assert 0.45 < time.monotonic() - began < 2
 
 
+@pytest.mark.e2e
 def test_stall_request_then_continue(proxy: FaultProxy, client: Any, direct: Any,
                                      key: str) -> None:
     proxy.set_scenario(StallRequest(1.2, kind=Kind.PUT_OBJECT))
@@ -436,6 +450,7 @@ def test_stall_request_then_continue(proxy: FaultProxy, client: Any, direct: Any
     assert direct.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"s" * MiB
 
 
+@pytest.mark.e2e
 def test_stall_request_then_reset(proxy: FaultProxy, client: Any, direct: Any,
                                   key: str) -> None:
     proxy.set_scenario(StallRequest(0.5, kind=Kind.PUT_OBJECT, then="reset"))
@@ -444,6 +459,7 @@ def test_stall_request_then_reset(proxy: FaultProxy, client: Any, direct: Any,
     assert not exists(direct, key)  # half a body is not an object
 
 
+@pytest.mark.e2e
 def test_stall_response_trips_a_read_timeout(proxy: FaultProxy, store: EmbeddedStore,
                                              client: Any, key: str) -> None:
     client.put_object(Bucket=BUCKET, Key=key, Body=b"g" * 100_000)
@@ -456,6 +472,7 @@ def test_stall_response_trips_a_read_timeout(proxy: FaultProxy, store: EmbeddedS
         impatient.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
+@pytest.mark.e2e
 def test_stall_response_in_head_then_reset(proxy: FaultProxy, client: Any, direct: Any,
                                           key: str) -> None:
     proxy.set_scenario(StallResponse(0.3, kind=Kind.PUT_OBJECT, at_bytes=10, then="reset"))
@@ -464,6 +481,7 @@ def test_stall_response_in_head_then_reset(proxy: FaultProxy, client: Any, direc
     assert exists(direct, key)  # the upstream acted; its answer was cut short
 
 
+@pytest.mark.e2e
 def test_expired_token_window(proxy: FaultProxy, client: Any, key: str) -> None:
     proxy.set_scenario(ExpiredTokenFor(0.8, kind=(Kind.PUT_OBJECT, Kind.HEAD_OBJECT)))
     began = time.monotonic()
@@ -484,6 +502,7 @@ def test_expired_token_window(proxy: FaultProxy, client: Any, key: str) -> None:
     assert {entry.fault for entry in proxy.log} == {"expired_token"}
 
 
+@pytest.mark.e2e
 def test_outage_refuses_then_serves_again(proxy: FaultProxy, client: Any, key: str) -> None:
     client.put_object(Bucket=BUCKET, Key=key, Body=b"before")  # a pooled keep-alive connection
     proxy.set_scenario(Outage(1.0))
@@ -501,6 +520,7 @@ def test_outage_refuses_then_serves_again(proxy: FaultProxy, client: Any, key: s
     assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"after"
 
 
+@pytest.mark.e2e
 def test_outage_triggered_by_a_request_in_reset_mode(proxy: FaultProxy, client: Any,
                                                      direct: Any, key: str) -> None:
     proxy.set_scenario(Outage(0.8, kind=Kind.UPLOAD_PART, after=1, mode="reset"))
@@ -526,6 +546,7 @@ def test_outage_triggered_by_a_request_in_reset_mode(proxy: FaultProxy, client: 
                                    f"/{BUCKET}/{key}?uploadId={upload_id}&partNumber=2")]
 
 
+@pytest.mark.e2e
 def test_clearing_the_scenario_ends_faults(proxy: FaultProxy, client: Any, key: str) -> None:
     proxy.set_scenario(Outage(30))
     time.sleep(0.05)
