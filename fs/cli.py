@@ -216,30 +216,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from chute.fs.control import query
+    from chute.fs.control import MountStatus, query
 
     try:
         if args.watch:
             from chute.fs.watch import watch
 
             return watch(args.mountpoint, args.interval, as_json=args.json)
-        snapshot = query(args.mountpoint)
+        answer = query(args.mountpoint)
     except (LookupError, OSError) as exc:
         print(f"chute: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps(answer, indent=2))
         return 0
-    ring = snapshot["ring"]
-    print(f"{snapshot['mountpoint']}: ring {ring['slots']} x {format_size(ring['slice_size'])}"
-          f"  free {ring['free']}  filling {ring['filling']}  sealed {ring['sealed']}  "
-          f"uploading {ring['uploading']}  writers waiting {ring['writers_waiting']}  "
-          f"blocked {ring['blocked_seconds']:.1f} s")
-    for f in snapshot["files"]:
-        print(f"  {f['path']}: received {format_size(f['bytes_received'])}, acknowledged "
-              f"{format_size(f['bytes_acknowledged'])}, {f['parts_in_flight']} parts in flight, "
-              f"{f['throughput_bps'] / 1e6:.1f} MB/s, {f['retries']} retries, {f['state']}")
-    if not snapshot["files"]:
+    status = MountStatus.from_json(answer)
+    ring = status.ring
+    print(f"{status.mountpoint}: ring {ring.slots} x {format_size(ring.slice_size)}"
+          f"  free {ring.free}  filling {ring.filling}  sealed {ring.sealed}  "
+          f"uploading {ring.uploading}  writers waiting {ring.writers_waiting}  "
+          f"blocked {ring.blocked_seconds:.1f} s")
+    for f in status.files:
+        print(f"  {f.path}: received {format_size(f.bytes_received)}, acknowledged "
+              f"{format_size(f.bytes_acknowledged)}, {f.parts_in_flight} parts in flight, "
+              f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}")
+    if not status.files:
         print("  no file is being written")
     return 0
 

@@ -43,6 +43,10 @@ def assert_consistent(ring: Ring) -> dict[str, int]:
     counts = ring.counts()
     assert set(counts) == {s.value for s in SlotState}
     assert sum(counts.values()) == len(ring.slots)
+    stats = ring.statistics()  # the record agrees with the counts
+    assert {state.value: n for state, n in stats.by_state().items()} == counts
+    assert (stats.slots, stats.slice_size, stats.writers_waiting, stats.blocked_seconds) == (
+        len(ring.slots), ring.slice_size, ring.waiting, ring.blocked_seconds)
     return counts
 
 

@@ -129,6 +129,8 @@ class MultipartSession:
     async def create(self, metadata: Mapping[str, str]) -> str:
         """The upload id, creating the multipart upload on the first call (once)."""
         async with self._create_lock:
+            if self._closed:
+                raise UploadFailed(f"upload of {self.name} was abandoned")
             if self.upload_id is not None:
                 return self.upload_id
             if self._create_error is not None:
@@ -136,8 +138,6 @@ class MultipartSession:
                 # per queued part, one after the other, would keep the writer from its
                 # EIO for a retry budget per part instead of one.
                 raise self._create_error
-            if self._closed:
-                raise UploadFailed(f"upload of {self.name} was abandoned")
             headers = {**self._metadata_headers(metadata), **create_headers(self.checksum)}
             answer_lost = False
 
