@@ -272,25 +272,57 @@ async def test_many_readers_share_the_budget_without_deadlock(
     assert slow.peak_in_flight > 4
 
 
-async def test_idle_readers_holding_prefetch_cannot_block_a_reader(
+async def open_idle_readers(nursery: trio.Nursery, budget: ReadBudget, client: S3Client,
+                            size: int, etag: str, count: int = 6) -> list[ObjectReader]:
+    """``count`` readers that each read a little, then keep their windows, open and idle."""
+    idle = []
+    for _ in range(count):
+        reader = ObjectReader(client, budget, key="obj", size=size, etag=etag, nursery=nursery)
+        for offset in range(0, 4 * KERNEL_READ, KERNEL_READ):
+            await reader.read(offset, KERNEL_READ)
+        idle.append(reader)
+    await trio.sleep(5)
+    return idle
+
+
+async def test_readers_holding_all_prefetch_cannot_block_a_reader(
         store: MemoryS3, client: S3Client, autojump_clock: object) -> None:
-    budget = ReadBudget(8 * MiB, demand_reserve=1 * MiB)
+    # Never reclaimed: the new reader must still make progress, on demand.
+    budget = ReadBudget(8 * MiB, demand_reserve=1 * MiB, idle_after=float("inf"))
     body = body_of(32 * MiB)
     etag = store.put("obj", body).etag
     async with trio.open_nursery() as nursery:
-        idle = []
-        for _ in range(6):  # each reads a little and keeps its window, open and idle
-            reader = ObjectReader(client, budget, key="obj", size=len(body), etag=etag,
-                                  nursery=nursery)
-            for offset in range(0, 4 * KERNEL_READ, KERNEL_READ):
-                await reader.read(offset, KERNEL_READ)
-            idle.append(reader)
-        await trio.sleep(1)
+        idle = await open_idle_readers(nursery, budget, client, len(body), etag)
         assert budget.statistics().in_use == budget.prefetch_capacity  # all prefetch is held
         with trio.fail_after(600):
             async with open_reader(client, budget, key="obj", size=len(body),
                                    etag=etag) as reader:
                 assert await read_all(reader, 3 * MiB) == body[3 * MiB:]
+        for reader in idle:
+            await reader.aclose()
+    stats = budget.statistics()
+    assert stats.peak_in_use <= stats.budget and stats.in_use == 0
+    assert stats.bytes_reclaimed == 0
+
+
+async def test_idle_readers_windows_are_reclaimed(
+        store: MemoryS3, client: S3Client, autojump_clock: object) -> None:
+    budget = ReadBudget(8 * MiB, demand_reserve=1 * MiB)
+    body = body_of(32 * MiB)
+    etag = store.put("obj", body).etag
+    async with trio.open_nursery() as nursery:
+        idle = await open_idle_readers(nursery, budget, client, len(body), etag)
+        assert budget.statistics().in_use == budget.prefetch_capacity
+        gets_before = len(get_ranges(store))
+        async with open_reader(client, budget, key="obj", size=len(body),
+                               etag=etag) as reader:
+            assert await read_all(reader) == body
+        # It prefetched with growing requests, not kernel-sized demanded reads.
+        assert max(size for _, size in get_ranges(store)[gets_before:]) >= 2 * MiB
+        assert budget.statistics().bytes_reclaimed > 0
+        # A reclaimed reader reads on as before, sequentially.
+        offset = 4 * KERNEL_READ
+        assert await read_all(idle[0], offset) == body[offset:]
         for reader in idle:
             await reader.aclose()
     stats = budget.statistics()

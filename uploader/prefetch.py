@@ -129,7 +129,8 @@ class ObjectReader:
         self._lock = trio.Lock()
         self._closed = False
         self._stale: ObjectChanged | None = None
-        budget.register()
+        self._last_read = trio.current_time()
+        budget.register(self)
 
     async def __aenter__(self) -> ObjectReader:
         return self
@@ -162,6 +163,7 @@ class ObjectReader:
             self._check_open()
             try:
                 data = await self._read(offset, end)
+                self._last_read = trio.current_time()
             except ObjectChanged as exc:
                 self._stale = exc
                 self._reset(offset)
@@ -317,6 +319,22 @@ class ObjectReader:
 
     # -- the window ---------------------------------------------------------------------
 
+    def idle_since(self) -> float | None:
+        """For the budget: when this reader last read, if it holds a window and no read is
+        under way (a read under way is never robbed of the chunks it waits for)."""
+        if not self._chunks or self._lock.locked():
+            return None
+        return self._last_read
+
+    def reclaim(self) -> int:
+        """For the budget: drop the window; a read continuing where the last one ended is
+        still sequential (the window restarts there, empty). The bytes released."""
+        charged = sum(chunk.charged for chunk in self._chunks)
+        self._drop_all()
+        if self._position is not None:
+            self._window_end = self._position
+        return charged
+
     def _reset(self, offset: int) -> None:
         """Drop the window (cancel its GETs, return its budget); the next request is small."""
         self._drop_all()
@@ -363,7 +381,7 @@ class ObjectReader:
             return
         self._closed = True
         self._drop_all()
-        self._budget.unregister()
+        self._budget.unregister(self)
         await trio.lowlevel.checkpoint()
 
 

@@ -17,6 +17,10 @@ Two kinds of charge, so that no number of readers can deadlock it:
   ``demand_reserve`` per acquisition. It waits (first come, first served) until it fits in the
   whole budget, and is released as soon as its GET has answered and the bytes are copied out.
 
+An idle reader (one that has not read for ``idle_after`` seconds, e.g. a file a backup tool
+keeps open after reading its header) does not keep its prefetched bytes from others: when
+prefetch is refused, the budget asks idle readers, longest idle first, to drop their windows.
+
 Why that cannot deadlock: prefetch never holds more than ``total - demand_reserve``, so a
 demand acquisition (at most ``demand_reserve``) only ever waits for other demand holders, and
 each of those is a single GET that ends within the retry budget (success or error) and then
@@ -30,6 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -41,6 +46,22 @@ at full speed, and the demand reserve, in the memory of one small ring."""
 MAX_DEMAND_RESERVE = 8 * MiB
 MIN_DEMAND_RESERVE = 128 * 1024
 """The kernel's default FUSE read size: the smallest reserve that serves a read in one GET."""
+
+
+DEFAULT_IDLE_AFTER = 2.0
+"""Seconds without a read after which a reader's prefetched bytes may go to others. A reader
+reading at all reads far more often (the kernel asks 128 KiB at a time)."""
+
+
+class Reclaimable(Protocol):
+    """A reader whose prefetched bytes the budget may take back while it is idle."""
+
+    def idle_since(self) -> float | None:
+        """trio time of its last read if it holds prefetched bytes and no read is under
+        way, else None."""
+
+    def reclaim(self) -> int:
+        """Drop its prefetched bytes (it fetches again when it reads); the bytes released."""
 
 
 def default_demand_reserve(total: int) -> int:
@@ -73,13 +94,16 @@ class ReadStatistics:
     """Prefetched bytes dropped unread (a seek, a close, a failed read)."""
     requests: int
     """GETs sent (not counting retries, which the S3 client makes)."""
+    bytes_reclaimed: int
+    """Prefetched bytes (fetched or in flight) taken back from idle readers."""
 
 
 class ReadBudget:
     """The byte budget shared by all readers of a mount; see the module docstring."""
 
     def __init__(self, total: int = DEFAULT_READ_BUDGET, *,
-                 demand_reserve: int | None = None) -> None:
+                 demand_reserve: int | None = None,
+                 idle_after: float = DEFAULT_IDLE_AFTER) -> None:
         if total <= 0:
             raise ValueError(f"read budget must be positive, not {total}")
         reserve = default_demand_reserve(total) if demand_reserve is None else demand_reserve
@@ -89,12 +113,14 @@ class ReadBudget:
         self.demand_reserve = reserve
         self._in_use = 0
         self._peak = 0
-        self._readers = 0
+        self.idle_after = idle_after
+        self._readers: set[Reclaimable] = set()
         self._waiters: deque[tuple[int, trio.Event]] = deque()
         self._fetched = 0
         self._served = 0
         self._discarded = 0
         self._requests = 0
+        self._reclaimed = 0
 
     # -- shares ---------------------------------------------------------------------------
 
@@ -105,14 +131,14 @@ class ReadBudget:
 
     def fair_share(self) -> int:
         """The prefetch window one reader may aim for: an equal part of the capacity."""
-        return self.prefetch_capacity // max(1, self._readers)
+        return self.prefetch_capacity // max(1, len(self._readers))
 
-    def register(self) -> None:
+    def register(self, reader: Reclaimable) -> None:
         """A reader opened (it counts towards :meth:`fair_share`)."""
-        self._readers += 1
+        self._readers.add(reader)
 
-    def unregister(self) -> None:
-        self._readers -= 1
+    def unregister(self, reader: Reclaimable) -> None:
+        self._readers.discard(reader)
 
     # -- charges --------------------------------------------------------------------------
 
@@ -120,10 +146,26 @@ class ReadBudget:
         """Charge ``size`` bytes of prefetch if they fit now; never waits."""
         if size <= 0:
             return size == 0
-        if self._waiters or self._in_use + size > self.prefetch_capacity:
+        if self._waiters:
+            return False
+        if self._in_use + size > self.prefetch_capacity and not self._reclaim_idle(size):
             return False
         self._charge(size)
         return True
+
+    def _reclaim_idle(self, size: int) -> bool:
+        """Take prefetched bytes back from idle readers until ``size`` fits; whether it does."""
+        now = trio.current_time()
+        idle = []
+        for reader in self._readers:
+            since = reader.idle_since()
+            if since is not None and now - since >= self.idle_after:
+                idle.append((since, id(reader), reader))
+        for _, _, reader in sorted(idle):
+            self._reclaimed += reader.reclaim()
+            if self._in_use + size <= self.prefetch_capacity:
+                return True
+        return False
 
     @asynccontextmanager
     async def demand(self, size: int) -> AsyncIterator[None]:
@@ -196,7 +238,8 @@ class ReadBudget:
     def statistics(self) -> ReadStatistics:
         return ReadStatistics(
             budget=self.total, demand_reserve=self.demand_reserve, in_use=self._in_use,
-            peak_in_use=self._peak, readers=self._readers, waiters=len(self._waiters),
+            peak_in_use=self._peak, readers=len(self._readers), waiters=len(self._waiters),
             bytes_fetched=self._fetched, bytes_served=self._served,
             bytes_discarded=self._discarded, requests=self._requests,
+            bytes_reclaimed=self._reclaimed,
         )
