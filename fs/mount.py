@@ -21,15 +21,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
 import pyfuse3
 import trio
 
 from chute.uploader import leftovers
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
-from chute.uploader.errors import ConfigError, StoreError
-from chute.uploader.retry import RetryPolicy
+from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
+from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
@@ -75,8 +74,8 @@ def _describe_store_error(exc: BaseException, bucket: Bucket) -> str:
             return (f"the store at {where} rejected the credentials for bucket "
                     f"{bucket.bucket!r} ({exc.code})")
         return f"the store at {where} answered {exc}"
-    if isinstance(exc, httpx.TransportError):
-        return f"cannot reach the store at {where}: {exc or type(exc).__name__}"
+    if isinstance(exc, StoreUnreachable):
+        return f"cannot reach the store at {where}: {exc.description}"
     return f"checking bucket {bucket.bucket!r} at {where} failed: {exc}"
 
 
@@ -87,7 +86,7 @@ async def _preflight(client: S3Client) -> None:
     except trio.TooSlowError:
         raise ConfigError(_describe_store_error(TimeoutError("no answer in 30 s"),
                                                 client.bucket)) from None
-    except (StoreError, httpx.TransportError) as exc:
+    except (StoreError, StoreUnreachable) as exc:
         raise ConfigError(_describe_store_error(exc, client.bucket)) from None
 
 
@@ -152,9 +151,9 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     uploader = Uploader(request.uploader, client)
     mount_metrics = metrics.MountMetrics(uploader)
 
-    def retried(operation: str, reason: str) -> None:
+    def retried(operation: str, reason: RetryReason, error: Exception) -> None:
         uploader.count_retry(operation, reason)
-        mount_metrics.observe_retry(operation, reason)
+        mount_metrics.observe_retry(operation, reason, error)
 
     client.on_retry = retried
     client.on_request = mount_metrics.observe_request
