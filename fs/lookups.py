@@ -94,8 +94,14 @@ class Lookups:
         if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
             await self._relist(parent)
         if self.ns.listing_fresh(parent, trio.current_time()):
-            return (self.ns.child(parent, name) or self.ns.from_listing(parent, name),
-                    parent.listed_at)
+            listed_at = parent.listed_at
+            entry = self.ns.child(parent, name) or self.ns.from_listing(parent, name)
+            if entry is True:  # a directory, by name only
+                return self.ns.record(parent, name, True, checked_at=listed_at), listed_at
+            if entry is False:  # a file, by name only: its attributes need a HEAD anyway
+                asked_at = trio.current_time()
+                return await self.in_store(parent, name), asked_at
+            return entry, listed_at
         asked_at = trio.current_time()
         return await self.in_store(parent, name), asked_at
 
@@ -177,8 +183,6 @@ class Lookups:
         else take its size and Last-Modified and mark it for a HEAD (listings carry no
         metadata, so its mode and mtime are not known yet)."""
         known = self.ns.child(parent, name)
-        if known is None and parent.listing is not None:
-            known = parent.listing.get(name)
         if known is not None and not known.is_dir and (
                 known.upload is not None or (known.etag == obj.etag and not known.needs_head)):
             known.checked_at = now

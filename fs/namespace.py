@@ -22,13 +22,15 @@ Invariants:
 - **One node per name.** Every attached node but the root and the removed ones still in use
   is its parent's child under its name, and the name maps back to it.
 - **Listing snapshots prove absence.** A directory listed whole at ``listed_at`` (or created
-  empty by this mount) keeps a snapshot: a detached record of each name it held that is not
-  attached. Until ``ttl`` after ``listed_at``, a name neither attached nor in the snapshot
-  did not exist then. The mount's own changes keep it true: a node leaving the table puts
-  its record into its parent's fresh snapshot (the name still exists), a removal drops the
-  name from both. A snapshot is dropped once stale, oldest first whenever another is taken,
-  so memory follows what the kernel references plus the latest listings, not the number of
-  files ever seen.
+  empty by this mount) keeps a snapshot of the names it held that are not attached. Until
+  ``ttl`` after ``listed_at``, a name neither attached nor in the snapshot did not exist
+  then. The mount's own changes keep it true: a node leaving the table puts its record into
+  its parent's fresh snapshot (the name still exists), a removal drops the name from both.
+  A listed name is kept compactly (only whether it is a directory: its size and ETag would
+  be HEADed before use anyway); the full record of a node that left the table is kept
+  until the next listing replaces the snapshot. A snapshot is dropped once stale, oldest
+  first whenever another is taken, so memory follows what the kernel references plus the
+  latest listings (one entry per listed name), not the number of files ever seen.
 - **Names.** A name is UTF-8 (S3 keys are), at most NAME_MAX bytes, and its key at most
   MAX_KEY_BYTES (a directory's marker counts its slash). The mount root's upload-marker
   directory (see uploader/leftovers.py) is chute's and is refused.
@@ -91,8 +93,9 @@ class Node:
     """Open handles on this node (the handle table's)."""
     listed_at: float = -math.inf
     """Directory: when its snapshot's listing started (or this mount created it empty)."""
-    listing: dict[str, Node] | None = None
-    """Directory: detached records of the names it held at ``listed_at`` (see above)."""
+    listing: dict[str, Node | bool] | None = None
+    """Directory: the names it held at ``listed_at`` and not attached: a detached record,
+    or just whether the name is a directory (see above)."""
     gone: bool = False
     """Its name was removed (deleted, replaced): a stale record of it is never attached."""
     fits_one_page: bool = True
@@ -317,7 +320,8 @@ class Namespace:
                now: float) -> None:
         """A complete listing that started at ``started``: ``records`` holds every name
         under ``directory`` then (attached nodes or detached records)."""
-        directory.listing = {name: node for name, node in records.items() if not node.inode}
+        directory.listing = {name: node.is_dir for name, node in records.items()
+                             if not node.inode}
         directory.listed_at = started
         self._keep_snapshot(directory, now)
 
@@ -330,8 +334,9 @@ class Namespace:
     def listing_fresh(self, directory: Node, now: float) -> bool:
         return directory.listing is not None and now - directory.listed_at < self.ttl
 
-    def from_listing(self, directory: Node, name: str) -> Node | None:
-        """The snapshot's record of ``name`` (call only while the snapshot is fresh)."""
+    def from_listing(self, directory: Node, name: str) -> Node | bool | None:
+        """The snapshot's entry of ``name`` (call only while the snapshot is fresh): a
+        detached record, else whether it is a directory; None if the name was not there."""
         return directory.listing.get(name) if directory.listing is not None else None
 
     def unsure_of(self, directory: Node) -> None:

@@ -115,7 +115,8 @@ def test_removed_names_leave_the_listing() -> None:
     ns = namespace()
     d = add(ns, ns.root, "d", True)
     ns.listed(d, {"a": ns.record(d, "a", False), "b": ns.record(d, "b", False)}, 5.0, 5.0)
-    a = ns.looked_up(ns.from_listing(d, "a"))  # type: ignore[arg-type]
+    assert ns.from_listing(d, "a") is False  # a file, by name only
+    a = ns.looked_up(ns.record(d, "a", False))
     ns.remove(d, "a")
     ns.remove(d, "b")
     assert a.gone and ns.get(a.inode or -1) is None
@@ -139,7 +140,9 @@ def test_removed_while_in_use_stays_until_unused() -> None:
 def test_stale_snapshots_are_dropped_oldest_first() -> None:
     ns = namespace()
     dirs = [add(ns, ns.root, f"d{i}", True) for i in range(3)]
-    ns.listed(dirs[0], {"x": ns.record(dirs[0], "x", False)}, 0.0, 0.0)
+    ns.listed(dirs[0], {"x": ns.record(dirs[0], "x", False), "y": ns.record(dirs[0], "y", True)},
+              0.0, 0.0)
+    assert dirs[0].listing == {"x": False, "y": True}
     ns.listed(dirs[1], {}, 0.5, 0.5)
     ns.listed(dirs[2], {}, 1.2, 1.2)  # d0's snapshot (from 0.0) is stale now
     assert dirs[0].listing is None and dirs[1].listing is not None
@@ -160,9 +163,11 @@ def test_move_renames_and_replaces() -> None:
 def test_move_of_a_detached_record_lands_in_the_fresh_listing() -> None:
     ns = namespace()
     d = add(ns, ns.root, "d", True)
-    ns.listed(d, {"src": ns.record(d, "src", False, size=7)}, 0.0, 0.0)
+    ns.listed(d, {}, 0.0, 0.0)
+    src = add(ns, d, "src", size=7)
+    ns.forget(src.inode, 1)
     record = ns.from_listing(d, "src")
-    assert record is not None
+    assert isinstance(record, Node)  # a forgotten node's full record
     ns.move(record, d, "dst", 0.5)
     assert ns.from_listing(d, "src") is None
     moved = ns.from_listing(d, "dst")

@@ -93,12 +93,14 @@ async def test_names_from_outside_show_up_after_the_ttl(m: Mounted, mock_clock) 
     m.store.put("d/late", b"xyz", {MODE_META: "0640", MTIME_META: "1000"})
     assert await errno_of(m.ops.lookup(attrs.st_ino, b"late", CTX)) == errno.ENOENT
     mock_clock.jump(LOOKUP_TTL)
-    found = await m.ops.lookup(attrs.st_ino, b"late", CTX)
-    assert found.st_size == 3 and found.attr_timeout == 0  # listed only: needs a HEAD
     start = len(m.store.requests)
-    stat = await m.ops.getattr(found.st_ino, CTX)
-    assert m.ops_since(start) == ["HeadObject"]
-    assert stat.st_mode & 0o777 == 0o640 and stat.st_mtime_ns == 1000
+    found = await m.ops.lookup(attrs.st_ino, b"late", CTX)
+    assert m.ops_since(start) == ["ListObjectsV2", "HeadObject"]  # listed, then its metadata
+    assert found.st_size == 3 and found.attr_timeout == LOOKUP_TTL
+    assert found.st_mode & 0o777 == 0o640 and found.st_mtime_ns == 1000
+    start = len(m.store.requests)
+    assert (await m.ops.getattr(found.st_ino, CTX)).st_size == 3
+    assert m.ops_since(start) == []
 
 
 async def test_a_large_directory_is_asked_name_by_name(m: Mounted, mock_clock,
@@ -241,10 +243,10 @@ async def test_forget_empties_the_table(m: Mounted) -> None:
     again = await m.ops.lookup(ROOT_INODE, b"d", CTX)
     assert (await m.ops.lookup(again.st_ino, b"f7", CTX)).st_size == 1
     assert again.st_ino not in inodes and len(m.ops.ns) == 3
-    # d from the root's fresh snapshot; f7 from one listing of d (d's own snapshot left
-    # with its node), no HEAD.
-    assert [(r.operation, r.query["prefix"]) for r in m.store.requests[start:]] == \
-        [("ListObjectsV2", "d/")]
+    # d from the root's fresh snapshot (its full record); f7 by one listing of d (d's own
+    # snapshot left with its node), which knows f7 by name only, then a HEAD for its attributes.
+    assert [(r.operation, r.query.get("prefix", r.key)) for r in m.store.requests[start:]] \
+        == [("ListObjectsV2", "d/"), ("HeadObject", "d/f7")]
 
 
 async def test_readdir_counts_each_entry_it_replies(m: Mounted, monkeypatch) -> None:

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Does the mount's memory grow with the number of files written? (issue 12: forget.)
+
+Starts its own SeaweedFS (loopback), mounts chute, and creates and closes ``--files`` small
+files (default 100,000) in batches of ``--batch`` (10,000), spread over ``--dirs`` (100)
+directories, with a few writers at once. After each batch it samples the mount process's
+RSS (``/proc/PID/status`` VmRSS) and prints a table, then ``RSS after the last batch - RSS
+after the first batch`` and whether that is within ``--limit`` (20 MiB).
+
+The kernel sends FORGET for a file once its dentry is dropped (chute answers create with an
+entry timeout of 0 while the file is being written, so a file's dentry goes at its last
+close) and chute then drops the node; a mount that kept every node would grow by a few
+hundred bytes per file.
+
+    python scripts/bench_files_rss.py
+    python scripts/bench_files_rss.py --files 20000 --batch 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from chute.fs.embedded_store import EmbeddedStore
+from chute.fs.mountinfo import is_mounted
+from chute.uploader.sizes import MiB, format_size
+
+
+def vm_rss(pid: int) -> int:
+    """The process's resident set in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise SystemExit(f"process {pid} has gone")
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_mounted(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"mount did not come up (exit {proc.poll()})")
+        time.sleep(0.05)
+
+
+def write_files(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, path.name.encode())
+        finally:
+            os.close(fd)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--dirs", type=int, default=100)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--limit", type=float, default=20, help="MiB")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="chute-rss-", dir=os.getcwd()) as tmp:
+        work = Path(tmp)
+        with EmbeddedStore(work / "store", bucket="bench") as store:
+            mountpoint = work / "mnt"
+            mountpoint.mkdir()
+            env = {**os.environ, "AWS_ACCESS_KEY_ID": store.access_key,
+                   "AWS_SECRET_ACCESS_KEY": store.secret_key}
+            with open(work / "mount.log", "wb") as log:
+                mount = subprocess.Popen(
+                    [sys.executable, "-m", "chute.fs.cli", "mount", str(mountpoint),
+                     "s3://bench", "--endpoint-url", store.endpoint_url, "-q"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                )
+            rows: list[tuple[int, float, int]] = []
+            try:
+                wait_mounted(mountpoint, mount)
+                dirs = [mountpoint / f"d{i:03d}" for i in range(args.dirs)]
+                for d in dirs:
+                    d.mkdir()
+                print(f"mount pid {mount.pid}, RSS idle {format_size(vm_rss(mount.pid))}",
+                      flush=True)
+                print(f"{'files':>9} {'seconds':>8} {'files/s':>8} {'RSS':>12}", flush=True)
+                written = 0
+                with ThreadPoolExecutor(args.writers) as pool:
+                    while written < args.files:
+                        count = min(args.batch, args.files - written)
+                        paths = [dirs[(written + i) % len(dirs)] / f"f{written + i:07d}"
+                                 for i in range(count)]
+                        started = time.monotonic()
+                        chunks = [paths[i::args.writers] for i in range(args.writers)]
+                        list(pool.map(write_files, chunks))
+                        elapsed = time.monotonic() - started
+                        written += count
+                        rss = vm_rss(mount.pid)
+                        rows.append((written, elapsed, rss))
+                        print(f"{written:>9} {elapsed:>8.1f} {count / elapsed:>8.0f} "
+                              f"{format_size(rss):>12}", flush=True)
+            finally:
+                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+                mount.wait(120)
+    growth = rows[-1][2] - rows[0][2]
+    within = growth <= args.limit * MiB
+    print(f"RSS after last batch - RSS after first batch = {growth / MiB:+.1f} MiB "
+          f"({'within' if within else 'NOT within'} {args.limit:g} MiB)")
+    return 0 if within else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
