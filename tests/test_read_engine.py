@@ -329,6 +329,24 @@ async def test_idle_readers_windows_are_reclaimed(
     assert stats.peak_in_use <= stats.budget and stats.in_use == 0
 
 
+async def test_idle_readers_do_not_shrink_an_active_readers_window(
+        store: MemoryS3, client: S3Client, autojump_clock: object) -> None:
+    budget = ReadBudget()
+    body = body_of(64 * MiB)
+    etag = store.put("obj", body).etag
+    async with trio.open_nursery() as nursery:
+        idle = await open_idle_readers(nursery, budget, client, len(body), etag, count=20)
+        gets_before = len(get_ranges(store))
+        async with open_reader(SlowStore(client), budget, key="obj", size=len(body),
+                               etag=etag) as reader:
+            assert await read_all(reader) == body
+        assert max(size for _, size in get_ranges(store)[gets_before:]) == 8 * MiB
+        for reader in idle:
+            await reader.aclose()
+    stats = budget.statistics()
+    assert stats.peak_in_use <= stats.budget and stats.in_use == 0
+
+
 # -- failures -------------------------------------------------------------------------------
 
 

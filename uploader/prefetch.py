@@ -129,7 +129,8 @@ class ObjectReader:
         self._lock = trio.Lock()
         self._closed = False
         self._stale: ObjectChanged | None = None
-        self._last_read = trio.current_time()
+        self.last_read = trio.current_time()
+        """trio time of the last read served (for the budget's idle rule)."""
         budget.register(self)
 
     async def __aenter__(self) -> ObjectReader:
@@ -137,10 +138,6 @@ class ObjectReader:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def _window_start(self) -> int:
@@ -163,7 +160,7 @@ class ObjectReader:
             self._check_open()
             try:
                 data = await self._read(offset, end)
-                self._last_read = trio.current_time()
+                self.last_read = trio.current_time()
             except ObjectChanged as exc:
                 self._stale = exc
                 self._reset(offset)
@@ -175,7 +172,7 @@ class ObjectReader:
         self._budget.note_served(len(data))
         return data
 
-    def _check_open(self) -> None:
+    def _check_open(self) -> None:  # before and after waiting for the lock
         if self._stale is not None:
             raise ObjectChanged(str(self._stale))
         if self._closed:
@@ -213,8 +210,7 @@ class ObjectReader:
         return False
 
     def _cover(self, end: int, sequential: bool) -> int:
-        """Send requests until the window reaches ``end`` or the budget refuses; where it ends.
-        """
+        """Send requests until the window reaches ``end`` or the budget refuses; its end."""
         tuning = self._tuning
         while self._window_end < end:
             need = min(end - self._window_end, tuning.max_request)
@@ -324,7 +320,7 @@ class ObjectReader:
         under way (a read under way is never robbed of the chunks it waits for)."""
         if not self._chunks or self._lock.locked():
             return None
-        return self._last_read
+        return self.last_read
 
     def reclaim(self) -> int:
         """For the budget: drop the window; a read continuing where the last one ended is

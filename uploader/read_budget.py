@@ -56,6 +56,10 @@ reading at all reads far more often (the kernel asks 128 KiB at a time)."""
 class Reclaimable(Protocol):
     """A reader whose prefetched bytes the budget may take back while it is idle."""
 
+    @property
+    def last_read(self) -> float:
+        """trio time of its last read (of its opening, before the first)."""
+
     def idle_since(self) -> float | None:
         """trio time of its last read if it holds prefetched bytes and no read is under
         way, else None."""
@@ -130,8 +134,11 @@ class ReadBudget:
         return self.total - self.demand_reserve
 
     def fair_share(self) -> int:
-        """The prefetch window one reader may aim for: an equal part of the capacity."""
-        return self.prefetch_capacity // max(1, len(self._readers))
+        """The prefetch window one reader may aim for: an equal part of the capacity among
+        the readers that read within ``idle_after`` (idle ones' windows are reclaimable)."""
+        now = trio.current_time()
+        active = sum(1 for reader in self._readers if now - reader.last_read < self.idle_after)
+        return self.prefetch_capacity // max(1, active)
 
     def register(self, reader: Reclaimable) -> None:
         """A reader opened (it counts towards :meth:`fair_share`)."""
