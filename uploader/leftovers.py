@@ -6,22 +6,52 @@ cannot tell chute's uploads from anybody else's: it shows no metadata. So every 
 upload chute creates is recorded by a small marker object in the bucket, created right after
 CreateMultipartUpload and deleted once the upload is completed or aborted::
 
-    <prefix>.chute-uploads/<upload id>     x-amz-meta-chute-key:   the object key (URL-quoted)
-                                           x-amz-meta-chute-owner: host:pid of the mount
+    <prefix>.chute-uploads/<upload id>   x-amz-meta-chute-key:   the object key (URL-quoted)
+                                         x-amz-meta-chute-owner: who made it (below)
 
-At start, a mount lists the markers under its prefix and aborts the uploads whose owner is a
-process on this host that is no longer running. Markers from other hosts, or from a live
-process, are reported and left alone: another mount may be using them right now. The marker
-directory is hidden from the mount's listing.
+The owner is ``v2 boot=B pidns=N pid=P start=S machine=M host=H``: the kernel's boot id, the
+PID namespace (inode of /proc/self/ns/pid), the pid, the process start time (field 22 of
+/proc/PID/stat, so a recycled pid is not taken for the owner), /etc/machine-id and the URL-quoted
+host name. While an upload is live its owner rewrites the marker every ``REFRESH_INTERVAL``
+(``keep_fresh``, run by the uploader), so the marker's Last-Modified is a lease.
+
+**The rule** (``verdict``). At start, a mount judges each marker under its prefix:
+
+1. same boot and same PID namespace as the judge: alive iff process P exists with start time S;
+2. another boot of the same machine (same non-empty machine id and host name): dead;
+3. anything else (another PID namespace on this boot, such as a container with the same host
+   name; another machine; a marker of the older ``host:pid`` format): the owner cannot be
+   checked, so it is alive unless the marker has not been rewritten for ``STALE_AFTER`` (one
+   hour, six refresh intervals; generous against clock skew between machine and store). An
+   unreadable date counts as fresh: in doubt, nothing is aborted.
+
+A dead marker's upload is aborted only if every check holds; anything else is left alone:
+
+* Markers are untrusted input (anyone who can write the bucket can plant one): the upload id
+  (the marker's name) and both values are size-bounded and must be well-formed; the key must
+  lie under the mount's own prefix and outside the marker directory. A bad marker is logged
+  once (quoted) and ignored, never deleted, never a crash.
+* The upload must be listed by ListMultipartUploads under the mount's prefix with exactly the
+  marker's key (SeaweedFS aborts by upload id alone, ignoring the key: without this check a
+  planted marker could abort anybody's upload). A dead marker whose upload is not pending
+  (completed or aborted already) is deleted.
+
+The marker directory is hidden from the mount's listing (fs/namespace.py).
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
+import re
 import socket
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote, unquote
+
+import trio
 
 from .s3 import S3Client
 
@@ -30,10 +60,120 @@ log = logging.getLogger(__name__)
 MARKER_DIR = ".chute-uploads"
 KEY_META = "chute-key"
 OWNER_META = "chute-owner"
+REFRESH_INTERVAL = 600.0
+"""Seconds between rewrites of a live upload's marker (its lease)."""
+STALE_AFTER = 3600.0
+"""A marker whose owner cannot be checked is dead once not rewritten for this long."""
+
+_MAX_UPLOAD_ID = 1024
+_MAX_KEY_BYTES = 1024  # S3's limit on a key
+_MAX_VALUE = 3 * _MAX_KEY_BYTES + 16  # a fully quoted key, with room to spare
+_UPLOAD_ID = re.compile(rf"[!-.0-~]{{1,{_MAX_UPLOAD_ID}}}")  # printable ASCII, no "/"
+_OWNER_V2 = re.compile(
+    r"v2 boot=([0-9a-f-]{0,64}) pidns=([0-9]{0,20}) pid=([0-9]{1,10}) start=([0-9]{1,20}) "
+    r"machine=([0-9a-f]{0,64}) host=([!-~]{0,800})")
+_OWNER_V1 = re.compile(r"[!-~]{1,800}:[0-9]{1,10}")
+_MAX_REPORTED = 10_000
 
 
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+@dataclass(frozen=True)
+class Owner:
+    """Who made a marker: enough to tell, on the same boot and PID namespace, if it lives."""
+
+    boot: str
+    pidns: str
+    pid: int
+    start: int
+    machine: str
+    host: str
+
+    def encode(self) -> str:
+        return (f"v2 boot={self.boot} pidns={self.pidns} pid={self.pid} start={self.start} "
+                f"machine={self.machine} host={quote(self.host, safe='')}")
+
+    @classmethod
+    def decode(cls, text: str) -> Owner | None:
+        """The owner, or None if ``text`` is not the v2 format (see ``_parse_owner``)."""
+        match = _OWNER_V2.fullmatch(text)
+        if match is None:
+            return None
+        boot, pidns, pid, start, machine, host = match.groups()
+        return cls(boot, pidns, int(pid), int(start), machine, unquote(host))
+
+
+_LEGACY = "legacy"
+"""An owner of the older ``host:pid`` format: judged by the marker's age alone."""
+
+
+def this_process() -> Owner:
+    """The owner this process writes (read from /proc; empty fields where unreadable)."""
+    pid = os.getpid()
+    if _cached is not None and _cached.pid == pid:
+        return _cached
+    return _remember(Owner(
+        boot=_read_text("/proc/sys/kernel/random/boot_id").lower(),
+        pidns=_pid_namespace(),
+        pid=pid,
+        start=process_start(pid) or 0,
+        machine=_read_text("/etc/machine-id").lower(),
+        host=socket.gethostname(),
+    ))
+
+
+_cached: Owner | None = None
+
+
+def _remember(owner: Owner) -> Owner:
+    global _cached
+    _cached = owner
+    return owner
+
+
+def process_start(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if no process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat.rsplit(b")", 1)[1].split()[19])  # fields after "(comm)" start at 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def verdict(owner: Owner | str, here: Owner, age: float | None) -> tuple[bool, str]:
+    """(dead, why) for a marker made by ``owner`` and last rewritten ``age`` s ago (None:
+    unknown), judged by ``here``. The rule is the module docstring's."""
+    if isinstance(owner, Owner) and owner.boot and owner.boot == here.boot:
+        if owner.pidns and owner.pidns == here.pidns:
+            start = process_start(owner.pid)
+            if start is None:
+                return True, f"process {owner.pid} has ended"
+            if start != owner.start:
+                return True, f"pid {owner.pid} now belongs to another process"
+            return False, f"process {owner.pid} is running"
+    elif (isinstance(owner, Owner) and owner.boot and here.boot and owner.machine
+          and owner.machine == here.machine and owner.host == here.host):
+        return True, "it was made before this machine last booted"
+    if age is None:
+        return False, "its owner cannot be checked and its age is unknown"
+    if age > STALE_AFTER:
+        return True, f"its owner cannot be checked and it was not renewed for {age / 60:.0f} min"
+    return False, f"its owner cannot be checked and it was renewed {age / 60:.0f} min ago"
+
+
+# -- the owner's side -------------------------------------------------------------------------
+
+
+@dataclass
+class _Live:
+    client: S3Client
+    marker: str
+    headers: dict[str, str]
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+_live: dict[tuple[int, str], _Live] = {}
+"""Markers of this process's live uploads, by (id of client, upload id); keep_fresh renews
+them. The entry holds its client, so the id is not reused while it is here."""
 
 
 def marker_key(client: S3Client, upload_id: str) -> str:
@@ -41,50 +181,190 @@ def marker_key(client: S3Client, upload_id: str) -> str:
 
 
 async def record(client: S3Client, key: str, upload_id: str) -> None:
+    """Write the marker of a new upload of ``key`` (and renew it until ``forget``)."""
     headers = {f"x-amz-meta-{KEY_META}": quote(key, safe=""),
-               f"x-amz-meta-{OWNER_META}": owner_id()}
-    await client.put_object(marker_key(client, upload_id), b"", headers)
+               f"x-amz-meta-{OWNER_META}": this_process().encode()}
+    entry = _Live(client, marker_key(client, upload_id), headers)
+    _live[(id(client), upload_id)] = entry
+    try:
+        async with entry.lock:
+            await client.put_object(entry.marker, b"", headers)
+    except BaseException:
+        _live.pop((id(client), upload_id), None)
+        raise
 
 
 async def forget(client: S3Client, upload_id: str) -> None:
-    await client.delete_object(marker_key(client, upload_id))
+    """The upload was completed or aborted: delete its marker (after any renewal under way)."""
+    entry = _live.pop((id(client), upload_id), None)
+    if entry is None:
+        await client.delete_object(marker_key(client, upload_id))
+        return
+    async with entry.lock:
+        await client.delete_object(entry.marker)
 
 
-def _is_dead_local(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"chute" not in f.read()
-    except FileNotFoundError:
-        return True
+async def keep_fresh(client: S3Client, interval: float = REFRESH_INTERVAL) -> None:
+    """Rewrite this process's live markers on ``client`` every ``interval`` s, until cancelled.
+
+    A renewal that fails is logged and tried again next time: a marker only goes stale after
+    ``STALE_AFTER``, six intervals.
+    """
+    while True:
+        await trio.sleep(interval)
+        for (client_id, upload_id), entry in list(_live.items()):
+            if client_id != id(client):
+                continue
+            async with entry.lock:
+                if _live.get((client_id, upload_id)) is not entry:
+                    continue  # forgotten meanwhile: must not come back
+                try:
+                    await client.put_object(entry.marker, b"", entry.headers)
+                except Exception as exc:
+                    log.warning("could not renew the marker of upload %r: %s", upload_id, exc)
 
 
-async def clean(client: S3Client) -> int:
-    """Abort the uploads of dead mounts on this host under this prefix; returns how many."""
-    aborted = 0
-    prefix = client.bucket.key(f"{MARKER_DIR}/")
-    async for page in client.list(prefix, delimiter=None):
+# -- the judge's side -------------------------------------------------------------------------
+
+
+async def clean(client: S3Client, *, now: float | None = None) -> int:
+    """Abort the uploads of dead mounts under this mount's prefix; returns how many.
+
+    ``now`` (for tests) is the time markers' ages are measured at, default the clock's.
+    """
+    judge = _Judge(client, this_process(), time.time() if now is None else now)
+    async for page in client.list(judge.marker_prefix, delimiter=None):
         for marker in page.objects:
-            upload_id = marker.key[len(prefix):]
-            info = await client.head_object(marker.key)
-            if info is None:
-                continue
-            key = unquote(info.metadata.get(KEY_META, ""))
-            owner = info.metadata.get(OWNER_META, "")
-            if not key:
-                continue
-            if not _is_dead_local(owner):
-                log.info("multipart upload of %s belongs to %s, which may be alive; left alone",
-                         key, owner)
-                continue
-            await client.abort_multipart_upload(key, upload_id)
-            await client.delete_object(marker.key)
-            log.warning("aborted leftover multipart upload of %s from a mount that died (%s)",
-                        key, owner)
-            aborted += 1
-    return aborted
+            try:
+                await judge.one(marker.key, marker.last_modified)
+            except Exception as exc:  # a store error on one marker must not stop the rest
+                _report(marker.key, f"could not be judged ({exc})")
+    return judge.aborted
+
+
+class _Judge:
+    def __init__(self, client: S3Client, here: Owner, now: float) -> None:
+        self.client = client
+        self.here = here
+        self.now = now
+        self.prefix = client.bucket.key("")
+        self.marker_prefix = marker_key(client, "")
+        self.aborted = 0
+        self._pending: dict[str, str] | None = None
+
+    async def one(self, marker: str, listed_modified: str) -> None:
+        if not marker.startswith(self.marker_prefix):
+            _report(marker, "is not in the marker directory")
+            return
+        upload_id = marker[len(self.marker_prefix):]
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            _report(marker, "does not end in a well-formed upload id")
+            return
+        info = await self.client.head_object(marker)
+        if info is None:
+            return  # deleted meanwhile: its upload was completed or aborted
+        parsed = self._parse(info.metadata)
+        if isinstance(parsed, str):
+            _report(marker, parsed)
+            return
+        key, owner = parsed
+        modified = _timestamp(info.last_modified) or _timestamp(listed_modified)
+        age = None if modified is None else self.now - modified
+        dead, why = verdict(owner, self.here, age)
+        if not dead:
+            log.info("multipart upload of %r is left alone: %s", key, why)
+            return
+        pending = await self._pending_uploads()
+        listed_key = pending.get(upload_id)
+        if listed_key is None:
+            await self.client.delete_object(marker)
+            log.info("deleted the marker of upload %r of %r: %s, and the upload is no longer "
+                     "pending", upload_id, key, why)
+            return
+        if listed_key != key:
+            _report(marker, f"names {key!r}, but upload {upload_id!r} is of {listed_key!r}")
+            return
+        await self.client.abort_multipart_upload(key, upload_id)
+        await self.client.delete_object(marker)
+        log.warning("aborted leftover multipart upload of %r: %s", key, why)
+        self.aborted += 1
+
+    def _parse(self, metadata: dict[str, str]) -> tuple[str, Owner | str] | str:
+        """(key, owner) from a marker's metadata, or what is wrong with it."""
+        quoted, owner_text = metadata.get(KEY_META, ""), metadata.get(OWNER_META, "")
+        if not quoted or len(quoted) > _MAX_VALUE or len(owner_text) > _MAX_VALUE:
+            return "has a missing or oversized key or owner"
+        try:
+            key = unquote(quoted, errors="strict")
+        except UnicodeDecodeError:
+            return f"names a key that is not UTF-8: {quoted[:200]!r}"
+        if len(key.encode()) > _MAX_KEY_BYTES:
+            return "names a key longer than S3 allows"
+        if not key.startswith(self.prefix) or key == self.prefix:
+            return f"names {key!r}, outside this mount's prefix {self.prefix!r}"
+        if key.startswith(self.marker_prefix):
+            return f"names {key!r}, inside the marker directory"
+        if any(part in (".", "..") for part in key[len(self.prefix):].split("/")):
+            return f"names {key!r}, with '.' or '..' segments (a store may resolve them)"
+        owner = Owner.decode(owner_text)
+        if owner is not None:
+            return key, owner
+        if _OWNER_V1.fullmatch(owner_text):
+            return key, _LEGACY
+        return f"has an owner that is not well-formed: {owner_text[:200]!r}"
+
+    async def _pending_uploads(self) -> dict[str, str]:
+        """upload id -> key of the uploads pending under this mount's prefix (asked once)."""
+        if self._pending is None:
+            uploads = await self.client.list_multipart_uploads(self.prefix)
+            self._pending = {u.upload_id: u.key for u in uploads
+                             if u.key.startswith(self.prefix)}
+        return self._pending
+
+
+_reported: set[str] = set()
+
+
+def _report(marker: str, problem: str) -> None:
+    """Log a bad marker once per process (at most _MAX_REPORTED different ones)."""
+    if marker in _reported or len(_reported) >= _MAX_REPORTED:
+        return
+    _reported.add(marker)
+    log.warning("ignoring upload marker %r: it %s", marker, problem)
+
+
+def _timestamp(text: str) -> float | None:
+    """Seconds since the epoch from an HTTP date or an ISO 8601 one; None if neither."""
+    if not text or len(text) > 64:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read(200).strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    inode = link.partition("[")[2].rstrip("]")
+    return inode if inode.isdigit() else ""
+
+
+# -- a Create whose answer was lost -----------------------------------------------------------
 
 
 async def abort_lost_creates(client: S3Client, key: str, upload_id: str,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import trio
 
+from . import leftovers
 from .config import UploaderConfig
 from .file_upload import FileUpload, FileUploadStatistics, UploadState
 from .janitor import AbortJanitor
@@ -93,11 +94,13 @@ class Uploader:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Run the part-upload workers and the janitor until cancelled."""
+        """Run the part-upload workers, the janitor and the renewal of upload markers
+        (leftovers.keep_fresh) until cancelled."""
         async with trio.open_nursery() as nursery:
             for _ in range(self.config.upload_concurrency):
                 nursery.start_soon(self._worker, self._receive.clone())
             nursery.start_soon(self.janitor.run)
+            nursery.start_soon(leftovers.keep_fresh, self.client)
             task_status.started()
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[tuple[FileUpload, Slot]]
