@@ -57,7 +57,7 @@ class UploadCounters:
     files_done: int = 0
     failures: int = 0
     files_opened: int = 0
-    files_aborted: int = 0
+    files_abandoned: int = 0
     retries: Counter[tuple[str, RetryReason]] = field(default_factory=Counter)
     """Retries per (operation, reason)."""
 
@@ -74,5 +74,5 @@ class UploadCounters:
             bytes_written=self.bytes_written, bytes_uploaded=self.bytes_uploaded,
             parts=self.parts, files_done=self.files_done, failures=self.failures,
             retries=dict(by_operation), files_opened=self.files_opened,
-            files_abandoned=self.files_aborted, retries_by_reason=dict(by_reason),
+            files_abandoned=self.files_abandoned, retries_by_reason=dict(by_reason),
         )

@@ -84,7 +84,7 @@ class Uploader:
         if upload in self.uploads:
             self.uploads.discard(upload)
             if upload.state is UploadState.ABORTED:
-                self.counters.files_aborted += 1
+                self.counters.files_abandoned += 1
             if upload.state is UploadState.DONE:
                 self.counters.files_done += 1
 
