@@ -18,7 +18,6 @@ bodies (Complete) are signed in full.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
@@ -32,35 +31,14 @@ from . import s3_wire as wire
 from .credentials import CredentialSource
 from .errors import StoreError
 from .retry import RetryPolicy, RetryReason
+from .s3_transport import SLOWEST_MOVING_LINK, chunks, real_transport, send_chunk_size
 from .s3_wire import Answer, Bucket, Listing, ObjectInfo, PendingUpload
 
-__all__ = ["Answer", "Bucket", "Listing", "ObjectInfo", "PendingUpload", "S3Client",
-           "send_chunk_size"]
+__all__ = ["SLOWEST_MOVING_LINK", "Answer", "Bucket", "Listing", "ObjectInfo", "PendingUpload",
+           "S3Client", "send_chunk_size"]
 
 log = logging.getLogger(__name__)
-SLOWEST_MOVING_LINK = 8 * 1024
-"""Bytes per second below which a transfer counts as stalled. A body goes out in chunks,
-each one socket write under the stall timeout, so a chunk is sized to take the whole stall
-timeout at this rate: 240 KiB with the default 30 s. Sizing chunks by the link's measured
-rate instead is unsafe: a proxy's buffers swallow MiBs at once, then a chunk sized from that
-burst can never finish. Each chunk costs a pass through h11, httpcore and trio: with 64 KiB
-chunks a 4 GiB cp took 3.4 s of the mount's CPU per GiB on loopback, with 240 KiB 2.2 s
-(scripts/bench.py, same machine)."""
-MIN_SEND_CHUNK = 64 * 1024
-MAX_SEND_CHUNK = 1024 * 1024
 
-
-def send_chunk_size(stall_timeout: float) -> int:
-    """Chunk size for bodies sent under ``stall_timeout`` (see SLOWEST_MOVING_LINK)."""
-    return max(MIN_SEND_CHUNK, min(MAX_SEND_CHUNK, int(SLOWEST_MOVING_LINK * stall_timeout)))
-
-
-_NOTSENT_LOWAT = 64 * 1024
-"""Stall detection measures progress on the wire, not into the kernel's buffers: with
-TCP_NOTSENT_LOWAT the socket accepts more only once the unsent queue is below 64 KiB, so a
-chunk's send completes when the link has actually moved all but 64 KiB of it, and a slow but moving
-link (100 KiB/s) is never mistaken for a stall; without it, MiBs of queued body made the read
-timeout start while the body was still crawling out."""
 _UNSIGNED = botocore.config.Config(s3={"payload_signing_enabled": False})
 _SIGNED = botocore.config.Config(s3={"payload_signing_enabled": True})
 COMPLETE_READ_TIMEOUT = 120.0
@@ -71,15 +49,6 @@ few seconds meanwhile, and each byte restarts this clock; SeaweedFS answers Comp
 under a second. So two minutes of silence means a store that took the request and hung: the
 attempt is cancelled and retried like any stall, and a close() waits at most the retry budget
 plus this, not ten minutes per attempt."""
-
-
-async def _chunks(body: memoryview, size: int, progress: Callable[[int], object] | None
-                  ) -> AsyncIterator[memoryview]:
-    for start in range(0, len(body), size):
-        chunk = body[start : start + size]
-        yield chunk
-        if progress is not None:
-            progress(len(chunk))
 
 
 RetryHook = Callable[[str, RetryReason, Exception], object]
@@ -119,7 +88,7 @@ class S3Client:
         # (cookies, redirects, auth flows, base URLs, default headers), and they cost
         # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
         # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
-        self._http = transport if transport is not None else _real_transport(max_connections)
+        self._http = transport if transport is not None else real_transport(max_connections)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -153,7 +122,7 @@ class S3Client:
         timeout = httpx.Timeout(self.stall_timeout, read=read_seconds, pool=None)
         content: bytes | AsyncIterator[memoryview]
         if isinstance(body, memoryview) and len(body) > self._send_chunk:
-            content = _chunks(body, self._send_chunk, progress)
+            content = chunks(body, self._send_chunk, progress)
         else:
             content = bytes(body)
         if method in ("GET", "HEAD", "DELETE") and not body:
@@ -415,14 +384,3 @@ class S3Client:
         except StoreError as exc:
             if exc.code != "NoSuchUpload" and exc.status != 404:
                 raise
-
-
-def _real_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
-    """httpx's connection pool, with TCP_NOTSENT_LOWAT on every socket (see _NOTSENT_LOWAT)."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    socket_options = []
-    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-        socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
-    return httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options)
