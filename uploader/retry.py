@@ -175,11 +175,11 @@ class RetryPolicy:
     ) -> T:
         """Call ``attempt_once`` until it succeeds, fails for good, or the budget is spent.
 
-        ``on_retry(reason, error)`` is told about every retry (for counters and for noting a
-        possibly lost answer; ``error`` is the chute error that failed the attempt, e.g. for
-        its status and code); credential errors call
-        ``on_credential_error()`` (which re-reads the credentials) before the next attempt.
-        The last exception is re-raised unchanged when giving up.
+        ``on_retry(reason, error)`` is told about every retry (for counters, and to note an
+        answer that may be lost; ``error`` is the chute error that failed the attempt, for its
+        status and code); credential errors call ``on_credential_error()`` (which re-reads
+        the credentials) before the next attempt. The last exception is re-raised unchanged
+        when giving up.
         """
         deadline = trio.current_time() + self.budget
         attempt = 0
