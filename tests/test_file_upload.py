@@ -162,6 +162,8 @@ async def test_backward_write_into_sent_data_is_einval_and_aborts(autojump_clock
     async def body(uploader: Uploader) -> None:
         upload = uploader.open_file("back", "/back")
         await write_all(upload, data)  # slice 2 is sealed once slice 3 is full
+        await upload.wait_acknowledged()  # ... and sent: the multipart upload exists
+        assert store.uploads
         with pytest.raises(BackwardWrite) as excinfo:
             await upload.write(SLICE + 10, b"x")
         assert errno_for(excinfo.value) == errno.EINVAL
