@@ -160,7 +160,8 @@ class MultipartSession:
             if self._closed:
                 # The file failed while the Create was on its way, and its abort found no
                 # upload to abort: this one must not stay behind.
-                await self._abort_now()
+                if not self._aborted:
+                    await self._abort_now()
                 raise UploadFailed(f"upload of {self.name} was abandoned")
             if answer_lost:
                 # An attempt whose answer was lost may have created an upload we never
@@ -171,8 +172,8 @@ class MultipartSession:
             return upload_id
 
     async def upload_part(self, part_number: int, body: memoryview | bytes) -> str:
-        """Send one part (creating the upload first if need be is the caller's: create());
-        its ETag. NoSuchUpload before abort() means the store lost the upload."""
+        """Send one part of the upload :meth:`create` made; its ETag. NoSuchUpload before
+        :meth:`abort` means the store lost the upload: :class:`UploadSessionLost`."""
         assert self.upload_id is not None, "create() first"
         headers = await body_headers_off_loop(self.checksum, body)
         try:
