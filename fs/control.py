@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from chute.uploader.file_upload import FileUploadStatistics, UploadState
+from chute.uploader.retry import RetryReason
 from chute.uploader.ring import RingStatistics
 from chute.uploader.statistics import UploadTotals
 from chute.uploader.uploader import UploaderStatistics
@@ -63,18 +64,21 @@ class MountStatus:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MountStatus:
-        """The record :func:`to_json` made ``data`` of (enum keys of mappings stay strings)."""
+        """The record :func:`to_json` made ``data`` of (fields it does not know are ignored)."""
         def record(kind: type[Any], values: Mapping[str, Any], **typed: Any) -> Any:
-            names = {f.name for f in dataclasses.fields(kind)}
+            names = {f.name for f in dataclasses.fields(kind)} - set(typed)
             return kind(**{k: v for k, v in values.items() if k in names}, **typed)
 
+        def reasons(counts: Mapping[str, int]) -> dict[RetryReason, int]:
+            return {RetryReason(reason): n for reason, n in counts.items()}
+
         return record(
-            cls, {k: v for k, v in data.items() if k not in ("ring", "files", "totals")},
-            ring=record(RingStatistics, data["ring"]),
-            files=tuple(record(FileUploadStatistics,
-                               {k: v for k, v in f.items() if k != "state"},
-                               state=UploadState(f["state"])) for f in data["files"]),
-            totals=record(UploadTotals, data["totals"]),
+            cls, data, ring=record(RingStatistics, data["ring"]),
+            files=tuple(record(FileUploadStatistics, f, state=UploadState(f["state"]),
+                               retries_by_reason=reasons(f["retries_by_reason"]))
+                        for f in data["files"]),
+            totals=record(UploadTotals, data["totals"],
+                          retries_by_reason=reasons(data["totals"]["retries_by_reason"])),
         )
 
 

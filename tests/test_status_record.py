@@ -9,7 +9,7 @@ import trio
 from chute.fs.control import MountStatus, to_json
 from chute.uploader.config import UploaderConfig
 from chute.uploader.file_upload import UploadState
-from chute.uploader.retry import RetryPolicy
+from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.uploader import Uploader
 from tests.support.memory_s3 import MemoryS3, memory_client
 
@@ -57,3 +57,5 @@ async def test_status_json_keeps_its_shape_and_reads_back(autojump_clock) -> Non
     assert back.ring == status.ring
     assert back.files[0].bytes_acknowledged == status.files[0].bytes_acknowledged
     assert back.totals.files_opened == 1
+    assert back.files[0].retries_by_reason == {RetryReason.THROTTLED: 1}
+    assert back.totals == status.totals
