@@ -17,20 +17,16 @@ What it guarantees, and why:
   gRPC ones weed always puts at ``/tmp/seaweedfs-*-grpc-PORT.sock``, so ports whose path there
   belongs to another user are never chosen. ``WEED_*`` variables are not passed on (a set one
   would override the security settings).
-* **Credentials are real.** SeaweedFS enforces SigV4 once an identity file exists, so a key
-  pair is generated once (``secrets``) and kept in the data directory (0700) as the identity
-  file weed reads and an AWS shared-credentials file (both 0600). A later store on the same
-  directory reuses both, and the objects written before.
-* **Stable ports.** Every port (HTTP and gRPC of each component, plus the admin server, which
-  listens even with its UI off) is chosen explicitly, outside the kernel's ephemeral range so
-  that no outgoing connection can take one while the server is down, and recorded in the data
-  directory. An instance keeps its ports across ``stop()``/``start()`` (the uploader reconnects
-  to the same endpoint mid-upload); a new instance reuses the recorded ones when they are free.
-  Two stores with different data directories run side by side without clashing.
-* **No orphans.** The child is in its own process group (a Ctrl-C on the terminal reaches
-  chute, which unmounts first and then stops the store) and has ``PR_SET_PDEATHSIG(SIGTERM)``,
-  so a SIGKILLed chute does not leave weed running. An orphan that is still shutting down
-  when the next store starts on its directory is waited for (and killed if need be).
+* **Credentials are real.** SigV4 with a key pair made once per data directory (0700) and
+  kept in 0600 files (fs/store_credentials.py); a later store on it reuses them and the objects
+  written before.
+* **Stable ports.** Every port is chosen explicitly and recorded in the data directory
+  (fs/store_ports.py). An instance keeps its ports across ``stop()``/``start()`` (the uploader
+  reconnects to the same endpoint mid-upload); a new instance reuses the recorded ones when
+  they are free. Two stores with different data directories run side by side without clashing.
+* **No orphans.** weed runs in its own process group and dies with chute
+  (fs/store_process.py). An orphan that is still shutting down when the next store starts on
+  its directory is waited for (and killed if need be).
 * **Ready means usable.** ``start()`` returns only once a SigV4-signed HeadBucket answers 200
   (S3 gateway up, identities loaded, bucket created) and the master knows the volume server
   (so the first read or write does not meet "volume not found").
@@ -40,26 +36,16 @@ Signing uses botocore directly and HTTP goes through httpx: boto3 is a test-only
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import ctypes
-import errno
-import fcntl
-import itertools
 import json
 import logging
 import os
-import random
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -71,21 +57,11 @@ from botocore.credentials import Credentials
 
 from chute.uploader.errors import ConfigError
 
-from . import store_security
+from . import store_credentials, store_ports, store_process, store_security
 
 log = logging.getLogger(__name__)
 
-_HOST = "127.0.0.1"
-_IDENTITY_NAME = "chute"
-_PROFILE = "chute"
-# The components whose ports weed mini listens on with the options below; the admin server
-# listens even with -admin.ui=false. Each has an HTTP port and a gRPC one, both passed
-# explicitly, the gRPC one at HTTP + 10000: weed's own convention, which its maintenance
-# worker relies on (it dials the admin at -admin.port + 10000 whatever -admin.port.grpc says).
-# Unpassed or unavailable ports are silently moved by weed; explicit ones fail loudly.
-_SERVICES = ("s3", "master", "volume", "filer", "admin")
-_PORT_OPTIONS = tuple(f"{svc}.port{grpc}" for svc in _SERVICES for grpc in ("", ".grpc"))
-_GRPC_OFFSET = 10000
+_HOST = store_ports.HOST
 _LOG_TAIL_LINES = 15
 
 
@@ -157,7 +133,10 @@ class EmbeddedStore:
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.data_dir, 0o700)  # also when it existed: it holds the keys and data
-            self.access_key, self.secret_key = self._load_or_create_credentials()
+            self.access_key, self.secret_key = store_credentials.load_or_create(
+                self.identities_file, self.credentials_file)
+        except store_credentials.CredentialsError as exc:
+            raise EmbeddedStoreError(str(exc)) from exc
         except OSError as exc:
             raise EmbeddedStoreError(
                 f"cannot prepare the embedded store's data directory {self.data_dir}: {exc}"
@@ -249,121 +228,29 @@ class EmbeddedStore:
         where = self.endpoint_url if self._ports else "not started"
         return f"<EmbeddedStore {self.data_dir} {where} running={self.running}>"
 
-    # -- credentials ---------------------------------------------------------------------
-
-    def _load_or_create_credentials(self) -> tuple[str, str]:
-        """The identity file is the source of truth; the AWS credentials file is derived."""
-        keys = self._read_identities()
-        if keys is None:
-            keys = (secrets.token_hex(10).upper(), secrets.token_hex(20))
-            identities = {"identities": [{
-                "name": _IDENTITY_NAME,
-                "credentials": [{"accessKey": keys[0], "secretKey": keys[1]}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }]}
-            _write_private(self.identities_file, json.dumps(identities, indent=2) + "\n")
-        else:
-            os.chmod(self.identities_file, 0o600)
-        credentials = (
-            "# Written by chute for its embedded SeaweedFS store; use with\n"
-            f"#   AWS_SHARED_CREDENTIALS_FILE={self.credentials_file} aws --profile {_PROFILE}"
-            " --endpoint-url http://127.0.0.1:PORT s3 ...\n"
-            f"[{_PROFILE}]\n"
-            f"aws_access_key_id = {keys[0]}\n"
-            f"aws_secret_access_key = {keys[1]}\n"
-        )
-        try:
-            current = self.credentials_file.read_text()
-        except FileNotFoundError:
-            current = None
-        if current != credentials:
-            _write_private(self.credentials_file, credentials)
-        else:
-            os.chmod(self.credentials_file, 0o600)
-        return keys
-
-    def _read_identities(self) -> tuple[str, str] | None:
-        try:
-            document = json.loads(self.identities_file.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise EmbeddedStoreError(
-                f"cannot read the embedded store's identities {self.identities_file}: {exc}"
-            ) from exc
-        try:
-            for identity in document["identities"]:
-                if identity.get("name") == _IDENTITY_NAME and identity.get("credentials"):
-                    first = identity["credentials"][0]
-                    return str(first["accessKey"]), str(first["secretKey"])
-        except (KeyError, TypeError, IndexError, AttributeError):
-            pass
-        raise EmbeddedStoreError(
-            f"{self.identities_file} has no identity named {_IDENTITY_NAME!r} with credentials; "
-            "fix or delete it"
-        )
-
     # -- ports ---------------------------------------------------------------------------
-
-    _reserved_lock = threading.Lock()
-    _reserved: set[int] = set()  # noqa: RUF012 -- ports chosen by live instances in this process
 
     def _choose_ports(self) -> dict[str, int]:
         """Reuse the ports recorded in the data directory if all are free, else pick new ones."""
-        with EmbeddedStore._reserved_lock:
-            previous = self._recorded_ports()
-            if previous is not None and all(
-                p not in EmbeddedStore._reserved and _port_is_free(p) for p in previous.values()
-            ):
-                ports = previous
-            else:
-                ports = {}
-                taken = set(EmbeddedStore._reserved)
-                pinned = self._pinned_s3_port
-                if pinned is not None:
-                    ports["s3.port"] = pinned
-                    grpc = pinned + _GRPC_OFFSET
-                    if grpc > 65535 or grpc in taken or not _port_is_free(grpc):
-                        grpc = _free_port(taken | {pinned})  # only the admin needs the offset
-                    ports["s3.port.grpc"] = grpc
-                    taken.update(ports.values())
-                for svc in _SERVICES:
-                    if f"{svc}.port" not in ports:
-                        http = _free_port_pair(taken)
-                        ports[f"{svc}.port"] = http
-                        ports[f"{svc}.port.grpc"] = http + _GRPC_OFFSET
-                        taken.update((http, http + _GRPC_OFFSET))
-            EmbeddedStore._reserved.update(ports.values())
-            return ports
+        try:
+            return store_ports.choose(
+                store_ports.read_recorded(self._ports_file, self._pinned_s3_port),
+                self._pinned_s3_port)
+        except store_ports.NoFreePorts as exc:
+            raise EmbeddedStoreError(str(exc)) from exc
 
     def _reserve_ports(self) -> None:
-        with EmbeddedStore._reserved_lock:
-            if self._ports is not None:
-                EmbeddedStore._reserved.update(self._ports.values())
+        if self._ports is not None:
+            store_ports.reserve(self._ports)
 
     def _unreserve_ports(self) -> None:
-        with EmbeddedStore._reserved_lock:
-            if self._ports is not None:
-                EmbeddedStore._reserved.difference_update(self._ports.values())
-
-    def _recorded_ports(self) -> dict[str, int] | None:
-        try:
-            recorded = json.loads(self._ports_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(recorded, dict) or set(recorded) != set(_PORT_OPTIONS):
-            return None
-        if not all(isinstance(p, int) and 0 < p < 65536 for p in recorded.values()):
-            return None
-        if len(set(recorded.values())) != len(recorded):
-            return None
-        if self._pinned_s3_port is not None and recorded["s3.port"] != self._pinned_s3_port:
-            return None
-        return recorded
+        if self._ports is not None:
+            store_ports.release(self._ports)
 
     def _save_ports(self) -> None:
         with contextlib.suppress(OSError):  # only a preference for the next instance
-            _write_private(self._ports_file, json.dumps(self._ports, indent=2) + "\n")
+            store_credentials.write_private(
+                self._ports_file, json.dumps(self._ports, indent=2) + "\n")
 
     # -- process -------------------------------------------------------------------------
 
@@ -404,7 +291,7 @@ class EmbeddedStore:
         weed = find_weed()
         self._weed_dir.mkdir(mode=0o700, exist_ok=True)
         assert self._ports is not None
-        foreign = _foreign_sockets(self._ports.values())
+        foreign = store_ports.foreign_sockets(self._ports.values())
         if foreign:
             raise EmbeddedStoreError(
                 f"{foreign[0]} belongs to another user: weed would talk to it instead of "
@@ -432,7 +319,8 @@ class EmbeddedStore:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "S3_", "WEED_"))}
         try:
-            self._process = _spawn(command, env=env, cwd=self._weed_dir, stdout=self._log_handle)
+            self._process = store_process.spawn(command, env=env, cwd=self._weed_dir,
+                                                stdout=self._log_handle)
         except OSError as exc:
             self._close_log()
             raise EmbeddedStoreError(f"cannot run {weed}: {exc}") from exc
@@ -497,42 +385,26 @@ class EmbeddedStore:
         process, self._process = self._process, None
         if process is not None:
             if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
+                store_process.signal_group(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout)
                 except subprocess.TimeoutExpired:
                     log.warning("embedded store: weed pid %d still runs %g s after SIGTERM; "
                                 "killing it", process.pid, timeout)
-                    _signal_group(process.pid, signal.SIGKILL)
+                    store_process.signal_group(process.pid, signal.SIGKILL)
                     process.wait()
             with contextlib.suppress(OSError):
                 self._pid_file.unlink()
         self._close_log()
 
     def _reap_orphan(self, deadline: float) -> None:
-        """End a weed on our directory whose chute died (PDEATHSIG made it shut down).
-
-        Holding the lock proves no live EmbeddedStore owns it. It must be gone before a new
-        one starts: the filer's leveldb allows one process.
-        """
-        try:
-            pid = int(self._pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return
-        if f"-dir={self._weed_dir}".encode() not in cmdline:
-            return  # the pid was reused by something else
-        log.warning("embedded store: an earlier weed (pid %d) still runs on %s; stopping it",
-                    pid, self.data_dir)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        kill_at = min(deadline, time.monotonic() + 15)
-        while Path(f"/proc/{pid}").exists():
-            if time.monotonic() >= kill_at:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                kill_at = float("inf")
-            time.sleep(0.05)
+        """End a weed on our directory whose chute died (holding the lock proves no live
+        EmbeddedStore owns it); it must be gone first: the filer's leveldb allows one process."""
+        pid = store_process.orphan(self._pid_file, f"-dir={self._weed_dir}")
+        if pid is not None:
+            log.warning("embedded store: an earlier weed (pid %d) still runs on %s; stopping it",
+                        pid, self.data_dir)
+            store_process.end(pid, kill_at=min(deadline, time.monotonic() + 15))
 
     def _log_tail(self) -> str:
         try:
@@ -556,17 +428,13 @@ class EmbeddedStore:
         """One running store per data directory: weed's leveldb and volumes are not shared."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise EmbeddedStoreError(
-                    f"the embedded store's data directory {self.data_dir} is in use by another "
-                    "running chute; stop it or pass another data directory"
-                ) from exc
-            raise
+            fd = store_process.lock(self._lock_file)
+        except store_process.Busy as exc:
+            raise EmbeddedStoreError(
+                f"the embedded store's data directory {self.data_dir} is in use by another "
+                "running chute; stop it or pass another data directory"
+            ) from exc
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -574,136 +442,3 @@ class EmbeddedStore:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
 
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically (a crash leaves the old file or the new one) with mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing leftover
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _ephemeral_low() -> int:
-    """The first port the kernel hands to outgoing connections (and bind to port 0)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _foreign_sockets(ports: Iterable[int]) -> list[str]:
-    """The paths weed would use for these ports under /tmp that another user owns.
-
-    weed always serves (and dials) its in-process gRPC at /tmp/seaweedfs-SVC-grpc-PORT.sock
-    and cannot replace a file another user put there: its own components would then dial that
-    user's socket (mutual TLS makes that fail, not leak, but the store would not work).
-    """
-    me = os.geteuid()
-    found = []
-    for port in ports:
-        for service in _SERVICES:
-            for path in (f"/tmp/seaweedfs-{service}-grpc-{port}.sock",
-                         f"/tmp/seaweedfs-{service}-{port}.sock"):
-                try:
-                    owner = os.lstat(path).st_uid
-                except OSError:
-                    continue
-                if owner != me:
-                    found.append(path)
-    return found
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether weed could listen on 127.0.0.1:port (Go listeners set SO_REUSEADDR too)."""
-    if _foreign_sockets((port,)):
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_pair(taken: set[int]) -> int:
-    """A free port P with P + 10000 free too, both below the ephemeral range if possible.
-
-    Ports outgoing connections draw from could be taken by one while weed is down, and a
-    restart could then not serve the same endpoint.
-    """
-    top = min(_ephemeral_low(), 65536) - _GRPC_OFFSET  # P + 10000 stays below the range
-    below = (random.randrange(10000, top) for _ in range(200 if top - 10000 >= 1000 else 0))
-    anywhere = (_kernel_port() for _ in range(200))  # unusual range: take what there is
-    for port in itertools.chain(below, anywhere):
-        pair = (port, port + _GRPC_OFFSET)
-        if pair[1] <= 65535 and not taken.intersection(pair) and all(map(_port_is_free, pair)):
-            return port
-    raise EmbeddedStoreError("cannot find free TCP ports on 127.0.0.1 for the embedded store")
-
-
-def _free_port(taken: set[int]) -> int:
-    for _ in range(200):
-        port = _kernel_port()
-        if port not in taken:
-            return port
-    raise EmbeddedStoreError("cannot find free TCP ports on 127.0.0.1 for the embedded store")
-
-
-def _kernel_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((_HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-_PR_SET_PDEATHSIG = 1
-# Looked up in the parent: dlopen in a forked child of a threaded process can deadlock.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _child_setup(parent_pid: int) -> None:
-    """In the child before exec: die (SIGTERM, so weed shuts down cleanly) with chute.
-
-    The umask makes every file and Unix socket weed creates private to the user (connecting
-    to a socket needs write permission on it).
-    """
-    os.umask(0o077)
-    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent_pid:  # chute died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. If
-# start() ran in a short-lived worker thread (trio.to_thread, a thread pool), weed would be
-# terminated when that thread retires. So every spawn happens in one long-lived thread.
-_spawner: concurrent.futures.ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _spawn(
-    command: list[str], *, env: dict[str, str], cwd: Path, stdout: IO[bytes]
-) -> subprocess.Popen[bytes]:
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="chute-weed-spawner")
-    parent_pid = os.getpid()
-    return _spawner.submit(
-        subprocess.Popen, command, stdin=subprocess.DEVNULL, stdout=stdout,
-        stderr=subprocess.STDOUT, cwd=cwd, env=env, close_fds=True, process_group=0,
-        preexec_fn=lambda: _child_setup(parent_pid),
-    ).result()
