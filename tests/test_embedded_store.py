@@ -7,6 +7,7 @@ them; nothing may be left running afterwards.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import signal
 import socket
@@ -282,3 +283,64 @@ def test_weed_follows_a_killed_parent(tmp_path: Path) -> None:
     # The next store on the directory starts normally.
     with EmbeddedStore(data_dir) as store:
         assert store.running
+
+
+def test_secrets_are_private_and_the_users_weed_variables_cannot_weaken_them(
+    tmp_path: Path, stores: list[EmbeddedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A set WEED_* variable overrides security.toml in weed: these would switch the filer's
+    # client certificates and tokens off if they reached it.
+    for name in ("WEED_HTTPS_FILER_CA", "WEED_HTTPS_FILER_CERT", "WEED_JWT_FILER_SIGNING_KEY",
+                 "WEED_JWT_FILER_SIGNING_READ_KEY", "WEED_GRPC_CA"):
+        monkeypatch.setenv(name, "")
+    store = EmbeddedStore(tmp_path / "store")
+    stores.append(store)
+    store.start()
+    secrets_dir = store.data_dir / "security"
+    assert mode(secrets_dir) == 0o700
+    assert sorted(p.name for p in secrets_dir.iterdir()) == [
+        "ca.crt", "node.crt", "node.key", "security.toml"]  # the CA's key is gone
+    assert all(mode(p) == 0o600 for p in secrets_dir.iterdir())
+    ports = json.loads((store.data_dir / "ports.json").read_text())
+    with socket.create_connection(("127.0.0.1", ports["filer.port"]), timeout=5) as conn:
+        conn.sendall(b"GET /buckets/chute/ HTTP/1.0\r\n\r\n")
+        answer = conn.recv(200)
+    assert answer.startswith(b"HTTP/1.0 400"), answer  # "client sent HTTP to an HTTPS server"
+    for path in (store.data_dir / "weed").glob("*.sock"):
+        assert mode(path) == 0o700
+    # Fresh secrets at each launch; the store works across the change.
+    key_before = (secrets_dir / "node.key").read_bytes()
+    client_for(store).put_object(Bucket="chute", Key="k", Body=b"v")
+    store.stop()
+    store.start()
+    assert (secrets_dir / "node.key").read_bytes() != key_before
+    assert client_for(store).get_object(Bucket="chute", Key="k")["Body"].read() == b"v"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a file owned by another user")
+def test_ports_whose_tmp_socket_path_another_user_owns_are_not_chosen(
+    tmp_path: Path, stores: list[EmbeddedStore]
+) -> None:
+    first = EmbeddedStore(tmp_path / "store")
+    stores.append(first)
+    first.start()
+    first.stop()
+    recorded = json.loads((first.data_dir / "ports.json").read_text())
+    # Another user plants a file where weed puts the filer's gRPC socket for its port.
+    planted = Path(f"/tmp/seaweedfs-filer-grpc-{recorded['filer.port.grpc']}.sock")
+    planted.touch()
+    try:
+        os.chown(planted, 65534, 65534)
+        # This instance keeps its ports: it says what is wrong instead of starting a store
+        # whose components would dial that file.
+        with pytest.raises(EmbeddedStoreError, match="belongs to another user"):
+            first.start()
+        # A new instance does not reuse the recorded ports.
+        second = EmbeddedStore(tmp_path / "store")
+        stores.append(second)
+        second.start()
+        now = json.loads((second.data_dir / "ports.json").read_text())
+        assert now["filer.port.grpc"] != recorded["filer.port.grpc"]
+        assert client_for(second).list_objects_v2(Bucket="chute")["KeyCount"] == 0
+    finally:
+        planted.unlink()
