@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 
 from chute.fs import config_file
+from chute.fs.policy import MountPolicy
 from chute.uploader.config import (
     DEFAULT_RETRY_BUDGET,
     DEFAULT_RING_SIZE,
@@ -326,13 +327,17 @@ def _mount(args: argparse.Namespace) -> int:
         verdict.fail("the mount ended before it was ready")  # no-op once ready was sent
 
 
+def mount_policy(args: argparse.Namespace) -> MountPolicy:
+    """What the mount refuses (fs policy, not the uploader's config)."""
+    return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete)
+
+
 def _mount_here(args: argparse.Namespace, config: UploaderConfig,
                 metrics_addr: tuple[str, int] | None,
                 on_ready: Callable[[], None] | None) -> int:
     from chute.fs.mount import MountRequest, check_mountpoint, run_mount
-    from chute.fs.policy import MountPolicy
 
-    policy = MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete)
+    policy = mount_policy(args)
 
     if args.remote:
         bucket_name, prefix = parse_remote(args.remote)

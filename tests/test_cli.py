@@ -12,7 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chute.fs.cli import parse_remote
+from chute.fs.cli import mount_policy, parse_args, parse_remote
+from chute.fs.policy import MountPolicy
 from chute.uploader.errors import ConfigError
 from tests.support.mounts import is_mounted, requires_fuse
 from tests.support.store import BUCKET
@@ -31,6 +32,17 @@ def test_parse_remote() -> None:
         parse_remote("bkt/a")
     with pytest.raises(ConfigError):
         parse_remote("s3:///a")
+
+
+def test_policies_come_from_flags_and_the_config_file(tmp_path: Path) -> None:
+    """--no-overwrite / --no-delete are the file system's policy, not the uploader's."""
+    assert mount_policy(parse_args(["mount", str(tmp_path)])) == MountPolicy()
+    assert mount_policy(parse_args(["mount", str(tmp_path), "--no-overwrite"])) == \
+        MountPolicy(no_overwrite=True)
+    config = tmp_path / "chute.toml"
+    config.write_text("no-delete = true\n")
+    assert mount_policy(parse_args(["mount", str(tmp_path), "--config", str(config)])) == \
+        MountPolicy(no_delete=True)
 
 
 def _env(store, **overrides: str) -> dict[str, str]:
