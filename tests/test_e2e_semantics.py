@@ -389,8 +389,8 @@ def test_empty_directory_survives_a_remount(mount_factory, s3) -> None:
 
 @pytest.mark.xfail(strict=True, reason=(
     "not supported: a directory's mode and mtime live in memory only "
-    "(ChuteOperations._change_mode_mtime never copies them to the dir/ marker), and "
-    "_lookup_in_store/opendir never HEAD a marker, so even the mode mkdir sends with the marker "
+    "(fs/objects.py ObjectOps.change_mode_mtime never copies them to the dir/ marker), and "
+    "Lookups.in_store/opendir never HEAD a marker, so even the mode mkdir sends with the marker "
     "is not read back (SeaweedFS keeps no user metadata on it anyway); after a remount every "
     "directory is 0755 with the current time as mtime"))
 def test_directory_mode_and_mtime_survive_a_remount(mount_factory, s3) -> None:
