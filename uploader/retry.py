@@ -116,7 +116,7 @@ def describe(exc: BaseException) -> str:
 DEFAULT_BUDGET = 120.0
 """The default ``--retry-budget``. With the default --stall-timeout of 30 s, the last attempt
 against a store that went away starts at 120 s and ends by 150 s, the abort takes at most
-10 s more (upload.py), so a writer hears of it within three minutes, however the store went
+10 s more (multipart.py), so a writer hears of it within three minutes, however the store went
 (measured by scripts/store_gone.py)."""
 
 
