@@ -1,15 +1,14 @@
 """Turning a failure inside a FUSE handler into the errno its caller sees, and the log line.
 
 Errors become errnos through ``chute.uploader.errors.errno_for`` only (one map for the whole
-mount). What fs/ itself refuses is a :class:`Refused` carrying its errno, so fs modules decide
-errnos without importing pyfuse3. A store that cannot be reached is one log line per failed
-operation (the S3 client lets out chute errors only: StoreError, StoreUnreachable, Stalled);
-a traceback means a bug.
+mount). What fs/ itself refuses is a ``Refused`` carrying its errno (refused.py), so the
+modules below the adapter decide errnos without importing pyfuse3. A store that cannot be
+reached is one log line per failed operation (the S3 client lets out chute errors only:
+StoreError, StoreUnreachable, Stalled); a traceback means a bug.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,25 +18,11 @@ import trio
 
 from chute.uploader.errors import ChuteError, errno_for
 
+from .refused import NoAnswer, Refused, errname
+
+__all__ = ["NoAnswer", "Refused", "describe", "errors_as_errno"]
+
 log = logging.getLogger("chute.fs.operations")
-
-class Refused(ChuteError):
-    """The file system refuses an operation with ``errno``. With a message (``%`` format
-    and its arguments) it is logged once, as ``message (ENAME)``; without, it is an
-    ordinary answer (ENOENT of a lookup) and is not logged."""
-
-    def __init__(self, err: int, message: str = "", *args: object) -> None:
-        self.errno = err
-        self.message = message % args if message else ""
-        super().__init__(self.message or errno.errorcode.get(err, str(err)))
-
-
-class NoAnswer(ChuteError):
-    """A metadata request got no answer within its deadline (EIO)."""
-
-
-def errname(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
 
 
 @asynccontextmanager

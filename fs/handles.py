@@ -35,9 +35,10 @@ from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.uploader import Uploader
 
 from . import metadata, mountinfo, openers
-from .errnos import Refused, errors_as_errno
+from .errnos import errors_as_errno
 from .namespace import Namespace, Node
 from .objects import ObjectOps
+from .refused import Refused
 
 
 @dataclass(eq=False)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, TypeVar
 import trio
 
 from . import metadata
-from .errnos import NoAnswer, Refused
 from .namespace import Namespace, Node
+from .refused import NoAnswer, Refused
 
 if TYPE_CHECKING:
     from chute.uploader.s3 import Listing, ObjectInfo, S3Client

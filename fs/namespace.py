@@ -48,7 +48,7 @@ from typing import Any
 
 from chute.uploader import leftovers
 
-from .errnos import Refused
+from .refused import Refused
 
 ROOT_INODE = 1
 """The kernel's inode number of the mount root (FUSE_ROOT_ID, pyfuse3.ROOT_INODE)."""

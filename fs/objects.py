@@ -32,10 +32,10 @@ from chute.uploader.copy import MAX_COPY_BYTES, copy_in_parts
 from chute.uploader.errors import StoreError, errno_for
 
 from . import metadata
-from .errnos import Refused
 from .lookups import Lookups
 from .namespace import Namespace, Node
 from .policy import MountPolicy
+from .refused import Refused
 
 if TYPE_CHECKING:
     from chute.uploader.s3 import S3Client

@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from chute.fs.errnos import Refused
+from chute.fs.refused import Refused
 from chute.fs.namespace import MAX_KEY_BYTES, NAME_MAX, ROOT_INODE, Namespace, Node
 from chute.uploader import leftovers
 
