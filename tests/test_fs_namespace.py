@@ -7,8 +7,8 @@ import errno
 
 import pytest
 
-from chute.fs.refused import Refused
 from chute.fs.namespace import MAX_KEY_BYTES, NAME_MAX, ROOT_INODE, Namespace, Node
+from chute.fs.refused import Refused
 from chute.uploader import leftovers
 
 TTL = 1.0
