@@ -279,3 +279,35 @@ async def test_requests_for_forgotten_inodes_are_enoent(m: Mounted) -> None:
     assert await errno_of(m.ops.getattr(inode, CTX)) == errno.ENOENT
     assert await errno_of(m.ops.open(inode, WRITE, CTX)) == errno.ENOENT
     await m.ops.forget([(inode, 1)])  # again: ignored
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+async def test_a_failed_mkdir_leaves_no_directory(m: Mounted) -> None:
+    m.store.fail_next("PutObject", code="AccessDenied")
+    assert await errno_of(m.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)) == errno.EIO
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"d", CTX)) == errno.ENOENT
+    assert m.ops.ns.child(m.ops.ns.root, "d") is None
+
+
+async def test_a_failed_new_file_disappears(m: Mounted) -> None:
+    m.store.fail_next("PutObject", code="AccessDenied")
+    info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"abc")
+    assert await errno_of(m.ops.flush(info.fh)) == errno.EIO
+    await m.ops.release(info.fh)
+    assert m.ops.ns.child(m.ops.ns.root, "f") is None
+    assert m.ops.ns.root.listing is None  # unsure: the next lookup asks the store
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"f", CTX)) == errno.ENOENT
+
+
+async def test_no_overwrite_rename_asks_the_store_about_the_target() -> None:
+    async for m in _mounted(MountPolicy(no_overwrite=True)):
+        await write_file(m.ops, ROOT_INODE, "f", b"x")
+        m.store.put("late", b"appeared meanwhile")
+        assert await errno_of(m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"late", 0, CTX)) \
+            == errno.EEXIST
+        assert m.store.body("late") == b"appeared meanwhile" and m.store.body("f") == b"x"
+        await m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"free", 0, CTX)
+        assert m.store.keys() == ["free", "late"]
