@@ -113,6 +113,11 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "every rename (a copy, then a delete of the source) fail with EPERM, "
                         "so rsync needs --inplace; with --no-overwrite the mount only adds "
                         "(default: allowed)")
+    policy.add_argument("--commit-partial", action="store_true",
+                        help="finish a file whose writer died with it open (killed by a "
+                        "signal, or exited non-zero) like any other, as a plain filesystem "
+                        "does (default: drop it, so no truncated object appears and an object "
+                        "it was to replace stays untouched)")
     service = mount.add_argument_group("service")
     service.add_argument("--config", metavar="FILE",
                          help="TOML file of these options (ring_size = \"64MiB\", "
@@ -329,7 +334,8 @@ def _mount(args: argparse.Namespace) -> int:
 
 def mount_policy(args: argparse.Namespace) -> MountPolicy:
     """What the mount refuses (fs policy, not the uploader's config)."""
-    return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete)
+    return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete,
+                       commit_partial=args.commit_partial)
 
 
 def _mount_here(args: argparse.Namespace, config: UploaderConfig,

@@ -26,7 +26,7 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -34,7 +34,7 @@ from chute.uploader.errors import errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.uploader import Uploader
 
-from . import metadata, mountinfo, openers
+from . import metadata, mountinfo, openers, writer_exit
 from .errnos import errors_as_errno
 from .namespace import Namespace, Node
 from .objects import ObjectOps
@@ -47,7 +47,10 @@ class Handle:
     upload: FileUpload
     opener_pid: int
     last_pid_at_open: int
-    """See openers.held_open: only processes created after the open can share it."""
+    """See openers.holder: only processes created after the open can share it."""
+    holders: set[int] = field(default_factory=set)
+    """Processes other than the opener seen holding this open's descriptor (a forked child,
+    a shell's ``exec 3>``): one of them may make the last close, by dying (writer_exit.py)."""
 
 
 class HandleTable:
@@ -178,6 +181,7 @@ class HandleTable:
             return
         if await self._held_elsewhere(handle):
             return
+        await self._abort_if_writer_died(handle)
         await self._finalize(handle)
 
     async def release(self, fh: int) -> None:
@@ -190,6 +194,7 @@ class HandleTable:
             if handle.upload.state is UploadState.OPEN and not self._other_handles(handle):
                 with contextlib.suppress(Exception):  # logged; release's errors reach nobody
                     async with errors_as_errno("close"):
+                        await self._abort_if_writer_died(handle)
                         await self._finalize(handle)
         finally:
             self._settle(handle)
@@ -211,12 +216,33 @@ class HandleTable:
         for one in (handle, *self._other_handles(handle)):
             args = (self.mountpoint, self._mount_id, one.node.inode, one.opener_pid,
                     one.last_pid_at_open)
-            held = openers.held_open(*args, max_scan=openers.INLINE_SCAN_MAX)
-            if held is None:  # many processes to look at: not on the event loop
-                held = await trio.to_thread.run_sync(openers.held_open, *args)
-            if held:
+            pid = openers.holder(*args, max_scan=openers.INLINE_SCAN_MAX)
+            if pid == openers.NOT_SCANNED:  # many processes to look at: not on the event loop
+                pid = await trio.to_thread.run_sync(openers.holder, *args)
+            if pid is not None:
+                if pid != one.opener_pid:
+                    one.holders.add(pid)
                 return True
         return False
+
+    async def _abort_if_writer_died(self, handle: Handle) -> None:
+        """The last close of a file came from a process dying with a failure (killed by a
+        signal, or exiting non-zero with the file open): drop the upload, so that no object
+        appears and an object it was to replace stays as it was (see writer_exit.py). With
+        ``--commit-partial`` the file is finished like any other. Looked for among the
+        openers of every handle of the upload and the holders they were seen with."""
+        if self.objects.policy.commit_partial:
+            return
+        upload = handle.upload
+        joined = (handle, *self._other_handles(handle))
+        pids = {pid for one in joined for pid in (one.opener_pid, *one.holders)}
+        end = writer_exit.failed_closer(pids)
+        if end is None:
+            return
+        why = f"pid {end.pid} ({end.command!r}) {end.describe()}"
+        await upload.abort(why, writer_died=True)
+        self._settle(handle)
+        raise Refused(errno.EIO)
 
     async def _finalize(self, handle: Handle) -> None:
         try:

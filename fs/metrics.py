@@ -78,6 +78,8 @@ class _UploaderCollector(Collector):
              totals.failures),
             ("chute_files_abandoned", "Files dropped because the mount stopped while open",
              totals.files_abandoned),
+            ("chute_files_writer_died", "Files dropped because their writer died with them "
+             "open (killed, or exited non-zero)", totals.files_writer_died),
             ("chute_writer_blocked_seconds", "Seconds writers waited for a free ring slot",
              ring.blocked_seconds),
         ):

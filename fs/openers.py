@@ -77,29 +77,36 @@ def last_pid() -> int:
 
 
 INLINE_SCAN_MAX = 8
-"""Processes :func:`held_open` checks when called with ``max_scan``, on the event loop."""
+"""Processes :func:`holder` checks when called with ``max_scan``, on the event loop."""
 
 
-def held_open(mountpoint: str, mount_id: int, inode: int, opener_pid: int,
-              last_pid_at_open: int, *, max_scan: int | None = None) -> bool | None:
-    """True if some process still has a descriptor for ``inode`` on this mount (blocking).
+NOT_SCANNED = -1
+""":func:`holder` with ``max_scan``: more processes than that would have to be read."""
 
-    With ``max_scan``, None when more processes than that would have to be scanned besides
-    the opener: call again without it, in a worker thread. ``mountpoint`` is the resolved
-    path (resolved before mounting) and ``mount_id`` its id in mountinfo
+
+def holder(mountpoint: str, mount_id: int, inode: int, opener_pid: int,
+           last_pid_at_open: int, *, max_scan: int | None = None) -> int | None:
+    """The pid of a process that still has a descriptor for ``inode`` on this mount, or None
+    if none has (blocking). The holder found is remembered by the caller: if it is the last
+    one, its exit is how the file ends (writer_exit.py).
+
+    With ``max_scan``, NOT_SCANNED when more processes than that would have to be scanned
+    besides the opener: call again without it, in a worker thread. ``mountpoint`` is the
+    resolved path (resolved before mounting) and ``mount_id`` its id in mountinfo
     (``chute.fs.mountinfo.find(mountpoint).mount_id``).
     """
     prefix = mountpoint
     if _holds(str(opener_pid), mount_id, inode, prefix):
-        return True
+        return opener_pid
     now = last_pid()
     if now == last_pid_at_open:
-        return False  # no process was created since the open: only the opener could hold it
+        return None  # no process was created since the open: only the opener could hold it
     wrapped = now < last_pid_at_open
     me = os.getpid()
     candidates = [name for name in os.listdir("/proc") if name.isdigit()
                   and int(name) not in (me, opener_pid)
                   and (wrapped or int(name) > last_pid_at_open)]
     if max_scan is not None and len(candidates) > max_scan:
-        return None
-    return any(_holds(name, mount_id, inode, prefix) for name in candidates)
+        return NOT_SCANNED
+    return next((int(name) for name in candidates if _holds(name, mount_id, inode, prefix)),
+                None)

@@ -20,3 +20,8 @@ class MountPolicy:
     no_delete: bool = False
     """--no-delete: nothing in the bucket is deleted through the mount; unlink, rmdir and
     rename (a copy, then a delete of the source) are EPERM, as on an append-only directory."""
+    commit_partial: bool = False
+    """--commit-partial: a file whose last close comes from its writer dying (killed by a
+    signal, or exiting non-zero with the file open) is finished like any other, as on a
+    plain filesystem. By default it is dropped: no object, and an object it was to replace
+    stays as it was (handles.py, writer_exit.py)."""

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from chute.fs import handles as handles_module
+from chute.fs import writer_exit
 from chute.fs.lookups import LOOKUP_TTL
 from chute.fs.metadata import MODE_META, MTIME_META
 from chute.fs.mountinfo import MountEntry
@@ -194,8 +195,8 @@ async def test_the_last_close_finishes_the_file(m: Mounted, monkeypatch) -> None
     held = [True]
     monkeypatch.setattr(handles_module.mountinfo, "find",
                         lambda path: MountEntry(77, path, "fuse.chute", "chute"))
-    monkeypatch.setattr(handles_module.openers, "held_open",
-                        lambda *args, **kwargs: held[0])
+    monkeypatch.setattr(handles_module.openers, "holder",
+                        lambda *args, **kwargs: 4242 if held[0] else None)
     info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
     await m.ops.write(info.fh, 0, b"abc")
     await m.ops.flush(info.fh)  # a dup's close: another descriptor still holds the file
@@ -205,6 +206,65 @@ async def test_the_last_close_finishes_the_file(m: Mounted, monkeypatch) -> None
     assert m.store.body("f") == b"abc"
     await m.ops.release(info.fh)
     assert len(m.ops.handles) == 0
+
+
+def _closes_seen_from(monkeypatch, holders: list[int | None],
+                      ending: dict[int, writer_exit.ProcessEnd]) -> None:
+    """The last-close check answers from ``holders`` (one answer per flush) and the kernel's
+    view of exiting processes from ``ending``."""
+    monkeypatch.setattr(handles_module.mountinfo, "find",
+                        lambda path: MountEntry(77, path, "fuse.chute", "chute"))
+    monkeypatch.setattr(handles_module.openers, "holder",
+                        lambda *args, **kwargs: holders.pop(0))
+    monkeypatch.setattr(writer_exit, "ending", ending.get)
+
+
+async def test_a_writer_killed_with_the_file_open_leaves_no_object(m: Mounted,
+                                                                   monkeypatch) -> None:
+    m.store.put("f", b"the last good copy")
+    _closes_seen_from(monkeypatch, [None], {CTX.pid: writer_exit.ProcessEnd(CTX.pid, "cat", 9)})
+    attrs = await m.ops.lookup(ROOT_INODE, b"f", CTX)
+    info = await m.ops.open(attrs.st_ino, WRITE, CTX)
+    await m.ops.write(info.fh, 0, b"trunc")
+    assert await errno_of(m.ops.flush(info.fh)) == errno.EIO
+    await m.ops.release(info.fh)
+    assert m.store.body("f") == b"the last good copy"
+    assert m.store.uploads == {}
+    totals = m.ops.handles.uploader.statistics().totals
+    assert (totals.files_writer_died, totals.files_abandoned) == (1, 0)
+
+
+async def test_a_forked_holder_killed_last_leaves_no_object(m: Mounted, monkeypatch) -> None:
+    """The opener exits 0 while a child still holds the file; the child is then killed."""
+    child = 4242
+    ending = {CTX.pid: writer_exit.ProcessEnd(CTX.pid, "sh", 0)}
+    _closes_seen_from(monkeypatch, [child, None], ending)
+    info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"abc")
+    await m.ops.flush(info.fh)  # the opener's exit: the child still holds it
+    ending[child] = writer_exit.ProcessEnd(child, "sh", 9)
+    assert await errno_of(m.ops.flush(info.fh)) == errno.EIO
+    await m.ops.release(info.fh)
+    assert m.store.keys() == []
+
+
+async def test_a_writer_exiting_0_lands_its_file(m: Mounted, monkeypatch) -> None:
+    _closes_seen_from(monkeypatch, [None], {CTX.pid: writer_exit.ProcessEnd(CTX.pid, "sh", 0)})
+    info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"abc")
+    await m.ops.flush(info.fh)
+    await m.ops.release(info.fh)
+    assert m.store.body("f") == b"abc"
+
+
+async def test_commit_partial_finishes_a_dying_writers_file(monkeypatch) -> None:
+    _closes_seen_from(monkeypatch, [None], {CTX.pid: writer_exit.ProcessEnd(CTX.pid, "sh", 256)})
+    async for mounted in _mounted(MountPolicy(commit_partial=True)):
+        info, _ = await mounted.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+        await mounted.ops.write(info.fh, 0, b"abc")
+        await mounted.ops.flush(info.fh)
+        await mounted.ops.release(info.fh)
+        assert mounted.store.body("f") == b"abc"
 
 
 async def test_without_mountinfo_joined_handles_are_counted(m: Mounted) -> None:

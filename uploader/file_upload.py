@@ -106,6 +106,8 @@ class FileUpload:
         self.etag = ""
         self.xxh3_128 = ""
         self.error: BaseException | None = None
+        self.writer_died = False
+        """Dropped because its writer died with it open (not because the mount stopped)."""
         self._ring = ring
         self._session = session
         self._config = config
@@ -273,12 +275,22 @@ class FileUpload:
         self._counters.failures += 1
         await self._discard()
 
-    async def abort(self, why: str) -> None:
-        """The mount is stopping with this file still open: drop it, leave nothing behind."""
+    async def abort(self, why: str, *, writer_died: bool = False) -> None:
+        """Drop the file, leave nothing behind: the mount is stopping with it still open, or
+        (``writer_died``) its last close came from a writer dying with a failure, and
+        committing would make a truncated object (or replace a good one with it)."""
         if self.state in (UploadState.DONE, UploadState.FAILED, UploadState.ABORTED):
             return
-        log.warning("%s: abandoning upload (%s): %d bytes received, %d acknowledged; "
-                    "nothing is left in the bucket", self.path, why, self.size, self.bytes_acked)
+        if writer_died:
+            log.error("%r: its writer died with the file open (%s): upload dropped, %d bytes "
+                      "discarded; no object was made, and an object it was to replace is "
+                      "untouched (--commit-partial keeps what a dying writer wrote)",
+                      self.path, why, self.size)
+        else:
+            log.warning("%s: abandoning upload (%s): %d bytes received, %d acknowledged; "
+                        "nothing is left in the bucket", self.path, why, self.size,
+                        self.bytes_acked)
+        self.writer_died = writer_died
         self.state = UploadState.ABORTED
         if self.error is None:
             self.error = UploadFailed(f"upload abandoned: {why}")

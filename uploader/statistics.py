@@ -43,6 +43,9 @@ class UploadTotals:
     """Files opened for writing."""
     files_abandoned: int
     """Files dropped because the mount stopped while they were open."""
+    files_writer_died: int
+    """Files dropped because their writer died with them open (killed by a signal, or
+    exited non-zero): no object was made (fs/writer_exit.py)."""
     retries_by_reason: Mapping[RetryReason, int]
     """Retried S3 requests per reason."""
 
@@ -58,6 +61,7 @@ class UploadCounters:
     failures: int = 0
     files_opened: int = 0
     files_abandoned: int = 0
+    files_writer_died: int = 0
     retries: Counter[tuple[str, RetryReason]] = field(default_factory=Counter)
     """Retries per (operation, reason)."""
 
@@ -74,5 +78,6 @@ class UploadCounters:
             bytes_written=self.bytes_written, bytes_uploaded=self.bytes_uploaded,
             parts=self.parts, files_done=self.files_done, failures=self.failures,
             retries=dict(by_operation), files_opened=self.files_opened,
-            files_abandoned=self.files_abandoned, retries_by_reason=dict(by_reason),
+            files_abandoned=self.files_abandoned,
+            files_writer_died=self.files_writer_died, retries_by_reason=dict(by_reason),
         )

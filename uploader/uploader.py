@@ -84,7 +84,10 @@ class Uploader:
         if upload in self.uploads:
             self.uploads.discard(upload)
             if upload.state is UploadState.ABORTED:
-                self.counters.files_abandoned += 1
+                if upload.writer_died:
+                    self.counters.files_writer_died += 1
+                else:
+                    self.counters.files_abandoned += 1
             if upload.state is UploadState.DONE:
                 self.counters.files_done += 1
 
