@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync xxhash unzip tmux curl)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync xxhash unzip tmux curl openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
