@@ -31,7 +31,7 @@ from chute.uploader.s3 import S3Client
 from chute.uploader.uploader import Uploader
 
 from . import attributes
-from .errnos import Refused, errors_as_errno
+from .errnos import Refused, errors_as_errno, errors_logged
 from .handles import HandleTable
 from .lookups import LOOKUP_TTL, Lookups, bounded
 from .namespace import Namespace, Node
@@ -84,8 +84,9 @@ class ChuteOperations(pyfuse3.Operations):
             return self._entry(self.ns.looked_up(node))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for inode, count in inode_list:
-            self.ns.forget(inode, count)
+        async with errors_logged("forget"):  # no reply: an exception would end the loop
+            for inode, count in inode_list:
+                self.ns.forget(inode, count)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
@@ -113,7 +114,8 @@ class ChuteOperations(pyfuse3.Operations):
             return self._entry(node)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        return attributes.statfs()
+        async with errors_as_errno("statfs"):
+            return attributes.statfs()
 
     # -- directories ----------------------------------------------------------------
 
@@ -139,7 +141,8 @@ class ChuteOperations(pyfuse3.Operations):
                 self.ns.looked_up(node)
 
     async def releasedir(self, fh: int) -> None:
-        self.handles.release_dir(fh)
+        async with errors_as_errno("releasedir"):
+            self.handles.release_dir(fh)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -190,7 +193,8 @@ class ChuteOperations(pyfuse3.Operations):
             await self.handles.flush(fh)
 
     async def release(self, fh: int) -> None:
-        await self.handles.release(fh)  # its errors reach nobody: logged there
+        async with errors_as_errno("release"):  # its errors reach nobody: logged there
+            await self.handles.release(fh)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> None:
