@@ -33,6 +33,7 @@ from chute.uploader.config import (
 )
 from chute.uploader.credentials import resolve_endpoint, resolve_region
 from chute.uploader.errors import ConfigError
+from chute.uploader.read_budget import DEFAULT_READ_BUDGET
 from chute.uploader.s3 import Bucket
 from chute.uploader.sizes import format_size, parse_size
 
@@ -118,6 +119,16 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "signal, or exited non-zero) like any other, as a plain filesystem "
                         "does (default: drop it, so no truncated object appears and an object "
                         "it was to replace stays untouched)")
+    reads = mount.add_argument_group("reading")
+    reads.add_argument("--allow-read", action="store_true",
+                       help="let finished objects be read through the mount (ranged GETs, "
+                       "streamed, never staged); a file being written is EBUSY until its "
+                       "last close (default: write-only: opens for reading succeed, read() "
+                       "fails with EACCES)")
+    reads.add_argument("--read-budget", type=_size, metavar="SIZE",
+                       default=DEFAULT_READ_BUDGET,
+                       help="memory all readers share for data fetched ahead or in flight, "
+                       f"separate from the ring (default {format_size(DEFAULT_READ_BUDGET)})")
     service = mount.add_argument_group("service")
     service.add_argument("--config", metavar="FILE",
                          help="TOML file of these options (ring_size = \"64MiB\", "
@@ -335,7 +346,8 @@ def _mount(args: argparse.Namespace) -> int:
 def mount_policy(args: argparse.Namespace) -> MountPolicy:
     """What the mount refuses (fs policy, not the uploader's config)."""
     return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete,
-                       commit_partial=args.commit_partial)
+                       commit_partial=args.commit_partial, allow_read=args.allow_read,
+                       read_budget=args.read_budget)
 
 
 def _mount_here(args: argparse.Namespace, config: UploaderConfig,

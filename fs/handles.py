@@ -3,9 +3,9 @@
 A handle is one FUSE open of a file being written: its upload, and who opened it (for the
 last-close check of openers.py). Opening with O_TRUNC (or creating) starts a new upload;
 another open of a file being written, without O_TRUNC (``truncate -s`` while a writer has it
-open, a second ``exec 3<>``), joins the same upload. Reading is not offered (a streaming
-mount holds no file's bytes after upload): opening an existing file for reading fails with
-EACCES.
+open, a second ``exec 3<>``), joins the same upload. Opens for reading of finished objects
+are reads.py's (the FUSE adapter sends them there); one that still reaches here (O_RDONLY
+with O_TRUNC) fails with EACCES.
 
 When does a file's upload finish? On the flush of the last close of all the opens that write
 it (see openers.py), so ``close()`` returns only when the object is complete in the bucket
@@ -101,8 +101,7 @@ class HandleTable:
             raise Refused(errno.EISDIR)
         path = self.ns.path(node)
         if flags & os.O_ACCMODE == os.O_RDONLY:
-            raise Refused(errno.EACCES, "%s: chute mounts are write-only; read the object "
-                          "from the bucket instead", path)
+            raise Refused(errno.EACCES, "%s: an open for reading cannot truncate", path)
         self.check_write_flags(flags, path)
         upload = node.upload
         if upload is not None and upload.state is UploadState.OPEN and not flags & os.O_TRUNC:

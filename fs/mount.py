@@ -28,6 +28,7 @@ from chute.uploader import leftovers
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
+from chute.uploader.read_budget import ReadBudget
 from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
@@ -35,6 +36,7 @@ from chute.uploader.uploader import Uploader
 from . import control, daemon, metrics, mountinfo
 from .operations import ChuteOperations
 from .policy import MountPolicy
+from .reads import ReadSetup
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,18 @@ def _make_client(request: MountRequest, credentials: CredentialSource, *, quick:
                     max_connections=config.upload_concurrency + 8)
 
 
+def _make_read_client(request: MountRequest, credentials: CredentialSource) -> S3Client:
+    """The ranged GETs of readers go through a client of their own (same credentials, retry
+    policy and stall timeout), so readers never wait for connections behind uploads."""
+    config = request.uploader
+    connections = min(64, max(16, request.policy.read_budget >> 20))
+    return S3Client(request.bucket, credentials, RetryPolicy(budget=config.retry_budget),
+                    stall_timeout=config.stall_timeout, max_connections=connections)
+
+
+MIN_READ_BUDGET = 1 << 20
+
+
 def check_store(request: MountRequest) -> CredentialSource:
     """Resolve credentials and reach the bucket, before anything is mounted."""
     credentials = CredentialSource(request.profile)
@@ -157,6 +171,13 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
 
     client.on_retry = retried
     client.on_request = mount_metrics.observe_request
+    reads = ReadSetup()
+    if request.policy.allow_read:
+        read_client = _make_read_client(request, credentials)
+        read_client.on_retry = retried
+        read_client.on_request = mount_metrics.observe_request
+        reads = ReadSetup(allow=True, source=read_client,
+                          budget=ReadBudget(request.policy.read_budget))
     listeners: list[trio.SocketListener] = []
     metrics_url = None
     if request.metrics_addr is not None:
@@ -166,6 +187,8 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
         except BaseException:
             with trio.CancelScope(shield=True):
                 await client.aclose()
+                if isinstance(reads.source, S3Client):
+                    await reads.source.aclose()
             raise
         shown = f"[{host}]" if ":" in host else host
         metrics_url = f"http://{shown}:{metrics.bound_port(listeners)}/metrics"
@@ -174,7 +197,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             await leftovers.clean(client)
     except Exception as exc:
         log.warning("could not look for uploads left by earlier mounts: %s", exc)
-    operations = ChuteOperations(uploader, client, request.mountpoint, request.policy)
+    operations = ChuteOperations(uploader, client, request.mountpoint, request.policy, reads)
     options = set(pyfuse3.default_options)
     options |= {f"fsname=chute:{request.bucket.bucket}/{request.bucket.prefix}".rstrip("/"),
                 "subtype=chute"}
@@ -185,6 +208,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(uploader.run)
+            await nursery.start(operations.reads.run)  # owns the readers' GET tasks
             await nursery.start(control.serve, operations.mountpoint,
                                 _status(request, uploader, metrics_url))
             if listeners:
@@ -195,6 +219,9 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
                      request.bucket.bucket, request.bucket.prefix, request.mountpoint,
                      len(uploader.ring.slots), request.uploader.slice_size >> 20,
                      request.uploader.upload_concurrency)
+            if reads.allow:
+                log.info("reads on (--allow-read): read budget %d MiB",
+                         request.policy.read_budget >> 20)
             if on_ready is not None:
                 on_ready()
             daemon.notify_systemd("READY=1")
@@ -210,6 +237,8 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             pyfuse3.close(unmount=_still_mounted(operations.mountpoint))
         with trio.CancelScope(shield=True):
             await client.aclose()
+            if isinstance(reads.source, S3Client):
+                await reads.source.aclose()
     log.info("unmounted %s", request.mountpoint)
 
 
@@ -220,6 +249,8 @@ def run_mount(request: MountRequest, on_ready: Callable[[], None] | None = None)
     """
     check_mountpoint(request.mountpoint)
     request.uploader.validate()
+    if request.policy.read_budget < MIN_READ_BUDGET:
+        raise ConfigError(f"--read-budget must be at least 1MiB, not {request.policy.read_budget}")
     credentials = check_store(request)
     try:
         trio.run(_serve, request, credentials, on_ready)

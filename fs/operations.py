@@ -9,7 +9,8 @@ its arguments, delegates, and maps errors to an errno (errnos.py). The jobs:
 - handles.py: open files, their uploads, and which close finishes a file (openers.py);
 - objects.py: metadata copies (chmod/utimens), rename, unlink, rmdir, mkdir, and the mount
   policies (policy.py); metadata.py: how mode and mtime travel with an object;
-- attributes.py: what stat and statfs show.
+- attributes.py: what stat and statfs show;
+- reads.py: opens for reading of finished objects (read handles, ``--allow-read``).
 
 The data path of one ``write()``: the kernel's WRITE reaches :meth:`ChuteOperations.write`,
 which hands it to the file's handle (handles.py), whose FileUpload (chute.uploader) copies
@@ -37,6 +38,7 @@ from .lookups import LOOKUP_TTL, Lookups, bounded
 from .namespace import Namespace, Node
 from .objects import ObjectOps
 from .policy import MountPolicy
+from .reads import ReadHandles, ReadSetup
 
 
 class ChuteOperations(pyfuse3.Operations):
@@ -47,13 +49,14 @@ class ChuteOperations(pyfuse3.Operations):
     """Never: the kernel's writeback cache reorders writes and can skip FLUSH after an error."""
 
     def __init__(self, uploader: Uploader, client: S3Client, mountpoint: str,
-                 policy: MountPolicy | None = None) -> None:
+                 policy: MountPolicy | None = None, reads: ReadSetup | None = None) -> None:
         super().__init__()
         self.mountpoint = os.path.realpath(mountpoint)  # resolved before the mount exists
         self.ns = Namespace(client.bucket.key, LOOKUP_TTL)
         self.lookups = Lookups(self.ns, client)
         self.objects = ObjectOps(self.ns, self.lookups, client, policy or MountPolicy())
         self.handles = HandleTable(self.ns, uploader, self.objects, self.mountpoint)
+        self.reads = ReadHandles(self.ns, self.lookups, reads or ReadSetup())
         self.client = client
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -167,33 +170,48 @@ class ChuteOperations(pyfuse3.Operations):
             parent = self.ns.node(parent_inode)
             child = self.ns.check_name(parent, name)
             fh, node = self.handles.create(parent, child, mode, flags, ctx.pid)
+            self.reads.forget_cache(node)
             return _file_info(fh), self._entry(self.ns.looked_up(node))
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
                    ) -> pyfuse3.FileInfo:
         async with errors_as_errno(self._named("open", inode)):
-            return _file_info(self.handles.open(self.ns.node(inode), flags, ctx.pid))
+            node = self.ns.node(inode)
+            if self.reads.wants(node, flags):  # reads.py: finished objects, for reading
+                fh, keep_cache = await self.reads.open(node, flags)
+                return _file_info(fh, keep_cache)
+            self.reads.forget_cache(node)
+            return _file_info(self.handles.open(node, flags, ctx.pid))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        async with errors_as_errno("read"):
+        async with errors_as_errno("read"):  # the reader's errors name the object
+            if self.reads.owns(fh):
+                return await self.reads.read(fh, off, size)
             node = self.handles.get(fh).node
-            raise Refused(errno.EACCES, "%s: chute mounts are write-only; reads are refused",
-                          self.ns.path(node))
+            raise Refused(errno.EACCES, "%s is being written: it can be read once its last "
+                          "close has returned", self.ns.path(node))
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         async with errors_as_errno("write"):  # the upload's errors name the file
+            if self.reads.owns(fh):
+                self.reads.refuse_write(fh)
             return await self.handles.write(fh, off, buf)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         async with errors_as_errno("fsync"):  # the upload's errors name the file
-            await self.handles.fsync(fh)
+            if not self.reads.owns(fh):
+                await self.handles.fsync(fh)
 
     async def flush(self, fh: int) -> None:
         async with errors_as_errno("close"):  # the upload's errors name the file
-            await self.handles.flush(fh)
+            if not self.reads.owns(fh):
+                await self.handles.flush(fh)
 
     async def release(self, fh: int) -> None:
         async with errors_as_errno("release"):  # its errors reach nobody: logged there
+            if self.reads.owns(fh):
+                await self.reads.release(fh)
+                return
             await self.handles.release(fh)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
@@ -253,5 +271,5 @@ class ChuteOperations(pyfuse3.Operations):
         await self.handles.abort_all(why)
 
 
-def _file_info(fh: int) -> pyfuse3.FileInfo:
-    return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False, nonseekable=False)
+def _file_info(fh: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
+    return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep_cache, nonseekable=False)

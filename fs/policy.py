@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chute.uploader.read_budget import DEFAULT_READ_BUDGET
+
 
 @dataclass(frozen=True)
 class MountPolicy:
@@ -25,3 +27,9 @@ class MountPolicy:
     signal, or exiting non-zero with the file open) is finished like any other, as on a
     plain filesystem. By default it is dropped: no object, and an object it was to replace
     stays as it was (handles.py, writer_exit.py)."""
+    allow_read: bool = False
+    """--allow-read: finished objects can be read (reads.py); by default an open for reading
+    succeeds and its first read() fails with EACCES, as on a write-only mount."""
+    read_budget: int = DEFAULT_READ_BUDGET
+    """--read-budget: bytes all readers of the mount may hold at once (fetched ahead, or in
+    flight), separate from the write ring."""

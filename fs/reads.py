@@ -1,0 +1,232 @@
+"""Open files for reading: finished objects read through ranged GETs (``--allow-read``).
+
+A read handle is one FUSE open of a *finished* object for reading. With ``--allow-read`` it
+pins the object's version at open (key, size and ETag, from the node if the store confirmed
+it within LOOKUP_TTL, else from a fresh HEAD) and serves every read() through an
+:class:`chute.uploader.prefetch.ObjectReader`: ranged GETs sent with ``If-Match``, charged to
+the mount's one :class:`~chute.uploader.read_budget.ReadBudget` (separate from the write
+ring), running as tasks of the nursery :meth:`ReadHandles.run` owns (so unmounting cancels
+them). The rules, and why:
+
+- **Reads off (the default).** An open for reading of a finished object succeeds and its
+  first read() fails with EACCES; the refusal is logged once per mount, naming
+  ``--allow-read``. rsync opens every file it received O_RDONLY to set its mode through the
+  descriptor: refusing the open would fail the transfer, refusing the read fails nothing that
+  worked before.
+- **A file being written** (its upload not ended) cannot be opened for reading: EBUSY, reads
+  on or off. Its bytes are in the ring or already sent, never in one place to read from; and
+  a reading descriptor would look like a holder of the writing open to openers.py.
+- **Consistency.** The reader sees the version pinned at open; a replaced or deleted object
+  makes its next GET fail (412/404) and the read fail with ESTALE, never a mix of versions.
+  A store that stays away past the retry budget gives EIO.
+- **The kernel page cache** may keep a file's pages across opens only while its ETag is
+  unchanged: ``keep_cache`` is set on an open only if the previous open for reading of the
+  node pinned the same ETag and nothing opened the node for writing since; otherwise the
+  kernel drops the node's pages at open. An open that finds an older version still open for
+  reading also clears the memory (that reader may still fill pages from its window), so the
+  open after it drops the pages again.
+- **O_RDWR without O_TRUNC** of a finished, non-empty object with ``--allow-read`` is a read
+  handle whose writes fail with EOPNOTSUPP: tools that open read-write and only read work,
+  a tool that writes fails at its first write, and the object is never touched (nothing
+  partial can appear). Without ``--allow-read`` such an open is EOPNOTSUPP as before.
+  O_RDWR with O_TRUNC (or creating) is a new upload (handles.py), not readable until closed.
+
+Read handles have file handle numbers from READ_FH_BASE up, so the FUSE adapter can tell
+them from the write handles of handles.py without asking either table.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from chute.uploader.errors import ObjectChanged
+from chute.uploader.prefetch import DEFAULT_TUNING, ObjectReader, RangeSource, ReadTuning
+from chute.uploader.read_budget import ReadBudget, ReadStatistics
+
+from .lookups import LOOKUP_TTL
+from .namespace import Namespace, Node
+from .refused import Refused
+
+if TYPE_CHECKING:
+    from .lookups import Lookups
+
+log = logging.getLogger(__name__)
+
+READ_FH_BASE = 1 << 48
+"""File handles of read handles start here (handles.py counts up from 1)."""
+CACHE_MEMORY = 65536
+"""Nodes whose last pinned ETag is remembered for ``keep_cache``; a forgotten one only costs
+the kernel dropping pages it could have kept."""
+
+
+@dataclass(frozen=True)
+class ReadSetup:
+    """What a mount gives its read handles (built by mount.py from ``--allow-read``)."""
+
+    allow: bool = False
+    source: RangeSource | None = None
+    """Where ranged GETs go: an S3Client of its own, with the mount's credentials and
+    retry policy (so readers never queue behind uploads for connections)."""
+    budget: ReadBudget | None = None
+    tuning: ReadTuning = DEFAULT_TUNING
+
+
+@dataclass(eq=False)
+class ReadHandle:
+    node: Node
+    reader: ObjectReader | None
+    """None while reads are off: the first read() is EACCES."""
+    path: str
+    writable: bool = False
+    """Opened O_RDWR: its writes are EOPNOTSUPP."""
+
+
+class ReadHandles:
+    """The read handles of one mount; see the module docstring."""
+
+    def __init__(self, namespace: Namespace, lookups: Lookups, setup: ReadSetup) -> None:
+        self.ns = namespace
+        self.lookups = lookups
+        self.allow = setup.allow
+        self._source = setup.source
+        self._budget = setup.budget if setup.budget is not None else ReadBudget()
+        self._tuning = setup.tuning
+        self._nursery: trio.Nursery | None = None
+        self._handles: dict[int, ReadHandle] = {}
+        self._next_fh = READ_FH_BASE
+        self._cached: OrderedDict[int, str] = OrderedDict()
+        """inode -> ETag the kernel may hold pages of (see the module docstring)."""
+        self._refusal_logged = False
+        self.opened = 0
+        self.refused_reads = 0
+        self.stale_reads = 0
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    @staticmethod
+    def owns(fh: int) -> bool:
+        return fh >= READ_FH_BASE
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the readers' GET tasks until cancelled (the mount's nursery runs this)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    # -- opening --------------------------------------------------------------------
+
+    def wants(self, node: Node, flags: int) -> bool:
+        """Whether this open of an existing node is a read handle's (else handles.py's)."""
+        if node.is_dir or flags & os.O_TRUNC:
+            return False
+        mode = flags & os.O_ACCMODE
+        if mode == os.O_RDONLY:
+            return True
+        return (mode == os.O_RDWR and not flags & os.O_APPEND and self.allow
+                and node.upload is None and node.size > 0)
+
+    async def open(self, node: Node, flags: int) -> tuple[int, bool]:
+        """Open ``node`` for reading: its file handle, and whether the kernel may keep the
+        pages it has of it (``keep_cache``)."""
+        path = self.ns.path(node)
+        if node.upload is not None:
+            raise Refused(errno.EBUSY, "%s is being written: it can be read once its last "
+                          "close has returned", path)
+        writable = flags & os.O_ACCMODE == os.O_RDWR
+        if not self.allow:
+            return self._add(ReadHandle(node, None, path, writable)), False
+        if self._nursery is None or self._source is None:
+            raise Refused(errno.EIO, "%s: reads are not running on this mount", path)
+        if node.needs_head or not node.etag or \
+                trio.current_time() - node.checked_at >= LOOKUP_TTL:
+            await self.lookups.refresh(node)  # ENOENT if it has gone
+            if node.upload is not None:
+                raise Refused(errno.EBUSY, "%s is being written: it can be read once its "
+                              "last close has returned", path)
+        reader = ObjectReader(self._source, self._budget, key=self.ns.key(node),
+                              size=node.size, etag=node.etag, nursery=self._nursery,
+                              tuning=self._tuning)
+        keep = self._keep_cache(node, node.etag)
+        self.opened += 1
+        return self._add(ReadHandle(node, reader, path, writable)), keep
+
+    def _add(self, handle: ReadHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        handle.node.opens += 1
+        return fh
+
+    def _keep_cache(self, node: Node, etag: str) -> bool:
+        older_open = any(h.node is node and h.reader is not None and h.reader.etag != etag
+                         for h in self._handles.values())
+        keep = self._cached.get(node.inode) == etag and not older_open
+        self._cached[node.inode] = "" if older_open else etag
+        self._cached.move_to_end(node.inode)
+        while len(self._cached) > CACHE_MEMORY:
+            self._cached.popitem(last=False)
+        return keep
+
+    def forget_cache(self, node: Node) -> None:
+        """``node`` is opened for writing: the next open for reading drops its pages."""
+        self._cached.pop(node.inode, None)
+
+    # -- reading --------------------------------------------------------------------
+
+    def get(self, fh: int) -> ReadHandle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise Refused(errno.EBADF)
+        return handle
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.get(fh)
+        if handle.reader is None:
+            self.refused_reads += 1
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                raise Refused(errno.EACCES, "%s: reads are off on this mount (EACCES for "
+                              "every read; logged once): mount with --allow-read to read "
+                              "finished objects", handle.path)
+            raise Refused(errno.EACCES)
+        try:
+            return await handle.reader.read(offset, size)
+        except ObjectChanged:
+            self.stale_reads += 1
+            handle.node.needs_head = True  # the next stat asks the store what it holds now
+            self._cached.pop(handle.node.inode, None)
+            raise
+
+    def refuse_write(self, fh: int) -> None:
+        """A write through a read handle (O_RDWR of a finished object): EOPNOTSUPP."""
+        handle = self.get(fh)
+        raise Refused(errno.EOPNOTSUPP, "%s was opened read-write without O_TRUNC: chute "
+                      "replaces whole objects only (open it with O_TRUNC to replace it)",
+                      handle.path)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        handle.node.opens -= 1
+        try:
+            if handle.reader is not None:
+                await handle.reader.aclose()
+        finally:
+            self.ns.release(handle.node)
+
+    def statistics(self) -> ReadStatistics:
+        return self._budget.statistics()
