@@ -40,6 +40,13 @@ from .reads import ReadSetup
 
 log = logging.getLogger(__name__)
 
+FUSE_TASK_RESERVE = 64
+"""Request tasks beyond the writers that may wait for a ring slot. A writer waiting for a slot
+holds its request's task; with fewer tasks than waiting writers plus this reserve, the writers
+holding the slots could not have their writes served and would look idle to the ring's
+progress rule (see ring.py). Memory: a task holds at most its request (a write's data, up to
+1 MiB, received and copied once): only waiting writers keep tasks busy, idle ones exit."""
+
 
 @dataclass(frozen=True)
 class MountRequest:
@@ -203,7 +210,14 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
                 "subtype=chute"}
     if request.allow_other:
         options.add("allow_other")
-    pyfuse3.init(operations, request.mountpoint, options)
+    try:
+        pyfuse3.init(operations, request.mountpoint, options)
+    except RuntimeError as exc:  # libfuse could not mount (fuse_session_mount failed)
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+            if isinstance(reads.source, S3Client):
+                await reads.source.aclose()
+        raise ConfigError(f"mounting {request.mountpoint} failed: {exc}") from None
     unmounted = False
     try:
         async with trio.open_nursery() as nursery:
@@ -225,7 +239,8 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             if on_ready is not None:
                 on_ready()
             daemon.notify_systemd("READY=1")
-            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            await pyfuse3.main(min_tasks=2, max_tasks=(request.uploader.max_waiting_writers
+                                                       + FUSE_TASK_RESERVE))
             daemon.notify_systemd("STOPPING=1")
             if uploader.uploads:
                 await operations.abort_open_files("the mount is stopping")
@@ -252,12 +267,7 @@ def run_mount(request: MountRequest, on_ready: Callable[[], None] | None = None)
     if request.policy.read_budget < MIN_READ_BUDGET:
         raise ConfigError(f"--read-budget must be at least 1MiB, not {request.policy.read_budget}")
     credentials = check_store(request)
-    try:
-        trio.run(_serve, request, credentials, on_ready)
-    except RuntimeError as exc:
-        if "fuse_session_mount" in str(exc) or "mount" in str(exc).lower():
-            raise ConfigError(f"mounting {request.mountpoint} failed: {exc}") from None
-        raise
+    trio.run(_serve, request, credentials, on_ready)
     return 0
 
 

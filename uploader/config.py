@@ -6,6 +6,7 @@ They travel as one value from the command line to the uploader. The mount's poli
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .checksums import CHECKSUM_ALGORITHMS, ChecksumAlgorithm
@@ -17,6 +18,23 @@ DEFAULT_SLICE_SIZE = 16 * MiB
 DEFAULT_RING_SIZE = 256 * MiB
 DEFAULT_UPLOAD_CONCURRENCY = 8
 DEFAULT_STALL_TIMEOUT = 30.0
+
+UPLOAD_CONCURRENCY_RANGE = (1, 256)
+"""Parts in flight: each holds a ring slot and a connection (a descriptor); beyond a few
+dozen no store goes faster, and 1,000,000 once left a process spinning after unmount."""
+STALL_TIMEOUT_RANGE = (0.1, 3600.0)
+RETRY_BUDGET_RANGE = (0.1, 86400.0)
+MAX_WAITING_WRITERS = 960
+"""Writes that may wait for a ring slot at once. The FUSE layer serves more requests than
+this at once (chute.fs.mount), so writers holding slots always get theirs served: see the
+progress rule in ring.py."""
+
+
+def check_range(flag: str, value: float, bounds: tuple[float, float], unit: str = "") -> None:
+    """``value`` must be a finite number within ``bounds`` (inclusive); one sentence if not."""
+    low, high = bounds
+    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{flag} must be between {low:g} and {high:g}{unit}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -34,9 +52,13 @@ class UploaderConfig:
     """Seconds a request keeps being retried before the writer gets EIO."""
     ring_stall_grace: float = 5.0
     """See the progress rule in ring.py."""
+    max_waiting_writers: int = MAX_WAITING_WRITERS
+    """Writes allowed to wait for a slot at once (see ring.py)."""
 
     @property
     def slot_count(self) -> int:
+        """Whole slices in ``ring_size``: a ring that is not a multiple of the slice is
+        rounded down (the mount says so in its start-up line, and ``--help`` says so)."""
         return self.ring_size // self.slice_size
 
     def validate(self) -> None:
@@ -49,9 +71,8 @@ class UploaderConfig:
                 f"--ring-size ({format_size(self.ring_size)}) must hold at least two slices of "
                 f"--slice-size ({format_size(self.slice_size)})"
             )
-        if self.upload_concurrency < 1:
-            raise ConfigError("--upload-concurrency must be at least 1")
+        check_range("--upload-concurrency", self.upload_concurrency, UPLOAD_CONCURRENCY_RANGE)
         if self.checksum not in CHECKSUM_ALGORITHMS:
             raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
-        if self.stall_timeout <= 0 or self.retry_budget <= 0:
-            raise ConfigError("--stall-timeout and --retry-budget must be positive")
+        check_range("--stall-timeout", self.stall_timeout, STALL_TIMEOUT_RANGE, " seconds")
+        check_range("--retry-budget", self.retry_budget, RETRY_BUDGET_RANGE, " seconds")

@@ -55,6 +55,19 @@ not: it blocks on file N+1 while holding files 1..N's FILLING slots, which only 
 S3 forbids parts under 5 MiB, so a partly filled slot cannot be sent early to make room.
 Once the rule has fired, later waiters under the same condition fail at once (the idle slots
 have already been idle for the grace period), so such a writer learns within seconds.
+
+Waiting writers and the FUSE layer: a writer waiting here holds one FUSE request (a task of
+the mount's request loop, and the request's data) until it is served. If every request task
+were taken by waiting writers, the writers holding FILLING slots could not have their next
+write served at all: their slots would go idle and the rule above would fire against
+independent writers that were all making progress (measured: 80 slow writers on a 4-slot ring
+with the loop capped at 64 tasks, 33 got ENOBUFS). So the loop serves more requests at once
+than ``max_waiters`` (chute.fs.mount: ``max_waiters`` plus a reserve), and a write that would
+be waiter number ``max_waiters + 1`` fails with ENOBUFS at once, its log line saying that
+too many writers are waiting, instead of starving the slot holders. With the default (960
+waiters) that takes hundreds of threads writing at once; what it costs is memory outside the
+ring: each waiting write holds its request, at most one ``max_write`` (1 MiB) received plus
+the copy handed to ``write()``.
 """
 
 from __future__ import annotations
@@ -145,11 +158,13 @@ class Ring:
     CHECK_INTERVAL = 0.25
 
     def __init__(self, slot_count: int, slice_size: int, *, stall_grace: float = 5.0,
-                 upload_concurrency: int = 1) -> None:
+                 upload_concurrency: int = 1, max_waiters: int | None = None) -> None:
         if slot_count < 1:
             raise ValueError("the ring needs at least one slot")
         self.slice_size = slice_size
         self.stall_grace = stall_grace
+        self.max_waiters = max_waiters
+        """Writers allowed to wait at once (None: no bound); see the module docstring."""
         self.min_in_flight = max(1, min(upload_concurrency, slot_count // 2))
         """Fewer slots in flight than this, and a waiting writer takes a retained slot.
 
@@ -207,11 +222,20 @@ class Ring:
         log.error(
             "ring exhausted: all %d slots are held by files that are not being written "
             "(one process writing to more files at once than the ring has slots?); failing "
-            "the blocked write with ENOBUFS. Mount with a larger --ring-size (now %s) so "
-            "every file written at once can hold a slot.",
-            len(self.slots), format_size(self.size),
+            "the blocked write with ENOBUFS (%d writers waiting). Mount with a larger "
+            "--ring-size (now %s) so every file written at once can hold a slot.",
+            len(self.slots), len(self._waiters), format_size(self.size),
         )
         return RingExhausted(f"no ring slot can free (--ring-size {format_size(self.size)})")
+
+    def _too_many_waiting(self) -> RingExhausted:
+        log.error(
+            "%d writers are already waiting for one of the ring's %d slots, the most this "
+            "mount serves at once; failing one more with ENOBUFS. Write with fewer processes "
+            "or threads at once, or mount with a larger --ring-size (now %s).",
+            len(self._waiters), len(self.slots), format_size(self.size),
+        )
+        return RingExhausted(f"{len(self._waiters)} writers already wait for a ring slot")
 
     def _assign(self, slot: Slot, owner: Any) -> Slot:
         slot.state = SlotState.FILLING
@@ -231,6 +255,8 @@ class Ring:
         self._relieve()
         if not self._progress_possible():
             raise self._exhausted()
+        if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+            raise self._too_many_waiting()
         waiter = _Waiter(owner)
         self._waiters.append(waiter)
         started = trio.current_time()

@@ -50,7 +50,8 @@ class Uploader:
         self.config = config
         self.client = client
         self.ring = Ring(config.slot_count, config.slice_size, stall_grace=config.ring_stall_grace,
-                         upload_concurrency=config.upload_concurrency)
+                         upload_concurrency=config.upload_concurrency,
+                         max_waiters=config.max_waiting_writers)
         self.counters = UploadCounters()
         self.uploads: set[FileUpload] = set()
         """Files being written (OPEN or FINALIZING), for status and shutdown."""
