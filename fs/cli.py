@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from chute.fs import config_file
+from chute.fs import config_file, options
 from chute.fs.policy import MountPolicy
 from chute.uploader.config import (
     DEFAULT_RETRY_BUDGET,
@@ -31,7 +31,6 @@ from chute.uploader.config import (
     DEFAULT_UPLOAD_CONCURRENCY,
     UploaderConfig,
 )
-from chute.uploader.credentials import resolve_endpoint, resolve_region
 from chute.uploader.errors import ConfigError
 from chute.uploader.read_budget import DEFAULT_READ_BUDGET
 from chute.uploader.s3 import Bucket
@@ -45,17 +44,6 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_remote(remote: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix/")."""
-    if not remote.startswith("s3://"):
-        raise ConfigError(f"remote must look like s3://BUCKET[/PREFIX], got {remote!r}")
-    bucket, _, prefix = remote[len("s3://"):].partition("/")
-    if not bucket:
-        raise ConfigError(f"no bucket name in {remote!r}")
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/" if prefix else ""
 
 
 def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,7 +72,8 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"10,000 slices (default {format_size(DEFAULT_SLICE_SIZE)}; "
                         "accepts 8MiB, 1GiB)")
     stream.add_argument("--ring-size", type=_size, metavar="SIZE", default=DEFAULT_RING_SIZE,
-                        help="total ring bytes: all the data memory the mount uses "
+                        help="total ring bytes: all the data memory the mount uses, rounded "
+                        "down to a whole number of slices; at most the memory available "
                         f"(default {format_size(DEFAULT_RING_SIZE)})")
     stream.add_argument("--upload-concurrency", type=int, metavar="N",
                         default=DEFAULT_UPLOAD_CONCURRENCY,
@@ -230,38 +219,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _status(args: argparse.Namespace) -> int:
-    import json
-
-    from chute.fs.control import MountStatus, query
-
-    try:
-        if args.watch:
-            from chute.fs.watch import watch
-
-            return watch(args.mountpoint, args.interval, as_json=args.json)
-        answer = query(args.mountpoint)
-    except (LookupError, OSError) as exc:
-        print(f"chute: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return 0
-    status = MountStatus.from_json(answer)
-    ring = status.ring
-    print(f"{status.mountpoint}: ring {ring.slots} x {format_size(ring.slice_size)}"
-          f"  free {ring.free}  filling {ring.filling}  sealed {ring.sealed}  "
-          f"uploading {ring.uploading}  writers waiting {ring.writers_waiting}  "
-          f"blocked {ring.blocked_seconds:.1f} s")
-    for f in status.files:
-        print(f"  {f.path}: received {format_size(f.bytes_received)}, acknowledged "
-              f"{format_size(f.bytes_acknowledged)}, {f.parts_in_flight} parts in flight, "
-              f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}")
-    if not status.files:
-        print("  no file is being written")
-    return 0
-
-
 def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None, *,
                    background: bool = False) -> None:
     """Timestamps on a terminal or in a file; none when journald (or another collector)
@@ -312,12 +269,14 @@ def _mount(args: argparse.Namespace) -> int:
     )
     config.validate()
     metrics_addr = _metrics_addr(args)
-    if args.remote:
-        parse_remote(args.remote)
     # the background process works from /: every path it is given must be absolute
     for name in ("mountpoint", "log_file", "data_dir"):
         if getattr(args, name):
             setattr(args, name, os.path.abspath(getattr(args, name)))
+    args.bucket = options.check_mount(args, config)  # the rest, before anything starts
+    from chute.fs import control
+
+    args.lock = control.lock_mountpoint(os.path.realpath(args.mountpoint))
     if not args.daemon:
         return _mount_here(args, config, metrics_addr, on_ready=None)
     from chute.fs import daemon
@@ -328,6 +287,7 @@ def _mount(args: argparse.Namespace) -> int:
     verdict = daemon.detach()
     if isinstance(verdict, int):
         return verdict  # the parent: the mount's outcome
+    control.mark_lock_holder(args.lock)
     _setup_logging(args.verbose, args.quiet, args.log_file, background=True)
     try:
         return _mount_here(args, config, metrics_addr, on_ready=verdict.ready)
@@ -357,12 +317,8 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
 
     policy = mount_policy(args)
 
-    if args.remote:
-        bucket_name, prefix = parse_remote(args.remote)
-        bucket = Bucket(bucket_name, prefix,
-                        endpoint_url=resolve_endpoint(args.profile, args.endpoint_url),
-                        region=resolve_region(args.profile, args.region))
-        return run_mount(MountRequest(args.mountpoint, bucket, config, args.profile,
+    if args.bucket is not None:
+        return run_mount(MountRequest(args.mountpoint, args.bucket, config, args.profile,
                                       args.allow_other, metrics_addr, policy), on_ready)
 
     from pathlib import Path
@@ -401,13 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a bad --config file
         print(f"chute: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
-                   getattr(args, "log_file", None))
     try:
+        _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
+                       getattr(args, "log_file", None))
+    except OSError as exc:
+        print(f"chute: cannot open the log file {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        options.check_command(args)
         if args.command == "mount":
             return _mount(args)
         if args.command == "status":
-            return _status(args)
+            from chute.fs.watch import status
+
+            return status(args.mountpoint, watch=args.watch, interval=args.interval,
+                          as_json=args.json)
         if args.command == "unmount":
             from chute.fs.unmount import unmount
 

@@ -71,6 +71,9 @@ def load(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a TOML file: it is not UTF-8 text"
+                          ) from None
     known = options(parser)
     values: dict[str, Any] = {}
     for key, value in data.items():

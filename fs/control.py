@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +31,20 @@ from typing import Any
 
 import trio
 
+from chute.uploader.errors import ConfigError
 from chute.uploader.file_upload import FileUploadStatistics, UploadState
 from chute.uploader.retry import RetryReason
 from chute.uploader.ring import RingStatistics
 from chute.uploader.statistics import UploadTotals
 from chute.uploader.uploader import UploaderStatistics
 
+from .listeners import serve_capped
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 256
+MAX_CONNECTIONS = 4
+"""Status requests served at once (each has 5 s in all): see chute.fs.listeners."""
 
 
 @dataclass(frozen=True)
@@ -100,19 +107,82 @@ def to_json(value: Any) -> Any:
 
 
 def control_dir() -> Path:
+    """The user's private directory for status sockets and mount locks, made safe to use.
+
+    Another local user may have planted ``/tmp/chute-UID`` (or a link there) first: the
+    directory is created with mkdir, never followed through a symlink, and refused (a
+    :class:`ConfigError`, one sentence) if it is a symlink, not a directory, or owned by
+    someone else. Its mode is tightened to 0700 through a descriptor opened with
+    O_NOFOLLOW, so no chmod ever reaches a link's target."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "chute" if runtime else Path(f"/tmp/chute-{os.getuid()}")
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if base.stat().st_uid != os.getuid():
-        raise PermissionError(f"{base} belongs to another user")
-    base.chmod(0o700)
+    try:
+        base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(base, 0o700)
+        info = os.lstat(base)
+        if stat.S_ISLNK(info.st_mode):
+            raise ConfigError(f"the control directory {base} is a symbolic link; remove it "
+                              "(another user may have planted it)")
+        if not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"the control directory {base} is not a directory; remove it")
+        if info.st_uid != os.getuid():
+            raise ConfigError(f"the control directory {base} belongs to another user "
+                              f"(uid {info.st_uid}); remove it or set XDG_RUNTIME_DIR")
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_ino != info.st_ino:
+                raise ConfigError(f"the control directory {base} changed while it was "
+                                  "checked; try again")
+            if stat.S_IMODE(info.st_mode) != 0o700:
+                os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(f"cannot prepare the control directory {base}: "
+                          f"{exc.strerror or exc}") from None
     return base
+
+
+def _name(mountpoint: str) -> str:
+    return hashlib.sha256(mountpoint.encode()).hexdigest()[:16]
 
 
 def socket_path(mountpoint: str) -> Path:
     """Where the mount at ``mountpoint`` listens (pass the real path, resolved before mounting)."""
-    digest = hashlib.sha256(mountpoint.encode()).hexdigest()[:16]
-    return control_dir() / f"{digest}.sock"
+    return control_dir() / f"{_name(mountpoint)}.sock"
+
+
+def lock_mountpoint(mountpoint: str) -> int:
+    """Hold the mount lock of ``mountpoint`` (its real path) for the life of this process.
+
+    Two ``chute mount`` of one directory started together would otherwise both pass the
+    "not already a mount" check, both mount, and the second would take over the first's
+    status socket. The lock is an flock on a file in the control directory, taken before
+    anything starts; it goes away with the process (and its ``--daemon`` child, which
+    inherits the descriptor), so a crashed mount never leaves a stale lock. Returns the
+    descriptor (keep it open); a :class:`ConfigError` if another process holds it."""
+    path = control_dir() / f"{_name(mountpoint)}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the mount lock {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise ConfigError(f"another chute (pid {holder or '?'}) is already mounting or "
+                          f"serving {mountpoint}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def mark_lock_holder(fd: int) -> None:
+    """The process now holding the lock (the ``--daemon`` child) names itself in it."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 async def serve(mountpoint: str, status: Callable[[], MountStatus], *,
@@ -135,20 +205,20 @@ async def serve(mountpoint: str, status: Callable[[], MountStatus], *,
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                with trio.fail_after(5):
+                with trio.fail_after(5):  # the whole exchange: see chute.fs.listeners
                     request = await stream.receive_some(MAX_REQUEST)
-                if request.strip() != b"status":
-                    await stream.send_all(b'{"error": "unknown request"}\n')
-                    return
-                answer = dataclasses.replace(status(), mountpoint=mountpoint)
-                await stream.send_all(json.dumps(to_json(answer)).encode() + b"\n")
+                    if request.strip() != b"status":
+                        await stream.send_all(b'{"error": "unknown request"}\n')
+                        return
+                    answer = dataclasses.replace(status(), mountpoint=mountpoint)
+                    await stream.send_all(json.dumps(to_json(answer)).encode() + b"\n")
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
     try:
         async with listener:
             task_status.started()
-            await trio.serve_listeners(handle, [listener])
+            await serve_capped(handle, [listener], MAX_CONNECTIONS)
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

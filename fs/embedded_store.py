@@ -42,6 +42,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -74,6 +75,34 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME", "")
     base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
     return base / "chute" / "seaweedfs"
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse an existing data directory that is not the user's own and private.
+
+    chute makes the directory 0700 because it holds the store's keys and data; done blindly,
+    ``--data-dir /tmp`` (or any shared directory) would silently go from 1777 to 0700 and
+    lock its other users out. So a directory that exists must be owned by the user and not
+    writable by group or others (which is how chute creates it); only then is it tightened
+    to 0700. One that does not exist yet is created by chute, 0700."""
+    try:
+        info = os.stat(data_dir)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EmbeddedStoreError(f"cannot use the data directory {data_dir}: "
+                                 f"{exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise EmbeddedStoreError(f"the data directory {data_dir} is not a directory")
+    if info.st_uid != os.getuid():
+        raise EmbeddedStoreError(
+            f"the data directory {data_dir} belongs to another user (uid {info.st_uid}): give "
+            "--data-dir a directory of your own, or one that does not exist yet")
+    if info.st_mode & 0o022:
+        raise EmbeddedStoreError(
+            f"the data directory {data_dir} is writable by others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): chute keeps its keys there and would make it "
+            "0700; give --data-dir a private directory, or one that does not exist yet")
 
 
 def find_weed() -> Path:
@@ -131,7 +160,9 @@ class EmbeddedStore:
         self._secrets: store_security.StoreSecrets | None = None
 
         try:
+            check_data_dir(self.data_dir)
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_data_dir(self.data_dir)  # it may have appeared meanwhile
             os.chmod(self.data_dir, 0o700)  # also when it existed: it holds the keys and data
             self.access_key, self.secret_key = store_credentials.load_or_create(
                 self.identities_file, self.credentials_file)

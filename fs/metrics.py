@@ -38,6 +38,8 @@ from prometheus_client.registry import Collector
 from chute.uploader.errors import ConfigError, StoreError
 from chute.uploader.retry import RetryReason
 
+from .listeners import serve_capped
+
 if TYPE_CHECKING:
     from chute.uploader.uploader import Uploader
 
@@ -47,6 +49,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    120.0, 300.0)
 """Seconds; up to minutes because an UploadPart of a large slice on a slow link takes that."""
 MAX_REQUEST_HEAD = 8192
+MAX_CONNECTIONS = 8
+"""Scrapes served at once; more wait in the kernel's backlog, not in the mount's descriptors."""
+REQUEST_SECONDS = 5.0
+"""A scrape's whole time, reading the request and sending the answer."""
 
 
 def reason_label(reason: RetryReason, error: BaseException | None = None) -> str:
@@ -198,14 +204,17 @@ def _response(status: str, content_type: str, body: bytes, *, send_body: bool) -
 
 async def serve(
     metrics: MountMetrics, listeners: list[trio.SocketListener], *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer ``GET /metrics`` (one request per connection) until cancelled."""
+    """Answer ``GET /metrics`` (one request per connection) until cancelled: at most
+    :data:`MAX_CONNECTIONS` at once, each given :data:`REQUEST_SECONDS` in all (read and
+    answer), so a flood of connections from any local user costs the mount a few
+    descriptors, never the ones its FUSE work needs (see chute.fs.listeners)."""
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                with trio.fail_after(5):
+                with trio.fail_after(REQUEST_SECONDS):
                     head = await _read_head(stream)
                     if head is None:
                         return
@@ -228,4 +237,4 @@ async def serve(
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
+    await serve_capped(handle, listeners, MAX_CONNECTIONS, task_status=task_status)

@@ -1,4 +1,10 @@
-"""``chute status MOUNTPOINT --watch``: the status, redrawn live in the terminal with rich.
+"""``chute status MOUNTPOINT``: one snapshot as text or JSON, or (``--watch``) the status
+redrawn live in the terminal with rich.
+
+Names come from whoever wrote into the mount, so they are shown through :func:`printable`:
+a control character (an ANSI escape, a newline, a bidi override) is shown escaped
+(``\x1b``), never sent to the terminal, where it could move the cursor, rewrite lines or
+recolour the screen. ``--json`` is safe as it is: JSON escapes control characters.
 
 Each file gets a bar of bytes *acknowledged by the store* over bytes *received from the
 writer*: how much of what was written has landed. There is no ETA and no bar towards the
@@ -15,7 +21,9 @@ rich's auto refresh would start a thread.
 from __future__ import annotations
 
 import json
+import sys
 import time
+import unicodedata
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -27,6 +35,23 @@ from rich.text import Text
 from chute.uploader.sizes import format_size
 
 from .control import MountStatus, query, query_status
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as an escape: C0 and C1
+    controls and DEL (``\x1b``, ``\n``), line and paragraph separators, bidi controls."""
+    out = []
+    for char in text:
+        if (char in _BIDI or unicodedata.category(char) in ("Cc", "Zl", "Zp")):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
 
 NO_ETA = ("no ETA: a file written into the mount is a stream whose size is known only at its "
           "last close; the bar is acknowledged / received")
@@ -69,7 +94,7 @@ def _files(status: MountStatus, width: int) -> RenderableType:
     files = sorted(status.files, key=lambda f: f.path)
     if not files:
         return Text("no file is being written", style="dim")
-    name_width = min(max(len(f.path) for f in files), max(12, width // 3))
+    name_width = min(max(len(printable(f.path)) for f in files), max(12, width // 3))
     blocks: list[RenderableType] = []
     for f in files:
         received, acked = f.bytes_received, f.bytes_acknowledged
@@ -79,7 +104,7 @@ def _files(status: MountStatus, width: int) -> RenderableType:
         line.add_column(width=4, justify="right", no_wrap=True)
         line.add_column(no_wrap=True)
         line.add_row(
-            Text(f.path, style="bold"),
+            Text(printable(f.path), style="bold"),
             ProgressBar(total=max(received, 1), completed=acked, width=24),
             f"{100 * acked // received if received else 0}%",
             Text(f.state.value, style="red" if f.error else "green"),
@@ -89,7 +114,7 @@ def _files(status: MountStatus, width: int) -> RenderableType:
             f"received {format_size(received)} · acknowledged {format_size(acked)} · "
             f"{f.parts_in_flight} parts in flight · {_rate(f.throughput_bps)} · "
             f"{_duration(f.seconds)} elapsed · {f.retries} retries"
-            + (f" · {f.error}" if f.error else "")
+            + (f" · {printable(f.error)}" if f.error else "")
         ), (0, 0, 0, 2)))
     return Group(*blocks)
 
@@ -105,9 +130,9 @@ def _totals(status: MountStatus) -> RenderableType:
 
 
 def render(status: MountStatus, width: int = 100) -> RenderableType:
-    where = status.mountpoint
+    where = printable(status.mountpoint)
     if status.remote:
-        where += f" → {status.remote}"
+        where += f" → {printable(status.remote)}"
     return Group(
         Text(f"chute {where}", style="bold"), _ring(status), Text(""),
         _files(status, width),
@@ -115,7 +140,39 @@ def render(status: MountStatus, width: int = 100) -> RenderableType:
     )
 
 
-def watch(mountpoint: str, interval: float, *, as_json: bool = False) -> int:
+def print_once(snapshot: dict, *, as_json: bool) -> None:
+    """One snapshot, as JSON or as plain lines (names through :func:`printable`)."""
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+        return
+    status = MountStatus.from_json(snapshot)
+    ring = status.ring
+    print(f"{printable(status.mountpoint)}: ring {ring.slots} x {format_size(ring.slice_size)}"
+          f"  free {ring.free}  filling {ring.filling}  sealed {ring.sealed}  "
+          f"uploading {ring.uploading}  writers waiting {ring.writers_waiting}  "
+          f"blocked {ring.blocked_seconds:.1f} s")
+    for f in status.files:
+        print(f"  {printable(f.path)}: received {format_size(f.bytes_received)}, acknowledged "
+              f"{format_size(f.bytes_acknowledged)}, {f.parts_in_flight} parts in flight, "
+              f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}")
+    if not status.files:
+        print("  no file is being written")
+
+
+def status(mountpoint: str, *, watch: bool, interval: float, as_json: bool) -> int:
+    """``chute status``: a snapshot, or ``--watch``; a mount that does not answer is one
+    sentence on stderr and exit status 1."""
+    try:
+        if watch:
+            return watch_live(mountpoint, interval, as_json=as_json)
+        print_once(query(mountpoint), as_json=as_json)
+    except (LookupError, OSError) as exc:
+        print(f"chute: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def watch_live(mountpoint: str, interval: float, *, as_json: bool = False) -> int:
     """Redraw until Ctrl-C or until the mount goes away; JSON lines with ``as_json``."""
     if as_json:
         snapshot = query(mountpoint)  # LookupError/OSError: the caller reports it
@@ -138,7 +195,7 @@ def watch(mountpoint: str, interval: float, *, as_json: bool = False) -> int:
                 try:
                     status = query_status(mountpoint)
                 except (LookupError, OSError):
-                    live.update(Text(f"chute: the mount at {mountpoint} has stopped"),
+                    live.update(Text(f"chute: the mount at {printable(mountpoint)} has stopped"),
                                 refresh=True)
                     return 0
                 live.update(render(status, console.width), refresh=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chute.fs.cli import mount_policy, parse_args, parse_remote
+from chute.fs.cli import mount_policy, parse_args
+from chute.fs.options import parse_remote
 from chute.fs.policy import MountPolicy
 from chute.uploader.errors import ConfigError
 from tests.support.mounts import is_mounted, requires_fuse

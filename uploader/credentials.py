@@ -24,9 +24,13 @@ from .errors import ConfigError
 
 def _session(profile: str | None) -> botocore.session.Session:
     try:
-        return botocore.session.Session(profile=profile)
-    except botocore.exceptions.ProfileNotFound as exc:
-        raise ConfigError(f"AWS profile not found: {exc}") from exc
+        session = botocore.session.Session(profile=profile)
+        session.get_scoped_config()  # an unknown profile raises here, not in Session()
+        return session
+    except botocore.exceptions.ProfileNotFound:
+        name = profile or os.environ.get("AWS_PROFILE")
+        raise ConfigError(f"AWS profile {name!r} is not in ~/.aws/config or "
+                          "~/.aws/credentials") from None
 
 
 def resolve_region(profile: str | None, explicit: str | None) -> str:
