@@ -8,6 +8,8 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync xxhash unzip tmux curl openssl)
+# --test: the backup tools the end-to-end tests drive through a mount (tests/test_e2e_backup_tools.py)
+[ "${1:-}" = "--test" ] && packages+=(restic borgbackup duplicity rdiff-backup rsnapshot qemu-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
