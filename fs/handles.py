@@ -101,7 +101,7 @@ class HandleTable:
             raise Refused(errno.EISDIR)
         path = self.ns.path(node)
         if flags & os.O_ACCMODE == os.O_RDONLY:
-            raise Refused(errno.EACCES, "%s: an open for reading cannot truncate", path)
+            raise Refused(errno.EACCES, "%r: an open for reading cannot truncate", path)
         self.check_write_flags(flags, path)
         upload = node.upload
         if upload is not None and upload.state is UploadState.OPEN and not flags & os.O_TRUNC:
@@ -110,19 +110,19 @@ class HandleTable:
             self.objects.refuse_if_no_overwrite(node)
         size = upload.size if upload is not None else node.size
         if not flags & os.O_TRUNC and size > 0:
-            raise Refused(errno.EOPNOTSUPP, "%s exists (%d bytes): chute replaces whole "
+            raise Refused(errno.EOPNOTSUPP, "%r exists (%d bytes): chute replaces whole "
                           "objects only, open it with O_TRUNC", path, size)
         return self._start_upload(node, pid)
 
     @staticmethod
     def check_write_flags(flags: int, name: str) -> None:
         if flags & os.O_APPEND:
-            raise Refused(errno.EOPNOTSUPP, "%s: O_APPEND is not supported: objects cannot "
+            raise Refused(errno.EOPNOTSUPP, "%r: O_APPEND is not supported: objects cannot "
                           "be appended to", name)
 
     def _start_upload(self, node: Node, pid: int) -> int:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
-            raise Refused(errno.EBUSY, "%s is already open for writing; chute takes one "
+            raise Refused(errno.EBUSY, "%r is already open for writing; chute takes one "
                           "writer per file", self.ns.path(node))
         node.mtime_ns = time.time_ns()
         node.mtime_explicit = False
@@ -164,7 +164,7 @@ class HandleTable:
         if upload is not None and upload.state is UploadState.OPEN and size > current:
             await upload.write(size, b"")  # a forward gap is zero-filled in the stream
             return
-        raise Refused(errno.EOPNOTSUPP, "cannot change the size of %s from %d to %d: chute "
+        raise Refused(errno.EOPNOTSUPP, "cannot change the size of %r from %d to %d: chute "
                       "streams files and can only extend one being written",
                       self.ns.path(node), current, size)
 

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
+
+from chute.uploader.logsafe import quoted
 
 from . import metadata
 from .namespace import Namespace, Node
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from chute.uploader.s3 import Listing, ObjectInfo, S3Client
 
 T = TypeVar("T")
+log = logging.getLogger("chute.fs.lookups")
 
 LOOKUP_TTL = 1.0
 """Seconds a name learned from the bucket is trusted before asking the store again; also
@@ -69,19 +73,28 @@ class Lookups:
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         """The node the kernel's LOOKUP of ``name`` should get (not yet counted), or None.
-        A known node is answered from memory while it is being written, created by this
-        mount, or confirmed by the store within LOOKUP_TTL; else the store is asked."""
+        A known node is answered from memory while it is being written, or made by this
+        mount or confirmed by the store within LOOKUP_TTL; else the store is asked (a small
+        directory is listed again, which confirms all its names with one request). A name
+        this mount wrote is no exception: deleted by another client, it is gone after
+        LOOKUP_TTL."""
         node = self.ns.child(parent, name)
         if node is None:
             node, _ = await self.find(parent, name)
-        else:
-            fresh = trio.current_time() - node.checked_at < LOOKUP_TTL
-            if node.upload is not None or (not node.needs_head and (node.local or fresh)):
+        elif not self._known(node):
+            if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
+                await self._relist(parent)  # confirms every name it still holds at once
+            if self.ns.child(parent, name) is node and self._known(node):
                 return node
-            node = await self.in_store(parent, name)
+            node = await self.in_store(parent, name, directory_first=node.is_dir)
         if node is None:
             self.ns.remove(parent, name)
         return node
+
+    def _known(self, node: Node) -> bool:
+        """Answered from memory: being written, or vouched for with attributes known."""
+        return node.upload is not None or (
+            not node.needs_head and self.ns.vouched_for(node, trio.current_time()))
 
     async def find(self, parent: Node, name: str) -> tuple[Node | None, float]:
         """The child ``name`` as the store has it, and the time (trio clock) the answer
@@ -112,19 +125,39 @@ class Lookups:
             raise Refused(errno.ENOENT)
         return node
 
-    async def in_store(self, parent: Node, name: str) -> Node | None:
-        """Ask the store about one name: a HEAD for a file, a LIST for a directory."""
+    async def in_store(self, parent: Node, name: str, *, directory_first: bool = False
+                       ) -> Node | None:
+        """Ask the store about one name: a HEAD for a file, a LIST for a directory.
+
+        A name that is both (see namespace.py) is the directory. A HEAD that finds a file
+        settles it without a LIST only while the directory's fresh listing shows no
+        directory of that name; ``directory_first`` (a name known as a directory) asks the
+        LIST first, so a directory stays one."""
         key = self.ns.child_key(parent, name)
+        if directory_first and await self._is_dir(key):
+            return self.ns.record(parent, name, True, checked_at=trio.current_time())
         info = await bounded(self.client.head_object(key))
-        now = trio.current_time()
         if info is not None:
+            now = trio.current_time()
+            listed_as_dir = (self.ns.listing_fresh(parent, now)
+                             and self.ns.from_listing(parent, name) is True)
+            if not directory_first and (listed_as_dir or not self.ns.listing_fresh(
+                    parent, now)) and await self._is_dir(key):
+                log.warning("%s is both a file and a directory in the bucket: the directory "
+                            "is shown, the file (key %s) is hidden behind it", quoted(
+                                self.ns.child_path(parent, name)), quoted(key))
+                return self.ns.record(parent, name, True, checked_at=trio.current_time())
             node = self.ns.record(parent, name, False)
-            metadata.apply_head(node, info, now)
+            metadata.apply_head(node, info, trio.current_time())
             return node
-        page = await self.first_page(key + "/", max_keys=1)
-        if page is not None and (page.objects or page.prefixes):
-            return self.ns.record(parent, name, True, checked_at=now)
+        if not directory_first and await self._is_dir(key):
+            return self.ns.record(parent, name, True, checked_at=trio.current_time())
         return None
+
+    async def _is_dir(self, key: str) -> bool:
+        """Whether anything is under ``key/`` (one LIST of one key)."""
+        page = await self.first_page(key + "/", max_keys=1)
+        return page is not None and bool(page.objects or page.prefixes)
 
     async def refresh(self, node: Node) -> None:
         """HEAD a file known only from a listing; ENOENT if it has gone meanwhile."""
@@ -161,22 +194,51 @@ class Lookups:
         pages, complete = await self._list_pages(prefix, max_pages)
         entries: dict[str, Node] = {}
         now = trio.current_time()
+        skipped: list[str] = []
+        hidden: list[str] = []
         for page in pages:
             for prefix_key in page.prefixes:
-                name = prefix_key[len(prefix):].rstrip("/")
-                if name and not self.ns.is_reserved(node, name):
-                    entries[name] = self.ns.record(node, name, True, checked_at=now)
+                name = prefix_key[len(prefix):].removesuffix("/")
+                if self.ns.is_reserved(node, name):
+                    continue
+                if self.ns.name_problem(name) is not None:
+                    skipped.append(prefix_key)
+                    continue
+                entries[name] = self.ns.record(node, name, True, checked_at=now)
             for obj in page.objects:
                 name = obj.key[len(prefix):]
-                if name and "/" not in name:
+                if not name:
+                    continue  # the directory's own marker
+                if self.ns.name_problem(name) is not None:
+                    skipped.append(obj.key)
+                elif name in entries and entries[name].is_dir:
+                    hidden.append(obj.key)  # both a file and a directory: see namespace.py
+                else:
                     entries[name] = self._listed_file(node, name, obj, now)
         node.fits_one_page = complete and len(pages) <= 1
         for name, child in self.ns.children(node):
-            if child.local or child.upload is not None:
+            if self.ns.vouched_for(child, now):
                 entries.setdefault(name, child)
+        self._report(prefix, skipped, hidden)
         if complete:
             self.ns.listed(node, entries, started, now)
         return entries
+
+    @staticmethod
+    def _report(prefix: str, skipped: list[str], hidden: list[str]) -> None:
+        """One log line per listing for the keys it did not show (names quoted)."""
+        if skipped:
+            log.warning("listing %s: %d key(s) not shown, their names cannot be file names "
+                        "here (control characters, a backslash this store rewrites, '.', "
+                        "'..', empty, too long): %s", quoted(prefix), len(skipped),
+                        ", ".join(quoted(k) for k in skipped[:5])
+                        + (", ..." if len(skipped) > 5 else ""))
+        if hidden:
+            log.warning("listing %s: %d file(s) hidden behind a directory of the same name "
+                        "(the directory is shown; rmdir of it reports ENOTEMPTY while the "
+                        "file is there): %s", quoted(prefix), len(hidden),
+                        ", ".join(quoted(k) for k in hidden[:5])
+                        + (", ..." if len(hidden) > 5 else ""))
 
     def _listed_file(self, parent: Node, name: str, obj: ObjectInfo, now: float) -> Node:
         """A file seen in a listing: keep what we know if it is the same object (ETag),

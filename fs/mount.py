@@ -33,7 +33,7 @@ from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
-from . import control, daemon, metrics, mountinfo
+from . import control, daemon, metrics, mountinfo, store_probe
 from .operations import ChuteOperations
 from .policy import MountPolicy
 from .reads import ReadSetup
@@ -205,6 +205,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
     except Exception as exc:
         log.warning("could not look for uploads left by earlier mounts: %s", exc)
     operations = ChuteOperations(uploader, client, request.mountpoint, request.policy, reads)
+    operations.ns.keeps_backslash = await store_probe.keeps_backslash(client)
     options = set(pyfuse3.default_options)
     options |= {f"fsname=chute:{request.bucket.bucket}/{request.bucket.prefix}".rstrip("/"),
                 "subtype=chute"}

@@ -32,14 +32,34 @@ Invariants:
   first whenever another is taken, so memory follows what the kernel references plus the
   latest listings (one entry per listed name), not the number of files ever seen.
 - **Names.** A name is UTF-8 (S3 keys are), at most NAME_MAX bytes, and its key at most
-  MAX_KEY_BYTES (a directory's marker counts its slash). The mount root's upload-marker
-  directory (see uploader/leftovers.py) is chute's and is refused.
+  MAX_KEY_BYTES (a directory's marker counts its slash: one rule, :meth:`Namespace.check_key_fits`,
+  for create, mkdir and both kinds of rename). The mount root's upload-marker directory (see
+  uploader/leftovers.py) is chute's and is refused.
+- **One rule for what can be a name here** (:meth:`Namespace.name_problem`), applied both
+  ways: a key whose last component breaks it is not shown by a listing (lookups.py skips it
+  with one log line per listing, never a phantom entry that then gives ENOENT), and a new name
+  that breaks it is refused (create, mkdir, rename target: EINVAL and a log line; a lookup,
+  unlink or rmdir of such a name is an ordinary ENOENT: it cannot be listed either). Broken:
+  empty, ``.``/``..``, a ``/``, a control character (0x00-0x1f, 0x7f), over NAME_MAX bytes,
+  and a backslash on a store that does not keep it byte-for-byte (SeaweedFS turns ``\\`` into
+  ``/``, so ``a\\b`` would land at ``a/b``, even in a directory the writer may not write).
+  Whether the store keeps ``\\`` is probed once at mount (fs/store_probe.py) and entered as
+  :attr:`Namespace.keeps_backslash`; until then, and if the probe could not run, it is
+  refused (the safe answer).
+- **A name that is both a file and a directory** (keys ``coll`` and ``coll/inner`` made by
+  another client) shows as the directory: everything below it stays reachable and can be
+  removed through the mount, and the hidden file is named in a log line (lookups.py). An
+  rmdir of that directory that finds the file behind it removes the (empty) directory and
+  answers ENOTEMPTY, so ``rm -rf coll`` exits non-zero while the name still holds something;
+  the file shows from then on, and a second ``rm -rf`` removes it (objects.py). Nothing is
+  hidden for good, and ``rm -rf`` never reports success for a name that is still there.
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -47,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chute.uploader import leftovers
+from chute.uploader.logsafe import quoted
 
 from .refused import Refused
 
@@ -57,6 +78,7 @@ MAX_KEY_BYTES = 1024
 NAME_MAX = 255
 """The longest name (one path component) in bytes, as statfs reports it; the kernel lets
 FUSE names of up to 1024 bytes through, and S3 would take them, but tools expect 255."""
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(eq=False, slots=True)
@@ -75,7 +97,9 @@ class Node:
     checked_at: float = 0.0
     """When the store last confirmed this node (trio clock); 0 = created by this mount."""
     local: bool = False
-    """Created by this mount and known to exist without asking the store."""
+    """Created by this mount. It exists without asking the store only while it is being
+    written or for the TTL after it was made (:meth:`Namespace.vouched_for`), like any
+    name: a delete made by another client is seen after that."""
     upload: Any = None
     """The FileUpload writing this file, while one is (chute.uploader's; kept untyped here
     so the namespace does not depend on the uploader's modules)."""
@@ -121,6 +145,9 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._snapshots: OrderedDict[int, None] = OrderedDict()
         """Directories holding a snapshot, oldest listing first."""
+        self.keeps_backslash = False
+        """Whether the store keeps a ``\\`` in a key byte-for-byte (the mount's probe sets
+        it, fs/store_probe.py; False until then: the safe answer)."""
 
     # -- reading --------------------------------------------------------------------
 
@@ -169,10 +196,13 @@ class Namespace:
 
     # -- names ----------------------------------------------------------------------
 
-    def check_name(self, parent: Node, raw: bytes, *, directory: bool = False) -> str:
-        """The name as a str, or a clear refusal: not UTF-8 (EINVAL), reserved (EPERM), or
-        too long (ENAMETOOLONG: a name over NAME_MAX, or a key over MAX_KEY_BYTES, counting
-        a directory marker's slash)."""
+    def check_name(self, parent: Node, raw: bytes, *, directory: bool = False,
+                   new: bool = False) -> str:
+        """The name as a str, or a clear refusal: not UTF-8 (EINVAL), reserved (EPERM), too
+        long (ENAMETOOLONG: a name over NAME_MAX, or a key over MAX_KEY_BYTES, counting a
+        directory marker's slash), or not a name here (see :meth:`name_problem`): EINVAL,
+        logged, for a ``new`` name (create, mkdir, rename target), else ENOENT (it cannot
+        exist as far as this mount is concerned: listings skip it)."""
         if len(raw) > NAME_MAX:
             raise Refused(errno.ENAMETOOLONG, "name %r... is %d bytes, more than the %d a "
                           "name may have", raw[:40], len(raw), NAME_MAX)
@@ -182,12 +212,40 @@ class Namespace:
             raise Refused(errno.EINVAL, "name %r is not UTF-8, which S3 keys must be",
                           raw) from None
         if self.is_reserved(parent, name):
-            raise Refused(errno.EPERM, "%s is chute's own marker directory (see "
+            raise Refused(errno.EPERM, "%r is chute's own marker directory (see "
                           "uploader/leftovers.py) and cannot be used through the mount", name)
+        problem = self.name_problem(name)
+        if problem is not None:
+            if not new:
+                raise Refused(errno.ENOENT)
+            raise Refused(errno.EINVAL, "name %s refused in %s: %s", quoted(name),
+                          quoted(self.path(parent) or "/"), problem)
+        self.check_key_fits(parent, name, directory=directory)
+        return name
+
+    def name_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot be a file name of this mount, or None (the one rule, see the
+        module): for the names a listing shows and the names created alike."""
+        if name in ("", ".", ".."):
+            return "not a file name"
+        if "/" in name:
+            return "it holds a '/', which separates directories"
+        if _CONTROL.search(name):
+            return "it holds a control character"
+        if len(name.encode()) > NAME_MAX:
+            return f"it is longer than {NAME_MAX} bytes"
+        if "\\" in name and not self.keeps_backslash:
+            return ("it holds a backslash, and this store does not keep one in a key "
+                    "(it would store the object under another key)")
+        return None
+
+    def check_key_fits(self, parent: Node, name: str, *, directory: bool) -> None:
+        """ENAMETOOLONG if ``name``'s key under ``parent`` (a directory's marker with its
+        trailing slash) is over MAX_KEY_BYTES: the one key-length rule, checked before any
+        request."""
         if len(self.child_key(parent, name).encode()) + directory > MAX_KEY_BYTES:
             raise Refused(errno.ENAMETOOLONG, "key for %r would exceed S3's %d bytes",
                           name, MAX_KEY_BYTES)
-        return name
 
     @staticmethod
     def is_reserved(parent: Node, name: str) -> bool:
@@ -330,6 +388,11 @@ class Namespace:
         directory.listing = {}
         directory.listed_at = free_since
         self._keep_snapshot(directory, now)
+
+    def vouched_for(self, node: Node, now: float) -> bool:
+        """Whether ``node`` exists without asking the store: it is being written, or the
+        store confirmed it (or this mount made it) less than the TTL ago."""
+        return node.upload is not None or node is self.root or now - node.checked_at < self.ttl
 
     def listing_fresh(self, directory: Node, now: float) -> bool:
         return directory.listing is not None and now - directory.listed_at < self.ttl

@@ -30,6 +30,7 @@ import trio
 
 from chute.uploader.copy import MAX_COPY_BYTES, copy_in_parts
 from chute.uploader.errors import StoreError, errno_for
+from chute.uploader.logsafe import quoted
 
 from . import metadata
 from .lookups import Lookups
@@ -70,22 +71,22 @@ class ObjectOps:
         (O_TRUNC or not: either would replace it). A name that appears in the bucket while
         its file is written is caught by the upload itself (If-None-Match), at close."""
         if self.policy.no_overwrite:
-            raise Refused(errno.EEXIST, "%s exists and the mount has --no-overwrite: it is "
+            raise Refused(errno.EEXIST, "%r exists and the mount has --no-overwrite: it is "
                           "not opened for writing", self.ns.path(node))
 
     def refuse_if_no_delete(self, node: Node, what: str) -> None:
         """--no-delete: every unlink, rmdir and rename would delete a key (a rename is a
         copy, then a delete of the source), so each is EPERM."""
         if self.policy.no_delete:
-            raise Refused(errno.EPERM, "%s of %s refused: the mount has --no-delete, and it "
-                          "would delete %s from the bucket", what, self.ns.path(node),
+            raise Refused(errno.EPERM, "%s of %r refused: the mount has --no-delete, and it "
+                          "would delete %r from the bucket", what, self.ns.path(node),
                           self.ns.key(node))
 
     def refuse_if_writing(self, node: Node, what: str) -> None:
         """EBUSY for a file still being written: its object does not exist until the last
         close, and its upload would land under the old name afterwards."""
         if node.upload is not None:
-            raise Refused(errno.EBUSY, "cannot %s %s: it is still open for writing and its "
+            raise Refused(errno.EBUSY, "cannot %s %r: it is still open for writing and its "
                           "object exists only once the last close completes it", what,
                           self.ns.path(node))
 
@@ -113,7 +114,7 @@ class ObjectOps:
         except Refused:
             raise
         except Exception as exc:
-            raise Refused(errno_for(exc), "%s: the object is complete, but storing the mode "
+            raise Refused(errno_for(exc), "%r: the object is complete, but storing the mode "
                           "and mtime set while it was written failed: %s", self.ns.path(node),
                           exc) from exc
 
@@ -152,7 +153,7 @@ class ObjectOps:
             if exc.status != 412 and exc.code != "PreconditionFailed":
                 raise
             node.needs_head = True
-            raise Refused(errno.ESTALE, "%s changed in the bucket since chute last looked at "
+            raise Refused(errno.ESTALE, "%r changed in the bucket since chute last looked at "
                           "it (ETag was %s); nothing was copied, stat it and retry",
                           self.ns.path(node), etag) from exc
         node.metadata = dict(wanted)
@@ -166,7 +167,8 @@ class ObjectOps:
         if existing is not None:
             raise Refused(errno.EEXIST)
         node = self.ns.attach(self.ns.record(parent, name, True, local=True,
-                                             mode=stat.S_IMODE(mode), mtime_ns=time.time_ns()))
+                                             mode=stat.S_IMODE(mode), mtime_ns=time.time_ns(),
+                                             checked_at=trio.current_time()))
         # Nothing was under its prefix then: the new directory starts out fully known.
         self.ns.created_empty(node, free_since, trio.current_time())
         try:
@@ -175,6 +177,7 @@ class ObjectOps:
         except BaseException:
             self.ns.remove(parent, name)  # no marker, no directory
             raise
+        node.checked_at = trio.current_time()
         return node
 
     async def rmdir(self, parent: Node, name: str) -> None:
@@ -186,6 +189,15 @@ class ObjectOps:
             raise Refused(errno.ENOTEMPTY)
         await self.client.delete_object(self.ns.key(node))
         self.ns.remove(parent, name)
+        file_key = self.ns.child_key(parent, name)
+        if await self.client.head_object(file_key) is not None:
+            # A file of the same name was hidden behind the directory (namespace.py): the
+            # name is not free, so rmdir must not report success (rm -rf would exit 0).
+            self.ns.unsure_of(parent)
+            raise Refused(errno.ENOTEMPTY, "rmdir %s: the directory is removed, but the "
+                          "bucket also holds a file of that name (key %s), which it hid; "
+                          "the file shows from now on", quoted(self.ns.child_path(
+                              parent, name)), quoted(file_key))
 
     # -- files ----------------------------------------------------------------------
 
@@ -201,6 +213,7 @@ class ObjectOps:
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      *, noreplace: bool) -> None:
         node = await self.lookups.child(old_parent, old_name)
+        self.ns.check_key_fits(new_parent, new_name, directory=node.is_dir)
         target = self.ns.child(new_parent, new_name)
         if target is node:
             return
@@ -224,7 +237,7 @@ class ObjectOps:
         if target is None:
             target = await self.lookups.in_store(parent, name)
         if target is not None:
-            raise Refused(errno.EEXIST, "rename onto %s refused: it exists and the mount has "
+            raise Refused(errno.EEXIST, "rename onto %r refused: it exists and the mount has "
                           "--no-overwrite", self.ns.child_path(parent, name))
 
     async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
@@ -250,7 +263,7 @@ class ObjectOps:
                 await self.client.delete_object(source_key)
             except Exception as exc:
                 self.ns.unsure_of(old_parent)
-                raise Refused(errno_for(exc), "rename %s -> %s: copied, but deleting the old "
+                raise Refused(errno_for(exc), "rename %r -> %r: copied, but deleting the old "
                               "object failed (%s); both names now exist", old_path,
                               self.ns.path(node), exc) from exc
 
@@ -270,7 +283,7 @@ class ObjectOps:
             if not await self.lookups.dir_is_empty(target):
                 raise Refused(errno.ENOTEMPTY)
         if not await self.lookups.dir_is_empty(node):
-            raise Refused(errno.EOPNOTSUPP, "cannot rename directory %s: it is not empty, and "
+            raise Refused(errno.EOPNOTSUPP, "cannot rename directory %r: it is not empty, and "
                           "renaming it would copy every object below it one by one",
                           self.ns.path(node))
         old_key = self.ns.key(node)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 
 from chute.uploader.checksums import HASH_TAG, HASH_XATTR
+from chute.uploader.logsafe import quoted
 from chute.uploader.s3 import S3Client
 from chute.uploader.uploader import Uploader
 
@@ -69,7 +70,7 @@ class ChuteOperations(pyfuse3.Operations):
             path = self.ns.path(node) if node is not None else f"<inode {inode}>"
             if name is not None:
                 path = f"{path}/{name.decode('utf-8', 'replace')}".lstrip("/")
-            return f"{operation} {path or '/'}"
+            return f"{operation} {quoted(path or '/')}"
         return describe
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -106,7 +107,7 @@ class ChuteOperations(pyfuse3.Operations):
             node = self.ns.node(inode)
             if ((fields.update_uid and attr.st_uid != self._uid)
                     or (fields.update_gid and attr.st_gid != self._gid)) and ctx.uid != 0:
-                raise Refused(errno.EPERM, "chown of %s by uid %d refused",
+                raise Refused(errno.EPERM, "chown of %r by uid %d refused",
                               self.ns.path(node), ctx.uid)
             if fields.update_size:
                 await self.handles.resize(node, attr.st_size)
@@ -151,7 +152,7 @@ class ChuteOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         async with errors_as_errno(self._named("mkdir", parent_inode, name)):
             parent = self.ns.node(parent_inode)
-            child = self.ns.check_name(parent, name, directory=True)
+            child = self.ns.check_name(parent, name, directory=True, new=True)
             node = await self.objects.mkdir(parent, child, mode)
             return self._entry(self.ns.looked_up(node))
 
@@ -168,7 +169,7 @@ class ChuteOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         async with errors_as_errno(self._named("create", parent_inode, name)):
             parent = self.ns.node(parent_inode)
-            child = self.ns.check_name(parent, name)
+            child = self.ns.check_name(parent, name, new=True)
             fh, node = self.handles.create(parent, child, mode, flags, ctx.pid)
             self.reads.forget_cache(node)
             return _file_info(fh), self._entry(self.ns.looked_up(node))
@@ -188,7 +189,7 @@ class ChuteOperations(pyfuse3.Operations):
             if self.reads.owns(fh):
                 return await self.reads.read(fh, off, size)
             node = self.handles.get(fh).node
-            raise Refused(errno.EACCES, "%s is being written: it can be read once its last "
+            raise Refused(errno.EACCES, "%r is being written: it can be read once its last "
                           "close has returned", self.ns.path(node))
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -226,9 +227,9 @@ class ChuteOperations(pyfuse3.Operations):
             old_parent = self.ns.node(parent_inode_old)
             new_parent = self.ns.node(parent_inode_new)
             old_name = self.ns.check_name(old_parent, name_old)
-            new_name = self.ns.check_name(new_parent, name_new)
+            new_name = self.ns.check_name(new_parent, name_new, new=True)
             if flags & pyfuse3.RENAME_EXCHANGE:
-                raise Refused(errno.EINVAL, "rename %s <-> %s: RENAME_EXCHANGE cannot be done "
+                raise Refused(errno.EINVAL, "rename %r <-> %r: RENAME_EXCHANGE cannot be done "
                               "on an object store (two copies, not atomic)", old_name, new_name)
             await self.objects.rename(old_parent, old_name, new_parent, new_name,
                                       noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))

@@ -182,3 +182,33 @@ def test_attach_returns_the_node_already_holding_the_name() -> None:
     as_dir = Node(0, ROOT_INODE, "f", True)
     d = ns.attach(as_dir)
     assert d is as_dir and ns.child(ns.root, "f") is d and f.gone
+
+
+def test_one_rule_for_what_can_be_a_name() -> None:
+    """name_problem: the same rule for listed names and new ones (issue 13)."""
+    ns = namespace()
+    for bad in ("", ".", "..", "a/b", "ctl\x01", "nl\n", "del\x7f", "esc\x1b[31m", "x" * 256):
+        assert ns.name_problem(bad) is not None, bad
+    for good in ("a", "é" * 100, "sp ace", "a.b", "...", "x" * 255):
+        assert ns.name_problem(good) is None, good
+    assert ns.name_problem("a\\b") is not None  # until the probe says the store keeps it
+    ns.keeps_backslash = True
+    assert ns.name_problem("a\\b") is None
+
+
+def test_new_names_are_refused_others_are_absent() -> None:
+    """A name that breaks the rule is EINVAL when created (create, mkdir, rename target)
+    and an ordinary ENOENT otherwise (lookup, unlink, rmdir): listings skip it too."""
+    ns = namespace()
+    assert refused(ns.check_name, ns.root, b"a\x01", new=True) == errno.EINVAL
+    assert refused(ns.check_name, ns.root, b"a\x01") == errno.ENOENT
+    assert refused(ns.check_name, ns.root, b"a\\b", new=True) == errno.EINVAL
+    ns.keeps_backslash = True
+    assert ns.check_name(ns.root, b"a\\b", new=True) == "a\\b"
+
+
+def test_one_key_length_rule_counts_a_marker_slash() -> None:
+    ns = namespace("p" * (MAX_KEY_BYTES - 10))
+    ns.check_key_fits(ns.root, "x" * 10, directory=False)
+    assert refused(ns.check_key_fits, ns.root, "x" * 10, directory=True) == errno.ENAMETOOLONG
+    assert refused(ns.check_name, ns.root, b"x" * 10, directory=True) == errno.ENAMETOOLONG

@@ -40,9 +40,10 @@ class Mounted:
         return self.store.operations()[start:]
 
 
-async def _mounted(policy: MountPolicy | None = None) -> AsyncIterator[Mounted]:
-    store = MemoryS3()
-    client = memory_client(store)
+async def _mounted(policy: MountPolicy | None = None, *, store: MemoryS3 | None = None,
+                   prefix: str = "") -> AsyncIterator[Mounted]:
+    store = store or MemoryS3()
+    client = memory_client(store, prefix=prefix)
     uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
     async with trio.open_nursery() as nursery:
         await nursery.start(uploader.run)
@@ -182,7 +183,9 @@ async def test_policies() -> None:
 
 async def test_write_only_and_whole_objects(m: Mounted) -> None:
     node = await write_file(m.ops, ROOT_INODE, "f", b"x")
-    assert await errno_of(m.ops.open(node.inode, os.O_RDONLY, CTX)) == errno.EACCES
+    info = await m.ops.open(node.inode, os.O_RDONLY, CTX)  # reads off: read() is EACCES
+    assert await errno_of(m.ops.read(info.fh, 0, 1)) == errno.EACCES
+    await m.ops.release(info.fh)
     assert await errno_of(m.ops.open(node.inode, os.O_WRONLY, CTX)) == errno.EOPNOTSUPP
     assert await errno_of(m.ops.open(node.inode, WRITE | os.O_APPEND, CTX)) == errno.EOPNOTSUPP
     assert await errno_of(m.ops.lookup(ROOT_INODE, b"\xff", CTX)) == errno.EINVAL
@@ -371,3 +374,149 @@ async def test_no_overwrite_rename_asks_the_store_about_the_target() -> None:
         assert m.store.body("late") == b"appeared meanwhile" and m.store.body("f") == b"x"
         await m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"free", 0, CTX)
         assert m.store.keys() == ["free", "late"]
+
+
+# -- hostile names and neighbours (issue 13) ----------------------------------------------
+
+
+async def test_names_this_mount_wrote_expire_like_any_other(m: Mounted, mock_clock) -> None:
+    """A file this mount made and another client deleted is gone after LOOKUP_TTL: from
+    lookups (so rsync sends it again) and from listings (ls)."""
+    d = await m.ops.mkdir(ROOT_INODE, b"rs", 0o755, CTX)
+    for name in ("f1", "f2"):
+        await write_file(m.ops, d.st_ino, name, b"data")
+    await m.ops.lookup(d.st_ino, b"f2", CTX)  # the kernel still holds it
+    del m.store.objects["rs/f2"]  # another client deletes it
+    fh = await m.ops.opendir(d.st_ino, CTX)
+    assert [n for n, _ in m.ops.handles.dir_entries(fh)] == ["f1", "f2"]  # within the TTL
+    await m.ops.releasedir(fh)
+    mock_clock.jump(LOOKUP_TTL)
+    assert await errno_of(m.ops.lookup(d.st_ino, b"f2", CTX)) == errno.ENOENT
+    assert (await m.ops.lookup(d.st_ino, b"f1", CTX)).st_size == 4
+    fh = await m.ops.opendir(d.st_ino, CTX)
+    assert [n for n, _ in m.ops.handles.dir_entries(fh)] == ["f1"]
+    await m.ops.releasedir(fh)
+    # A directory this mount made and another client removed goes the same way.
+    await m.ops.mkdir(d.st_ino, b"sub", 0o755, CTX)
+    del m.store.objects["rs/sub/"]
+    mock_clock.jump(LOOKUP_TTL)
+    assert await errno_of(m.ops.lookup(d.st_ino, b"sub", CTX)) == errno.ENOENT
+
+
+async def test_keys_that_cannot_be_names_are_not_listed(m: Mounted, caplog) -> None:
+    """Keys made outside whose last component cannot be a file name here are skipped with
+    one quoted log line per listing: no phantom entry, no EIO for the directory."""
+    for key in ("d/ok", "d/ctl\x01x", "d/nl\nx", "d/esc\x1b[31mx", "d/sub//x", "d/./y"):
+        m.store.put(key, b"1")
+    d = await m.ops.lookup(ROOT_INODE, b"d", CTX)
+    with caplog.at_level("WARNING"):
+        fh = await m.ops.opendir(d.st_ino, CTX)
+    assert [n for n, _ in m.ops.handles.dir_entries(fh)] == ["ok", "sub"]
+    lines = [r.getMessage() for r in caplog.records if "not shown" in r.getMessage()]
+    assert len(lines) == 1 and "'d/ctl\\x01x'" in lines[0]
+    assert all("\n" not in line and "\x1b" not in line for line in lines)
+    for name in (b"ctl\x01x", b"nl\nx"):  # lookups agree with the listing: no such name
+        assert await errno_of(m.ops.lookup(d.st_ino, name, CTX)) == errno.ENOENT
+
+
+async def test_control_characters_are_refused_at_create(m: Mounted, caplog) -> None:
+    """create, mkdir and a rename target with a control character: EINVAL, one quoted log
+    line, no request. The log line cannot be forged by a newline or ANSI escape."""
+    await write_file(m.ops, ROOT_INODE, "f", b"x")
+    start = len(m.store.requests)
+    evil = b"evil\n2026-01-01 ERROR forged\x1b[31mred\x7f"
+    with caplog.at_level("WARNING"):
+        assert await errno_of(m.ops.create(ROOT_INODE, evil, 0o644, WRITE | os.O_CREAT,
+                                           CTX)) == errno.EINVAL
+        assert await errno_of(m.ops.mkdir(ROOT_INODE, b"d\x01", 0o755, CTX)) == errno.EINVAL
+        assert await errno_of(m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"g\x1f", 0,
+                                           CTX)) == errno.EINVAL
+    assert m.ops_since(start) == [] and m.store.keys() == ["f"]
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(messages) == 3 and all("control character" in line for line in messages)
+    assert all("\n" not in line and "\x1b" not in line and "\x7f" not in line
+               for line in messages)
+    assert "'evil\\n2026-01-01 ERROR forged\\x1b[31mred\\x7f'" in messages[0]
+
+
+async def test_backslashes_follow_what_the_store_keeps() -> None:
+    """On a store that rewrites a backslash (SeaweedFS), the mount's probe says so and names
+    with one are refused (EINVAL, nothing sent); on one that keeps it they are ordinary."""
+    from chute.fs import store_probe
+
+    rewriting = MemoryS3(rewrite_backslash=True)
+    client = memory_client(rewriting)
+    assert await store_probe.keeps_backslash(client) is False
+    assert rewriting.keys() == []  # the probe left nothing behind
+    await client.aclose()
+    async for m in _mounted(store=rewriting):
+        m.ops.ns.keeps_backslash = False
+        start = len(m.store.requests)
+        assert await errno_of(m.ops.create(ROOT_INODE, b"trail\\", 0o644,
+                                           WRITE | os.O_CREAT, CTX)) == errno.EINVAL
+        assert await errno_of(m.ops.mkdir(ROOT_INODE, b"a\\b", 0o755, CTX)) == errno.EINVAL
+        # A lookup of such a name is not asked either: the store would answer for a/b.
+        m.store.put("a/b", b"root only")
+        assert await errno_of(m.ops.lookup(ROOT_INODE, b"a\\b", CTX)) == errno.ENOENT
+        assert m.ops_since(start) == [] and m.store.keys() == ["a/b"]
+    keeping = MemoryS3()
+    client = memory_client(keeping)
+    assert await store_probe.keeps_backslash(client) is True
+    assert keeping.keys() == []
+    await client.aclose()
+    async for m in _mounted(store=keeping):
+        m.ops.ns.keeps_backslash = True
+        await write_file(m.ops, ROOT_INODE, "a\\b", b"kept")
+        assert m.store.keys() == ["a\\b"]
+
+
+async def test_a_probe_that_cannot_run_refuses_backslashes(autojump_clock) -> None:
+    from chute.fs import store_probe
+    from chute.uploader.retry import RetryPolicy
+
+    store = MemoryS3()
+    store.fail_next("PutObject", code="AccessDenied")
+    client = memory_client(store, policy=RetryPolicy(max_attempts=1, budget=1))
+    assert await store_probe.keeps_backslash(client) is False
+    await client.aclose()
+
+
+async def test_a_name_both_file_and_directory_shows_the_directory(m: Mounted,
+                                                                  mock_clock) -> None:
+    """Keys coll and coll/inner made outside: the directory is shown (the file named in a
+    log line); rm -rf coll removes coll/inner, then rmdir answers ENOTEMPTY (the file is
+    still there, so rm exits non-zero) and the file shows; a second rm -rf removes it."""
+    m.store.put("coll", b"file")
+    m.store.put("coll/inner", b"inner")
+    fh = await m.ops.opendir(ROOT_INODE, CTX)
+    [(name, node)] = m.ops.handles.dir_entries(fh)
+    assert name == "coll" and node.is_dir
+    await m.ops.releasedir(fh)
+    coll = await m.ops.lookup(ROOT_INODE, b"coll", CTX)
+    assert m.ops.ns.node(coll.st_ino).is_dir
+    mock_clock.jump(LOOKUP_TTL)  # asked again: still the directory
+    coll = await m.ops.lookup(ROOT_INODE, b"coll", CTX)
+    assert m.ops.ns.node(coll.st_ino).is_dir
+    await m.ops.unlink(coll.st_ino, b"inner", CTX)
+    assert await errno_of(m.ops.rmdir(ROOT_INODE, b"coll", CTX)) == errno.ENOTEMPTY
+    again = await m.ops.lookup(ROOT_INODE, b"coll", CTX)
+    assert not m.ops.ns.node(again.st_ino).is_dir and again.st_size == 4
+    await m.ops.unlink(ROOT_INODE, b"coll", CTX)
+    assert m.store.keys() == []
+
+
+async def test_a_directory_rename_checks_the_marker_key_length() -> None:
+    """The new marker key (with its slash) over 1024 bytes: ENAMETOOLONG before any
+    request, by the same rule as mkdir."""
+    async for m in _mounted(prefix="p/"):
+        parent = ROOT_INODE
+        for level in "abc":
+            parent = (await m.ops.mkdir(parent, level.encode() * 255, 0o755, CTX)).st_ino
+        await m.ops.mkdir(ROOT_INODE, b"e", 0o755, CTX)
+        name = b"n" * 254  # p/ + 3 x 256 + 254 = 1024 bytes: a file fits, a marker does not
+        assert await errno_of(m.ops.mkdir(parent, name, 0o755, CTX)) == errno.ENAMETOOLONG
+        start = len(m.store.requests)
+        assert await errno_of(m.ops.rename(ROOT_INODE, b"e", parent, name, 0, CTX)) == \
+            errno.ENAMETOOLONG
+        assert m.ops_since(start) == []
+        await write_file(m.ops, parent, name.decode(), b"fits")  # a file of that name fits

@@ -188,8 +188,10 @@ class MemoryS3:
     """One bucket in memory, served through :attr:`transport` (an ``httpx.MockTransport``)."""
 
     def __init__(self, bucket: str = "b", *, min_part_size: int = 5 * MiB,
-                 access_key: str | None = None) -> None:
+                 access_key: str | None = None, rewrite_backslash: bool = False) -> None:
         self.bucket = bucket
+        self.rewrite_backslash = rewrite_backslash
+        """Store every key with ``\\`` turned into ``/``, as SeaweedFS does."""
         self.endpoint_url = ENDPOINT
         self.min_part_size = min_part_size
         self.access_key = access_key
@@ -262,6 +264,8 @@ class MemoryS3:
         host = request.url.host
         if host.startswith(f"{self.bucket}."):  # virtual-hosted style
             bucket, key = self.bucket, path.lstrip("/")
+        if self.rewrite_backslash:
+            key = key.replace("\\", "/")
         logged = LoggedRequest(operation_of(request.method, key, query, headers),
                                request.method, key, query, headers, request.content)
         self.requests.append(logged)
