@@ -51,8 +51,10 @@ Invariants:
   removed through the mount, and the hidden file is named in a log line (lookups.py). An
   rmdir of that directory that finds the file behind it removes the (empty) directory and
   answers ENOTEMPTY, so ``rm -rf coll`` exits non-zero while the name still holds something;
-  the file shows from then on, and a second ``rm -rf`` removes it (objects.py). Nothing is
-  hidden for good, and ``rm -rf`` never reports success for a name that is still there.
+  the file shows once the kernel asks again (LOOKUP_TTL), and a second ``rm -rf`` removes it
+  (objects.py). Nothing is hidden for good, and ``rm -rf`` never reports success for a name
+  that is still there. (Showing both under distinct names was rejected: any second name
+  could collide with a real key.)
 """
 
 from __future__ import annotations

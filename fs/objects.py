@@ -196,7 +196,7 @@ class ObjectOps:
             self.ns.unsure_of(parent)
             raise Refused(errno.ENOTEMPTY, "rmdir %s: the directory is removed, but the "
                           "bucket also holds a file of that name (key %s), which it hid; "
-                          "the file shows from now on", quoted(self.ns.child_path(
+                          "the file shows once the kernel asks again", quoted(self.ns.child_path(
                               parent, name)), quoted(file_key))
 
     # -- files ----------------------------------------------------------------------
