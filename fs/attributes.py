@@ -4,6 +4,10 @@ A file being written shows its upload's current size; a file known only from a l
 (mode and mtime unknown until a HEAD) and one being written are not cached by the kernel
 (timeouts 0), so the next stat comes back and sees the stored values. Everything else is
 cached for LOOKUP_TTL. Owner is the mounting user (S3 has no owners).
+
+pyfuse3's attributes are C integers: a Python int beyond 64 bits raises OverflowError. What
+the store said is clamped where it is read (metadata.py, chute.uploader.untrusted); sizes and
+times are clamped here once more, so no value can make building attributes fail.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import stat
 
 import pyfuse3
+
+from chute.uploader.untrusted import clamp
 
 from .lookups import LOOKUP_TTL
 from .metadata import mode_of
@@ -32,12 +38,12 @@ def entry(node: Node, uid: int, gid: int) -> pyfuse3.EntryAttributes:
     else:
         attrs.st_mode = stat.S_IFREG | mode_of(node)
         attrs.st_nlink = 1
-        attrs.st_size = node.upload.size if node.upload is not None else node.size
+        attrs.st_size = clamp(node.upload.size if node.upload is not None else node.size, 0)
     attrs.st_uid = uid
     attrs.st_gid = gid
     attrs.st_blksize = BLKSIZE
     attrs.st_blocks = (attrs.st_size + 511) // 512
-    attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = node.mtime_ns
+    attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = clamp(node.mtime_ns)
     volatile = node.upload is not None or node.needs_head
     attrs.attr_timeout = 0 if volatile else LOOKUP_TTL
     attrs.entry_timeout = 0 if volatile else LOOKUP_TTL

@@ -8,6 +8,11 @@ An object written by something else carries neither: it shows as 0644 with its
 Last-Modified. A listing carries no metadata, so a file only seen in a listing is marked
 ``needs_head`` and HEADed before its mode and mtime are trusted.
 
+Everything read back is untrusted (an object put by anyone, chute.uploader.untrusted): a
+mode outside 0..0o177777 or an mtime outside what stat can show (signed 64-bit ns, the years
+1677 to 2262) is ignored, the default shown (0644/0755, Last-Modified), and logged once per
+object; dates are clamped into that range. Nothing here raises on what the store said.
+
 Pure functions over nodes and the S3 client's records; no I/O.
 """
 
@@ -18,6 +23,8 @@ import time
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
+
+from chute.uploader import untrusted
 
 from .namespace import Node
 
@@ -31,6 +38,9 @@ MTIME_META = "chute-mtime-ns"
 DEFAULT_FILE_MODE = 0o644
 """Mode of an object that carries no chute-mode (written by something else)."""
 DEFAULT_DIR_MODE = 0o755
+MAX_STORED_MODE = 0o177777
+"""The largest chute-mode believed: permission bits, possibly with file-type bits (which are
+dropped); anything larger or negative was not written by chute."""
 
 
 def mode_of(node: Node) -> int:
@@ -51,16 +61,40 @@ def meta_headers(metadata: dict[str, str]) -> dict[str, str]:
 
 def apply_head(node: Node, info: ObjectInfo, now: float) -> None:
     """Attributes from a HEAD: size, and mode/mtime from chute's metadata, falling back to
-    0644 and Last-Modified for objects written by something else."""
-    mode = int_or_none(info.metadata.get(MODE_META), base=8)
-    mtime_ns = int_or_none(info.metadata.get(MTIME_META))
-    node.size = info.size
+    0644 and Last-Modified for objects written by something else (or whose values are not
+    usable: see the module docstring)."""
+    mode = stored_mode(info.metadata, info.key)
+    mtime_ns = stored_mtime(info.metadata, info.key)
+    node.size = untrusted.clamp(info.size, 0)
     node.etag = info.etag
     node.metadata = dict(info.metadata)
-    node.mode = None if mode is None else stat.S_IMODE(mode)
+    node.mode = mode
     node.mtime_ns = http_date_ns(info.last_modified) if mtime_ns is None else mtime_ns
     node.needs_head = False
     node.checked_at = now
+
+
+def stored_mode(metadata: dict[str, str], key: str = "") -> int | None:
+    """The permission bits stored as chute-mode, or None if absent or not usable."""
+    raw = metadata.get(MODE_META)
+    mode = int_or_none(raw, base=8)
+    if mode is None or not 0 <= mode <= MAX_STORED_MODE:
+        if raw is not None:
+            untrusted.warn_once(key, f"x-amz-meta-{MODE_META}", raw, "the default mode is shown")
+        return None
+    return stat.S_IMODE(mode)
+
+
+def stored_mtime(metadata: dict[str, str], key: str = "") -> int | None:
+    """The mtime (ns) stored as chute-mtime-ns, or None if absent or not usable."""
+    raw = metadata.get(MTIME_META)
+    mtime_ns = int_or_none(raw)
+    if mtime_ns is None or untrusted.clamp(mtime_ns) != mtime_ns:
+        if raw is not None:
+            untrusted.warn_once(key, f"x-amz-meta-{MTIME_META}", raw,
+                                "its Last-Modified is shown instead")
+        return None
+    return mtime_ns
 
 
 def apply_mode_mtime(node: Node, mode: int | None, mtime_ns: int | None) -> None:
@@ -79,28 +113,31 @@ def sync_upload_metadata(node: Node) -> None:
 
 
 def sent_mtime(metadata: dict[str, str]) -> int | None:
-    """The mtime an object was stored with, if chute stored it."""
-    return int_or_none(metadata.get(MTIME_META))
+    """The mtime an object was stored with, if chute stored it (and it is usable)."""
+    return stored_mtime(metadata)
 
 
 def int_or_none(value: str | None, base: int = 10) -> int | None:
     try:
         return int(value, base) if value is not None else None
-    except ValueError:
+    except ValueError:  # also: more digits than Python converts
         return None
 
 
 def http_date_ns(value: str) -> int:
-    """A Last-Modified header (RFC 7231 date) in ns; now if it cannot be read."""
+    """A Last-Modified header (RFC 7231 date) in ns, clamped to what stat can show; now if
+    it cannot be read."""
     try:
-        return int(parsedate_to_datetime(value).timestamp() * 1e9)
-    except (TypeError, ValueError):
+        return untrusted.clamp(int(parsedate_to_datetime(value).timestamp() * 1e9))
+    except (TypeError, ValueError, OverflowError, IndexError):
         return time.time_ns()
 
 
 def iso_date_ns(value: str) -> int:
-    """A listing's LastModified (ISO 8601) in ns; now if it cannot be read."""
+    """A listing's LastModified (ISO 8601) in ns, clamped to what stat can show; now if it
+    cannot be read."""
     try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
-    except ValueError:
+        return untrusted.clamp(
+            int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9))
+    except (TypeError, ValueError, OverflowError):
         return time.time_ns()

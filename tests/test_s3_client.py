@@ -434,10 +434,8 @@ async def test_a_malformed_listing_is_a_malformed_response(client: S3Client,
 @pytest.mark.parametrize(
     ("operation", "body"),
     [("CreateMultipartUpload", b"<InitiateMultipartUploadResult/>"),
-     ("ListObjectsV2", b"<ListBucketResult><Contents><Size>1</Size></Contents>"
-                       b"</ListBucketResult>"),
-     ("ListObjectsV2", b"<ListBucketResult><Contents><Key>k</Key><Size>one</Size></Contents>"
-                       b"</ListBucketResult>"),
+     ("ListObjectsV2", b"<html><body>It works!</body></html>"),
+     ("CreateMultipartUpload", b"<html><body>It works!</body></html>"),
      ("GetObjectTagging", b"not xml at all"),
      ("CopyObject", b"<CopyObjectResult></CopyObjectResult>")],
 )
@@ -453,6 +451,21 @@ async def test_missing_fields_are_malformed_responses(client: S3Client, store: M
     }
     with pytest.raises(MalformedResponse):
         await calls[operation]()
+
+
+async def test_a_listing_entry_without_key_or_size_is_skipped_or_zero(
+        client: S3Client, store: MemoryS3, caplog) -> None:
+    """Entries are read one by one (issue 13 item 1): a field that cannot be used costs that
+    entry or that value, never the whole directory."""
+    store.fail_next("ListObjectsV2", status=200, body=(
+        b"<ListBucketResult><Contents><Size>1</Size></Contents>"
+        b"<Contents><Key>k</Key><Size>one</Size></Contents>"
+        b"<Contents><Key>n</Key><Size>-5</Size><ETag>\"a b\"</ETag></Contents>"
+        b"</ListBucketResult>"))
+    pages = [page async for page in client.list("")]
+    assert [(o.key, o.size, o.etag) for o in pages[0].objects] == [("k", 0, ""), ("n", 0, "")]
+    assert "'k': the store says Size = 'one'" in caplog.text
+    assert "skipped 1 name(s)" in caplog.text
 
 
 async def test_an_error_answer_that_is_not_xml_keeps_its_status(

@@ -27,6 +27,7 @@ import botocore.config
 import httpx
 import trio
 
+from . import s3_answers as answers
 from . import s3_wire as wire
 from .credentials import CredentialSource
 from .errors import StoreError
@@ -106,6 +107,7 @@ class S3Client:
         sign_payload: bool,
         read_timeout: float | None,
         progress: Callable[[int], object] | None,
+        max_body: int,
     ) -> Answer:
         credentials = await self.credentials.get()
         request = botocore.awsrequest.AWSRequest(
@@ -134,7 +136,7 @@ class S3Client:
         try:
             response = await self._http.handle_async_request(request)
             try:
-                await response.aread()
+                body = await wire.read_body(operation, method, response, max_body)
             finally:
                 await response.aclose()
         except Exception as exc:
@@ -146,9 +148,9 @@ class S3Client:
             raise
         if self.on_request is not None:
             self.on_request(operation, trio.current_time() - started, response.status_code)
-        answer = Answer(response.status_code, dict(response.headers.items()), response.content)
+        answer = Answer(response.status_code, dict(response.headers.items()), body)
         if answer.status >= 300:
-            raise wire.error_from_answer(operation, answer)
+            raise answers.error_from_answer(operation, answer)
         return answer
 
     async def request(
@@ -165,8 +167,12 @@ class S3Client:
         progress: Callable[[int], object] | None = None,
         on_retry: Callable[[RetryReason], object] | None = None,
         policy: RetryPolicy | None = None,
+        max_body: int = wire.SMALL_BODY_MAX,
     ) -> Answer:
         """Send one S3 request, retried per the policy; raise StoreError on an error answer.
+
+        At most ``max_body`` bytes of the answer are read (s3_wire.read_body): the store
+        decides how much it sends, chute how much it holds.
 
         ``on_retry(reason)`` is told about each retry of this request (besides the client's
         own ``on_retry`` hook), e.g. to note that an answer may have been lost.
@@ -185,7 +191,7 @@ class S3Client:
             label,
             lambda: self._send_once(
                 operation, method, url, headers or {}, body, sign_payload=sign_payload,
-                read_timeout=read_timeout, progress=progress,
+                read_timeout=read_timeout, progress=progress, max_body=max_body,
             ),
             on_retry=retried,
             on_credential_error=self.credentials.reload,
@@ -203,8 +209,10 @@ class S3Client:
         """ListObjectsV2, one page at a time (pages follow continuation tokens).
 
         Asks for URL-encoded keys (``encoding-type=url``): a key may hold characters XML 1.0
-        cannot carry. They are decoded if the store did encode them.
+        cannot carry. They are decoded if the store did encode them (s3_answers.listing).
+        At most 1,000 keys a page (S3's own limit), and a page with more is refused.
         """
+        max_keys = min(max_keys, wire.MAX_KEYS)
         token: str | None = None
         while True:
             answer = await self.request(
@@ -213,9 +221,9 @@ class S3Client:
                     "max-keys": max_keys, "continuation-token": token,
                     "start-after": start_after if token is None else None,
                     "encoding-type": "url",
-                },
+                }, max_body=wire.XML_BODY_MAX,
             )
-            page, token = wire.listing("ListObjectsV2", answer)
+            page, token = answers.listing("ListObjectsV2", answer, prefix, max_keys, token)
             yield page
             if token is None:
                 return
@@ -228,10 +236,11 @@ class S3Client:
             answer = await self.request(
                 "ListMultipartUploads", "GET", query={
                     "uploads": "", "prefix": prefix, "key-marker": key_marker,
-                    "upload-id-marker": id_marker or None,
-                },
+                    "upload-id-marker": id_marker or None, "max-uploads": wire.MAX_KEYS,
+                }, max_body=wire.XML_BODY_MAX,
             )
-            page, markers = wire.pending_uploads("ListMultipartUploads", answer)
+            page, markers = answers.pending_uploads("ListMultipartUploads", answer,
+                                                    wire.MAX_KEYS, (key_marker, id_marker))
             uploads += page
             if markers is None:
                 return uploads
@@ -247,7 +256,7 @@ class S3Client:
             if exc.status == 404:
                 return None
             raise
-        return wire.object_info("HeadObject", key, answer)
+        return answers.object_info(key, answer)
 
     async def get_range(self, key: str, first: int, last: int, *,
                         if_match: str | None = None) -> bytes:
@@ -258,7 +267,8 @@ class S3Client:
         headers = {"Range": f"bytes={first}-{last}"}
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
-        answer = await self.request("GetObject", "GET", key, headers=headers)
+        answer = await self.request("GetObject", "GET", key, headers=headers,
+                                    max_body=last - first + 1)
         if len(answer.body) != last - first + 1:
             raise StoreError("GetObject", answer.status, "ShortRead",
                              f"asked {last - first + 1} bytes, got {len(answer.body)}")
@@ -272,7 +282,7 @@ class S3Client:
             "PutObject", "PUT", key, headers=headers, body=body, sign_payload=False,
             on_retry=on_retry,
         )
-        return answer.etag()
+        return answers.commit_etag("PutObject", answer, answers.checksum_sent(headers))
 
     async def delete_object(self, key: str) -> None:
         await self.request("DeleteObject", "DELETE", key)
@@ -295,9 +305,10 @@ class S3Client:
             headers["x-amz-metadata-directive"] = "REPLACE"
             headers.update(metadata_headers)
         answer = await self.request(
-            "CopyObject", "PUT", dest_key, headers=headers, read_timeout=COMPLETE_READ_TIMEOUT
+            "CopyObject", "PUT", dest_key, headers=headers, read_timeout=COMPLETE_READ_TIMEOUT,
+            max_body=wire.XML_BODY_MAX,
         )
-        return wire.result_etag("CopyObject", answer)
+        return answers.result_etag("CopyObject", answer, "CopyObjectResult")
 
     async def upload_part_copy(
         self, source_key: str, dest_key: str, upload_id: str, part_number: int, first: int,
@@ -309,9 +320,9 @@ class S3Client:
         answer = await self.request(
             "UploadPartCopy", "PUT", dest_key,
             query={"partNumber": part_number, "uploadId": upload_id}, headers=headers,
-            read_timeout=COMPLETE_READ_TIMEOUT,
+            read_timeout=COMPLETE_READ_TIMEOUT, max_body=wire.XML_BODY_MAX,
         )
-        return wire.result_etag("UploadPartCopy", answer)
+        return answers.result_etag("UploadPartCopy", answer, "CopyPartResult")
 
     def _copy_headers(self, source_key: str, if_match_etag: str | None) -> dict[str, str]:
         """x-amz-copy-source is ``/bucket/key``, URL-quoted like a path."""
@@ -326,8 +337,9 @@ class S3Client:
                            body=wire.tagging_body(tags))
 
     async def get_tags(self, key: str) -> dict[str, str]:
-        answer = await self.request("GetObjectTagging", "GET", key, query="tagging=")
-        return wire.tags("GetObjectTagging", answer)
+        answer = await self.request("GetObjectTagging", "GET", key, query="tagging=",
+                                    max_body=wire.XML_BODY_MAX)
+        return answers.tags("GetObjectTagging", answer, key)
 
     # -- multipart --------------------------------------------------------------------
 
@@ -337,9 +349,9 @@ class S3Client:
     ) -> str:
         answer = await self.request(
             "CreateMultipartUpload", "POST", key, query="uploads=", headers=headers,
-            on_retry=on_retry,
+            on_retry=on_retry, max_body=wire.XML_BODY_MAX,
         )
-        return wire.upload_id("CreateMultipartUpload", answer)
+        return answers.upload_id("CreateMultipartUpload", answer)
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, body: memoryview,
@@ -352,7 +364,7 @@ class S3Client:
             headers=headers, body=body, sign_payload=False, progress=progress,
             on_retry=on_retry,
         )
-        return answer.etag()
+        return answers.commit_etag("UploadPart", answer, answers.checksum_sent(headers))
 
     async def complete_multipart_upload(
         self, key: str, upload_id: str, parts: list[tuple[int, str, Mapping[str, str]]],
@@ -369,9 +381,10 @@ class S3Client:
             "CompleteMultipartUpload", "POST", key, query={"uploadId": upload_id},
             body=wire.complete_body(parts),
             headers={"If-None-Match": "*"} if if_none_match else None,
-            read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry,
+            read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry, max_body=wire.XML_BODY_MAX,
         )
-        return wire.result_etag("CompleteMultipartUpload", answer)
+        return answers.result_etag("CompleteMultipartUpload", answer,
+                                   "CompleteMultipartUploadResult")
 
     async def abort_multipart_upload(self, key: str, upload_id: str, *,
                                      policy: RetryPolicy | None = None) -> None:

@@ -1,12 +1,13 @@
-"""What S3 requests and answers look like on the wire, and what a failed transfer means.
+"""What S3 requests look like on the wire, how much of an answer is read, and what a failed
+transfer means.
 
-The S3 client (s3.py) sends; this module builds its query strings and XML bodies, reads the
-answers, and turns the HTTP library's failures into chute's errors (errors.py), so that no
-httpx or XML type or exception gets past the client:
+The S3 client (s3.py) sends; this module builds its query strings and XML bodies, reads
+answer bodies up to a cap, and turns the HTTP library's failures into chute's errors
+(errors.py), so that no httpx type or exception gets past the client (s3_answers.py reads
+what the answers say):
 
-- an error answer becomes a :class:`StoreError` with the store's code;
-- an answer that is not XML, or lacks a field chute needs, becomes
-  :class:`MalformedResponse` (never an XML parse error);
+- a body is read incrementally and never beyond its cap (:func:`read_body`): an answer
+  larger than chute can need is :class:`MalformedResponse`, not a large allocation;
 - a transport failure becomes :class:`StoreUnreachable` (or :class:`Stalled` for a
   timeout: the per-socket-operation timeouts are the stall timeout), saying whether the
   whole request had been sent, which is what decides whether its answer may have been lost.
@@ -14,16 +15,30 @@ httpx or XML type or exception gets past the client:
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote_plus
+from typing import cast
+from urllib.parse import quote
 
 import httpx
 
-from .errors import ChuteError, MalformedResponse, Stalled, StoreError, StoreUnreachable
+from .errors import ChuteError, MalformedResponse, Stalled, StoreUnreachable
 
-NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+KiB, MiB = 1024, 1024 * 1024
+XML_BODY_MAX = 8 * MiB
+"""The largest XML answer read (listings, ListMultipartUploads, Complete...). A page of
+1,000 entries is 300-500 KB with ordinary keys; with 1,024-byte keys URL-encoded to 3 KiB
+each it is about 3.5 MiB, so 8 MiB refuses no page S3 could send, while a store sending
+hundreds of MiB costs chute at most this much (a 400 MiB listing took 1.2 GiB of RSS)."""
+ERROR_BODY_MAX = 64 * KiB
+"""The part of an error answer read: S3's error documents are a few hundred bytes; the
+rest is not read (the connection is closed)."""
+MAX_KEYS = 1000
+"""Entries per listing page asked for (S3's maximum): with XML_BODY_MAX, what bounds the
+memory one page takes; a page with more is refused."""
+SMALL_BODY_MAX = 64 * KiB
+"""The largest body read from an answer that should have none or a tiny one (PutObject,
+UploadPart, Delete, HEAD, tagging)."""
 
 
 @dataclass(frozen=True)
@@ -130,145 +145,40 @@ def complete_body(parts: list[tuple[int, str, Mapping[str, str]]]) -> bytes:
     return f"<CompleteMultipartUpload>{elements}</CompleteMultipartUpload>".encode()
 
 
-# -- answers ----------------------------------------------------------------------------------
+# -- answer bodies ----------------------------------------------------------------------------
 
 
-def _find(element: ET.Element, tag: str) -> ET.Element | None:
-    found = element.find(NS + tag)
-    return found if found is not None else element.find(tag)
+async def read_body(operation: str, method: str, response: httpx.Response, limit: int) -> bytes:
+    """The answer's body, read a chunk at a time, never more than ``limit`` bytes held.
 
-
-def _all(root: ET.Element, tag: str) -> list[ET.Element]:
-    """Every ``tag`` element under ``root``, in S3's namespace or (some stores) in none."""
-    return list(root.iter(NS + tag)) or list(root.iter(tag))
-
-
-def text(element: ET.Element | None, tag: str, default: str = "") -> str:
-    """The text of ``element``'s child ``tag`` (with or without the S3 namespace)."""
-    if element is None:
-        return default
-    found = _find(element, tag)
-    return found.text or default if found is not None else default
-
-
-def required(operation: str, answer: Answer, element: ET.Element, tag: str) -> str:
-    """The text of a child that must be there; MalformedResponse if it is not."""
-    found = _find(element, tag)
-    if found is None or not found.text:
-        raise MalformedResponse(operation, answer.status, f"the answer has no <{tag}>",
-                                answer.request_id)
-    return found.text
-
-
-def number(operation: str, answer: Answer, value: str, what: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise MalformedResponse(operation, answer.status, f"{what} is not a number: {value!r}",
-                                answer.request_id) from None
-
-
-def parse(operation: str, answer: Answer) -> ET.Element:
-    """The answer's XML document; MalformedResponse if it is not one."""
-    try:
-        return ET.fromstring(answer.body)
-    except ET.ParseError as exc:
-        raise MalformedResponse(
-            operation, answer.status, f"the answer is not XML ({exc}): "
-            f"{answer.body[:80].decode('utf-8', 'replace')!r}", answer.request_id,
-        ) from None
-
-
-def error_from_answer(operation: str, answer: Answer) -> StoreError:
-    """The StoreError an error answer stands for (S3's <Error> document, if readable)."""
-    code, message = f"HTTP{answer.status}", ""
-    if answer.body:
-        try:
-            root = ET.fromstring(answer.body)
-            code = text(root, "Code", code)
-            message = text(root, "Message")
-        except ET.ParseError:
-            message = answer.body[:200].decode("utf-8", "replace")
-    elif answer.status == 404:
-        code = "NotFound"
-    elif answer.status == 412:
-        code = "PreconditionFailed"
-    return StoreError(operation, answer.status, code, message, answer.request_id)
-
-
-def result_etag(operation: str, answer: Answer) -> str:
-    """The ETag of a CopyObjectResult, CopyPartResult or CompleteMultipartUploadResult.
-
-    Such a 200 answer may still carry an <Error> document (S3 sends it after whitespace
-    keep-alives on long copies and completes), so the body is always read.
+    An error answer (status >= 300) is cut to ERROR_BODY_MAX, whatever ``limit`` the call's
+    success allows; any other answer longer than
+    ``limit`` (by its Content-Length, before reading, or by what arrives) is
+    MalformedResponse. Bytes are kept as sent (no content decoding): a GetObject returns
+    the object's bytes even if it is stored with a Content-Encoding, and nothing expands a
+    small answer into a large one.
     """
-    root = parse(operation, answer)
-    if root.tag.endswith("Error"):
-        raise error_from_answer(operation, answer)
-    return required(operation, answer, root, "ETag").strip('"')
-
-
-def upload_id(operation: str, answer: Answer) -> str:
-    return required(operation, answer, parse(operation, answer), "UploadId")
-
-
-def tags(operation: str, answer: Answer) -> dict[str, str]:
-    root = parse(operation, answer)
-    return {text(t, "Key"): text(t, "Value") for t in _all(root, "Tag")}
-
-
-def object_info(operation: str, key: str, answer: Answer) -> ObjectInfo:
-    """Size, ETag, date and user metadata (``x-amz-meta-*``) from a HEAD's headers."""
-    metadata = {
-        name[len("x-amz-meta-"):]: value
-        for name, value in answer.headers.items()
-        if name.startswith("x-amz-meta-")
-    }
-    return ObjectInfo(
-        key=key,
-        size=number(operation, answer, answer.headers.get("content-length", "0"),
-                    "Content-Length"),
-        etag=answer.etag(), last_modified=answer.headers.get("last-modified", ""),
-        metadata=metadata,
-    )
-
-
-def listing(operation: str, answer: Answer) -> tuple[Listing, str | None]:
-    """One ListObjectsV2 page and the token of the next one (None on the last page).
-
-    Keys and prefixes are URL-decoded if the store says it encoded them
-    (``<EncodingType>url</EncodingType>``, asked for so that any key fits in XML 1.0).
-    """
-    root = parse(operation, answer)
-    decode = unquote_plus if text(root, "EncodingType") == "url" else (lambda s: s)
-    objects = []
-    for entry in _all(root, "Contents"):
-        objects.append(ObjectInfo(
-            key=decode(required(operation, answer, entry, "Key")),
-            size=number(operation, answer, text(entry, "Size", "0"), "Size"),
-            etag=text(entry, "ETag").strip('"'), last_modified=text(entry, "LastModified"),
-        ))
-    prefixes = [decode(required(operation, answer, p, "Prefix"))
-                for p in _all(root, "CommonPrefixes")]
-    token = text(root, "NextContinuationToken") or None
-    if text(root, "IsTruncated") != "true":
-        token = None
-    return Listing(objects, prefixes), token
-
-
-def pending_uploads(operation: str, answer: Answer
-                    ) -> tuple[list[PendingUpload], tuple[str, str] | None]:
-    """One ListMultipartUploads page, and the (key, upload id) markers of the next one."""
-    root = parse(operation, answer)
-    uploads = [
-        PendingUpload(required(operation, answer, u, "Key"),
-                      required(operation, answer, u, "UploadId"), text(u, "Initiated"))
-        for u in _all(root, "Upload")
-    ]
-    key_marker = text(root, "NextKeyMarker")
-    if text(root, "IsTruncated") != "true" or not key_marker:
-        return uploads, None
-    return uploads, (key_marker, text(root, "NextUploadIdMarker"))
+    status = response.status_code
+    if status >= 300:
+        limit = ERROR_BODY_MAX
+    declared = response.headers.get("content-length", "")
+    if method != "HEAD" and status < 300 and declared.isdigit() and int(declared) > limit:
+        raise MalformedResponse(operation, status, f"the answer is {declared} bytes, more "
+                                f"than the {limit} chute reads for {operation}")
+    if method == "HEAD":
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in cast(AsyncIterable[bytes], response.stream):
+        if size + len(chunk) > limit:
+            if status >= 300:
+                chunks.append(chunk[:limit - size])
+                break
+            raise MalformedResponse(operation, status, f"the answer is more than the {limit} "
+                                    f"bytes chute reads for {operation}; not read further")
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 # -- transport failures -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 from xml.sax.saxutils import escape
@@ -118,10 +118,11 @@ class Fault:
     code: str | None
     message: str
     error: BaseException | type[BaseException] | None
-    body: bytes | None
+    body: bytes | Callable[[], AsyncIterator[bytes]] | None
     times: int
     after_apply: bool
     delay: float
+    headers: dict[str, str] = field(default_factory=dict)
     hits: int = 0
 
     def matches(self, request: LoggedRequest) -> bool:
@@ -200,6 +201,9 @@ class MemoryS3:
         self.uploads: dict[str, Multipart] = {}
         self.requests: list[LoggedRequest] = []
         self.faults: list[Fault] = []
+        self.honour_encoding_type = True
+        """False: listings carry keys raw even when asked for ``encoding-type=url`` (as some
+        stores do), so a key with a character XML 1.0 cannot carry breaks the document."""
         self.transport = httpx.MockTransport(self.handle)
 
     # -- for tests ------------------------------------------------------------------------
@@ -207,8 +211,10 @@ class MemoryS3:
     def fail_next(
         self, match: str | Callable[[LoggedRequest], bool] | None = None, *,
         status: int | None = None, code: str | None = None, message: str = "",
-        error: BaseException | type[BaseException] | None = None, body: bytes | None = None,
+        error: BaseException | type[BaseException] | None = None,
+        body: bytes | Callable[[], AsyncIterator[bytes]] | None = None,
         times: int = 1, after_apply: bool = False, delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> Fault:
         """Make the next ``times`` requests that ``match`` fail.
 
@@ -217,7 +223,8 @@ class MemoryS3:
 
         - an S3 error answer: ``status`` and/or ``code`` (the other is filled in), with
           ``body`` replacing the error document if given (``status=200, body=b"<bad"`` makes a
-          malformed answer);
+          malformed answer; a function returning an async iterator of chunks streams it, to
+          answer more than fits in memory) and ``headers`` added to the answer;
         - ``error``: an exception (instance or class, e.g. ``httpx.ConnectError``) raised by the
           transport; the store never sees the request;
         - ``after_apply=True``: the request is applied to the store, then its answer is lost
@@ -232,7 +239,8 @@ class MemoryS3:
             code = _CODE_OF.get(status, f"HTTP{status}")
         if status is None and error is None:
             error = httpx.ReadError if after_apply else httpx.ConnectError
-        fault = Fault(match, status, code, message, error, body, times, after_apply, delay)
+        fault = Fault(match, status, code, message, error, body, times, after_apply, delay,
+                      dict(headers or {}))
         self.faults.append(fault)
         return fault
 
@@ -282,7 +290,9 @@ class MemoryS3:
                 raise error(f"memory S3: fault on {logged.operation}") if isinstance(
                     error, type) else error
             if fault.body is not None:
-                return httpx.Response(fault.status or 200, content=fault.body)
+                content = fault.body if isinstance(fault.body, bytes) else fault.body()
+                return httpx.Response(fault.status or 200, headers=fault.headers,
+                                      content=content)
             return self._error(logged, S3Failure(fault.code or "InternalError",
                                                  fault.message, fault.status))
         return self._answer(bucket, logged)
@@ -469,7 +479,7 @@ class MemoryS3:
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         max_keys = int(q.get("max-keys", "1000"))
-        url = q.get("encoding-type") == "url"
+        url = q.get("encoding-type") == "url" and self.honour_encoding_type
         after, skip_prefix = q.get("start-after", ""), ""
         if "continuation-token" in q:
             token = json.loads(base64.urlsafe_b64decode(q["continuation-token"]))
