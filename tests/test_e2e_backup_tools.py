@@ -1,0 +1,108 @@
+"""Backup tools that read their own repository back, through a mount with ``--allow-read``
+(issue 15): restic and duplicity, the Debian packages ``scripts/setup.sh --test`` installs.
+
+Each tool runs as a user would run it against a local directory that happens to be a chute
+mount, and its result is checked by the tool itself (``restic check --read-data``) and by
+restoring from the mount and comparing the restored tree with the source (``diff -r``).
+A test is skipped, saying so, only if its tool is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.files import random_file
+from tests.support.mounts import requires_fuse
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+MiB = 1 << 20
+READS = ("--allow-read", "--slice-size", "5MiB", "--ring-size", "40MiB")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (scripts/setup.sh --test installs it)")
+    return path
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 600
+         ) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, (f"{' '.join(args)} exited {result.returncode}:\n"
+                                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _source_tree(root: Path) -> Path:
+    """A small tree with the shapes backups meet: empty and tiny files, one over a slice,
+    nested directories, an empty directory."""
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "docs" / "empty").write_bytes(b"")
+    (root / "docs" / "one").write_bytes(b"1")
+    (root / "docs" / "notes.txt").write_text("some notes\n" * 300)
+    random_file(root / "docs" / "deep" / "big.bin", 7 * MiB + 3, seed=11)
+    random_file(root / "photo.jpg", 300_000, seed=12)
+    return root
+
+
+def _change(root: Path) -> None:
+    """What changes between two backups: one file edited, one added, one removed."""
+    (root / "docs" / "notes.txt").write_text("other notes\n" * 500)
+    random_file(root / "docs" / "added.bin", 2 * MiB + 1, seed=13)
+    (root / "photo.jpg").unlink()
+
+
+def _same_tree(left: Path, right: Path) -> None:
+    result = subprocess.run(["diff", "-r", str(left), str(right)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_restic_init_two_backups_check_read_data_restore(mount_factory, tmp_path):
+    restic = _tool("restic")
+    mount = mount_factory(*READS)
+    source = _source_tree(tmp_path / "src")
+    repo = mount.path / "restic-repo"
+    env = {**os.environ, "RESTIC_PASSWORD": "chute-test", "RESTIC_REPOSITORY": str(repo),
+           "RESTIC_CACHE_DIR": str(tmp_path / "restic-cache"), "HOME": str(tmp_path)}
+    _run([restic, "init"], env)
+    _run([restic, "backup", "--no-cache", str(source)], env)
+    _change(source)
+    _run([restic, "backup", "--no-cache", str(source)], env)
+    snapshots = _run([restic, "snapshots", "--no-cache", "--json"], env).stdout
+    assert snapshots.count('"id"') == 2, snapshots
+    _run([restic, "check", "--no-cache", "--read-data"], env)
+    target = tmp_path / "restored"
+    _run([restic, "restore", "--no-cache", "latest", "--target", str(target)], env)
+    _same_tree(source, target / source.relative_to("/"))
+    assert "returning E" not in mount.log().replace("returning ENOENT", ""), mount.log()
+
+
+def test_duplicity_full_incremental_restore(mount_factory, tmp_path):
+    duplicity = _tool("duplicity")
+    mount = mount_factory(*READS)
+    source = _source_tree(tmp_path / "src")
+    url = f"file://{mount.path / 'duplicity'}"
+    env = {**os.environ, "HOME": str(tmp_path), "PASSPHRASE": ""}
+
+    def run(*args: str, archive: str) -> None:
+        # a fresh --archive-dir for each step: duplicity then reads the manifests and
+        # signatures it needs back from the target (the mount), not from a local cache
+        _run([duplicity, *args, "--no-encryption", "--archive-dir",
+              str(tmp_path / archive), "--name", "chute"], env)
+
+    run("full", str(source), url, archive="cache-full")
+    _change(source)
+    run("incremental", str(source), url, archive="cache-incremental")
+    target = tmp_path / "restored"
+    run("restore", url, str(target), archive="cache-restore")
+    _same_tree(source, target)
+    run("verify", url, str(source), archive="cache-verify")

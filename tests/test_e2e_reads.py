@@ -1,0 +1,212 @@
+"""Reading finished objects back through a mount (``--allow-read``, issue 15), end to end.
+
+Real mounts of the embedded SeaweedFS, real tools (``cp -r``, ``cmp``), the bucket checked and
+changed behind the mount's back with boto3. What is shown:
+
+- reads off (the default): an open for reading succeeds, read() fails with EACCES, and the
+  refusal is logged once per mount naming ``--allow-read``;
+- ``cmp`` of every file of a ``cp -r`` tree (0 B, 1 B, slice±1, several slices) read back;
+- a file being written is EBUSY to an open for reading until its last close;
+- O_RDWR of a finished object reads, and its first write is EOPNOTSUPP (object untouched);
+- concurrent readers and writers on one mount;
+- a store outage in the middle of a read is ridden out (right bytes) or EIO, never wrong bytes;
+- an object replaced mid-read (boto3): the reader gets ESTALE or EIO, never a mix; a new open
+  sees the new version (the kernel's pages of the old one are dropped).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.faultproxy import FaultProxy, Kind, Outage
+from tests.support.files import random_file, sha256_file
+from tests.support.mounts import requires_fuse
+from tests.support.store import BUCKET
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+MiB = 1 << 20
+SLICE = 5 * MiB
+READS = ("--allow-read", "--slice-size", "5MiB", "--ring-size", "20MiB")
+
+
+def _read_all(path: Path, block: int = MiB) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_reads_off_open_succeeds_read_is_eacces_logged_once(mount_factory, tmp_path):
+    mount = mount_factory("--slice-size", "5MiB", "--ring-size", "20MiB")
+    for name in ("a", "b", "c"):
+        (mount.path / name).write_bytes(b"x" * 100)
+    for name in ("a", "b", "c"):
+        fd = os.open(mount.path / name, os.O_RDONLY)  # rsync opens received files like this
+        try:
+            os.fchmod(fd, 0o640)
+            with pytest.raises(OSError) as caught:
+                os.read(fd, 10)
+            assert caught.value.errno == errno.EACCES
+        finally:
+            os.close(fd)
+    assert (mount.path / "a").stat().st_mode & 0o777 == 0o640
+    assert mount.log().count("--allow-read") == 1, mount.log()
+    # O_RDWR of an existing object without reads: refused at open, as before
+    with pytest.raises(OSError) as caught:
+        os.open(mount.path / "a", os.O_RDWR)
+    assert caught.value.errno == errno.EOPNOTSUPP
+
+
+def test_cp_tree_read_back_with_cmp(mount_factory, tmp_path):
+    mount = mount_factory(*READS)
+    src = tmp_path / "src"
+    (src / "deep" / "er").mkdir(parents=True)
+    sizes = {"empty": 0, "one": 1, "below": SLICE - 1, "slice": SLICE, "above": SLICE + 1,
+             "deep/several": 3 * SLICE + 12345, "deep/er/small": 4097}
+    for index, (name, size) in enumerate(sizes.items()):
+        random_file(src / name, size, seed=index)
+    subprocess.run(["cp", "-r", str(src), str(mount.path / "tree")], check=True)
+    for name in sizes:
+        result = subprocess.run(["cmp", str(src / name), str(mount.path / "tree" / name)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, (name, result.stdout, result.stderr)
+    # and again, from a fresh mount of the same prefix (nothing known but the bucket)
+    again = mount_factory(*READS, prefix=mount.prefix)
+    result = subprocess.run(["diff", "-r", str(src), str(again.path / "tree")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_file_being_written_is_ebusy_until_closed(mount_factory):
+    mount = mount_factory(*READS)
+    path = mount.path / "growing"
+    with open(path, "wb") as writer:
+        writer.write(b"a" * 1000)
+        writer.flush()
+        with pytest.raises(OSError) as caught:
+            os.open(path, os.O_RDONLY)
+        assert caught.value.errno == errno.EBUSY
+    assert path.read_bytes() == b"a" * 1000
+    assert "is being written" in mount.log()
+
+
+def test_o_rdwr_of_a_finished_object_reads_and_refuses_writes(mount_factory, s3):
+    mount = mount_factory(*READS)
+    path = mount.path / "obj"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.pread(fd, 4, 3) == b"3456"
+        with pytest.raises(OSError) as caught:
+            os.pwrite(fd, b"X", 0)
+        assert caught.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=BUCKET, Key=mount.key("obj"))["Body"].read() == b"0123456789"
+    # O_RDWR | O_TRUNC replaces it, as before
+    fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+    try:
+        os.write(fd, b"new")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"new"
+
+
+def test_concurrent_readers_and_writers(mount_factory, tmp_path):
+    mount = mount_factory(*READS)
+    sources = []
+    for index in range(3):
+        source = random_file(tmp_path / f"src{index}", 12 * MiB + index, seed=100 + index)
+        (mount.path / f"in{index}").write_bytes(source.read_bytes())
+        sources.append(source)
+    digests = [sha256_file(s) for s in sources]
+    failures: list[str] = []
+
+    def reader(index: int) -> None:
+        for _ in range(3):
+            digest = hashlib.sha256(_read_all(mount.path / f"in{index % 3}")).hexdigest()
+            if digest != digests[index % 3]:
+                failures.append(f"reader {index} read wrong bytes")
+
+    def writer(index: int) -> None:
+        data = random_file(tmp_path / f"w{index}", 9 * MiB, seed=200 + index).read_bytes()
+        (mount.path / f"out{index}").write_bytes(data)
+        if _read_all(mount.path / f"out{index}") != data:
+            failures.append(f"writer {index} read back wrong bytes")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("seconds,budget", [(3, "60"), (12, "3")])
+def test_store_outage_mid_read(mount_factory, store, tmp_path, seconds, budget):
+    """An outage within the retry budget is ridden out; one past it makes the mount answer
+    EIO (the kernel may ask again after the outage and then get the right bytes). Either way
+    the reader never gets wrong bytes."""
+    source = random_file(tmp_path / "src", 40 * MiB, seed=7)
+    with FaultProxy.for_store(store) as proxy:
+        mount = mount_factory(*READS, "--retry-budget", budget, server=proxy)
+        subprocess.run(["cp", str(source), str(mount.path / "big")], check=True)
+        proxy.set_scenario([Outage(seconds, kind=Kind.GET_OBJECT, after=4)])
+        digest = hashlib.sha256()
+        error = None
+        try:
+            with open(mount.path / "big", "rb") as f:
+                while chunk := f.read(MiB):
+                    digest.update(chunk)
+        except OSError as exc:
+            error = exc
+        assert proxy.stats[Kind.GET_OBJECT].injected >= 1
+        if error is None:
+            assert digest.hexdigest() == sha256_file(source), "wrong bytes after an outage"
+        else:
+            assert error.errno == errno.EIO, error
+        if float(budget) > seconds:
+            assert error is None, f"an outage of {seconds} s was not ridden out: {error}"
+            assert "returning EIO" not in mount.log()
+        else:
+            assert "read: returning EIO" in mount.log(), mount.log()
+        time.sleep(seconds)  # the outage is over: the object reads whole again
+        assert sha256_file(mount.path / "big") == sha256_file(source)
+
+
+def test_object_replaced_mid_read_is_an_error_never_a_mix(mount_factory, s3, tmp_path):
+    mount = mount_factory(*READS)
+    old = random_file(tmp_path / "old", 64 * MiB, seed=1).read_bytes()
+    new = random_file(tmp_path / "new", 64 * MiB, seed=2).read_bytes()
+    (mount.path / "obj").write_bytes(old)
+    got = bytearray()
+    with open(mount.path / "obj", "rb", buffering=0) as f:
+        got += f.read(MiB)
+        s3.put_object(Bucket=BUCKET, Key=mount.key("obj"), Body=new)
+        with pytest.raises(OSError) as caught:
+            while chunk := f.read(MiB):
+                got += chunk
+    assert caught.value.errno in (errno.ESTALE, errno.EIO), caught.value
+    assert bytes(got) == old[:len(got)], "bytes of two versions were mixed"
+    assert len(got) < len(old)
+    time.sleep(1.2)  # the node's attributes are trusted for LOOKUP_TTL
+    assert _read_all(mount.path / "obj") == new
+
+
+def test_page_cache_dropped_when_the_object_changes(mount_factory, s3):
+    mount = mount_factory(*READS)
+    path = mount.path / "same-size"
+    path.write_bytes(b"A" * 8192)
+    assert path.read_bytes() == b"A" * 8192
+    assert path.read_bytes() == b"A" * 8192  # second open: the kernel may keep its pages
+    s3.put_object(Bucket=BUCKET, Key=mount.key("same-size"), Body=b"B" * 8192)
+    time.sleep(1.2)
+    assert path.read_bytes() == b"B" * 8192
