@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import resource
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +109,7 @@ def test_numbers_out_of_range_are_refused_with_the_range(field: str, value: floa
 
 
 def test_a_ring_larger_than_memory_is_refused() -> None:
-    with pytest.raises(ConfigError, match="more than the .* of memory available"):
+    with pytest.raises(ConfigError, match=r"more than the .* of memory available"):
         check_ring_memory(1 * TiB)
     check_ring_memory(64 * MiB)
 
