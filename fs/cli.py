@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Callable
 
 from chute.fs import config_file, options
+from chute.fs.logs import setup_logging
 from chute.fs.policy import MountPolicy
 from chute.uploader.config import (
     DEFAULT_RETRY_BUDGET,
@@ -129,6 +129,12 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                          help="let other users use the mount (needs user_allow_other in "
                          "/etc/fuse.conf unless root; permissions are still checked) "
                          "(default: only the mounting user)")
+    service.add_argument("--uid", type=options.owner_id, metavar="UID",
+                         help="owner every file and directory shows (default: the mounting "
+                         "user; with --allow-other, the user who should rewrite files)")
+    service.add_argument("--gid", type=options.owner_id, metavar="GID",
+                         help="group every file and directory shows (default: the mounting "
+                         "user's group)")
     service.add_argument("--metrics-addr", metavar="HOST:PORT",
                          help="serve Prometheus metrics at http://HOST:PORT/metrics; a "
                          "non-loopback HOST only from the command line (default: off)")
@@ -219,37 +225,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None, *,
-                   background: bool = False) -> None:
-    """Timestamps on a terminal or in a file; none when journald (or another collector)
-    reads stderr and stamps each line itself. In the background (--daemon) without a log
-    file the log goes to syslog, which journald also collects."""
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    handler: logging.Handler
-    if log_file is not None:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    elif background:
-        try:
-            handler = logging.handlers.SysLogHandler("/dev/log")
-        except OSError:
-            handler = logging.NullHandler()
-        handler.setFormatter(logging.Formatter(
-            "chute[%(process)d]: %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty()
-            else "%(levelname)s %(name)s: %(message)s"
-        ))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    # botocore logs canonical requests and signatures at DEBUG: never let it, at any -v.
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    if verbose < 2:
-        for noisy in ("httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _metrics_addr(args: argparse.Namespace) -> tuple[str, int] | None:
     if not args.metrics_addr:
         return None
@@ -288,7 +263,7 @@ def _mount(args: argparse.Namespace) -> int:
     if isinstance(verdict, int):
         return verdict  # the parent: the mount's outcome
     control.mark_lock_holder(args.lock)
-    _setup_logging(args.verbose, args.quiet, args.log_file, background=True)
+    setup_logging(args.verbose, args.quiet, args.log_file, background=True)
     try:
         return _mount_here(args, config, metrics_addr, on_ready=verdict.ready)
     except ConfigError as exc:
@@ -307,7 +282,7 @@ def mount_policy(args: argparse.Namespace) -> MountPolicy:
     """What the mount refuses (fs policy, not the uploader's config)."""
     return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete,
                        commit_partial=args.commit_partial, allow_read=args.allow_read,
-                       read_budget=args.read_budget)
+                       read_budget=args.read_budget, uid=args.uid, gid=args.gid)
 
 
 def _mount_here(args: argparse.Namespace, config: UploaderConfig,
@@ -358,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chute: {exc}", file=sys.stderr)
         return 2
     try:
-        _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False),
                        getattr(args, "log_file", None))
     except OSError as exc:
         print(f"chute: cannot open the log file {exc.filename}: {exc.strerror}", file=sys.stderr)

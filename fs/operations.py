@@ -59,8 +59,9 @@ class ChuteOperations(pyfuse3.Operations):
         self.handles = HandleTable(self.ns, uploader, self.objects, self.mountpoint)
         self.reads = ReadHandles(self.ns, self.lookups, reads or ReadSetup())
         self.client = client
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        owner = policy or MountPolicy()  # --uid/--gid, else the mounting user
+        self._uid = owner.uid if owner.uid is not None else os.getuid()
+        self._gid = owner.gid if owner.gid is not None else os.getgid()
 
     def _named(self, operation: str, inode: int, name: bytes | None = None
                ) -> Callable[[], str]:

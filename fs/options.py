@@ -150,6 +150,18 @@ def raise_descriptor_limit(needed: int) -> int:
     return soft
 
 
+MAX_OWNER_ID = 2**32 - 2
+"""uid/gid 4294967295 is (uid_t)-1, "no change" to chown: never an owner."""
+
+
+def owner_id(text: str) -> int:
+    """``--uid``/``--gid``: a number from 0 to 4294967294 (an argparse type)."""
+    if not text.isdigit() or int(text) > MAX_OWNER_ID:
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to {MAX_OWNER_ID}, got {text!r}")
+    return int(text)
+
+
 INTERVAL_RANGE = (0.1, 3600.0)
 UNMOUNT_TIMEOUT_RANGE = (0.0, 86400.0)
 
@@ -179,6 +191,9 @@ def check_data_dir(data_dir: Path) -> None:
 def check_mount(args: argparse.Namespace, config: UploaderConfig) -> Bucket | None:
     """Everything about ``chute mount``'s request that can be checked before anything
     starts; the remote's :class:`Bucket` (None for the embedded store)."""
+    for flag, value in (("--uid", args.uid), ("--gid", args.gid)):  # a config file's ints too
+        if value is not None:
+            check_range(flag, value, (0, MAX_OWNER_ID))
     ring = config.slot_count * config.slice_size
     check_ring_memory(ring)
     if config.ring_size != ring:

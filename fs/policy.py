@@ -33,3 +33,7 @@ class MountPolicy:
     read_budget: int = DEFAULT_READ_BUDGET
     """--read-budget: bytes all readers of the mount may hold at once (fetched ahead, or in
     flight), separate from the write ring."""
+    uid: int | None = None
+    """--uid: the owner every file and directory shows (None: the mounting user)."""
+    gid: int | None = None
+    """--gid: the group every file and directory shows (None: the mounting user's)."""

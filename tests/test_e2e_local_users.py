@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -174,3 +175,42 @@ def test_two_mounts_of_one_directory_started_together(store, s3, tmp_path: Path)
         for m in mounts:
             m.unmount()
     assert not is_mounted(mnt)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs as a second user: needs root")
+def test_uid_and_gid_give_files_to_the_user_who_writes_them(store, s3, flood_user: str | None
+                                                            ) -> None:
+    """Under --allow-other every file showed root:root 0644, so another user who created a file
+    could not rewrite it. --uid/--gid name the owner stat shows; that user creates, rewrites
+    and removes files, and the objects hold what it wrote."""
+    assert flood_user is not None
+    user = pwd.getpwnam(flood_user)
+    where = Path(tempfile.mkdtemp(prefix="chute-uid-"))
+    where.chmod(0o755)  # the second user must reach the mountpoint
+    mnt = where / "mnt"
+    mnt.mkdir()
+    mount = launch_mount(mnt, where / "mount.log", store.endpoint_url, store_env(store),
+                         ("--allow-other", "--uid", str(user.pw_uid), "--gid",
+                          str(user.pw_gid)))
+    try:
+        wait_until_mounted(mount)
+        script = ('set -e; echo one > "$1/mine.txt"; echo two > "$1/mine.txt"; '
+                  'mkdir "$1/dir"; echo three > "$1/dir/inner.txt"; stat -c %u:%g "$1/mine.txt"')
+        result = subprocess.run(["runuser", "-u", flood_user, "--", "sh", "-c", script, "sh",
+                                 str(mnt)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr + mount.log()[-2000:]
+        assert result.stdout.strip() == f"{user.pw_uid}:{user.pw_gid}"
+        body = s3.get_object(Bucket=BUCKET, Key=mount.key("mine.txt"))["Body"].read()
+        assert body == b"two\n"
+        assert os.stat(mnt).st_uid == user.pw_uid
+    finally:
+        mount.unmount()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_uid_and_gid_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    for flag, value in (("--uid", "-1"), ("--gid", "4294967295"), ("--uid", "abc")):
+        result = subprocess.run([sys.executable, "-m", "chute.fs.cli", "mount", str(tmp_path),
+                                 "s3://bkt", flag, value], capture_output=True, text=True)
+        assert result.returncode == 2 and "must be a number from 0 to 4294967294" in \
+            result.stderr, result.stderr

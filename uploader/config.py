@@ -34,7 +34,11 @@ def check_range(flag: str, value: float, bounds: tuple[float, float], unit: str 
     """``value`` must be a finite number within ``bounds`` (inclusive); one sentence if not."""
     low, high = bounds
     if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"{flag} must be between {low:g} and {high:g}{unit}, got {value!r}")
+        def show(x: float) -> str:
+            return f"{x:g}" if isinstance(x, float) else str(x)
+
+        raise ConfigError(f"{flag} must be between {show(low)} and {show(high)}{unit}, "
+                          f"got {value!r}")
 
 
 @dataclass(frozen=True)
