@@ -74,7 +74,7 @@ def test_no_overwrite_refuses_every_way_of_replacing(mount_factory, s3, tmp_path
     os.listdir(root)
     s3.put_object(Bucket=BUCKET, Key=mount.key("late"), Body=b"late bytes")
     assert errno_of(os.rename, root / "new", root / "late") == errno.EEXIST
-    assert "rename onto late refused" in mount.log()
+    assert "rename onto 'late' refused" in mount.log()  # names are quoted in the log
 
     # New names still work, renames onto free names too.
     os.rename(root / "new", root / "renamed")
