@@ -153,6 +153,11 @@ def socket_path(mountpoint: str) -> Path:
     return control_dir() / f"{_name(mountpoint)}.sock"
 
 
+def lock_path(mountpoint: str) -> Path:
+    """The mount lock of ``mountpoint`` (its real path): it holds the holder's pid."""
+    return control_dir() / f"{_name(mountpoint)}.lock"
+
+
 def lock_mountpoint(mountpoint: str) -> int:
     """Hold the mount lock of ``mountpoint`` (its real path) for the life of this process.
 
@@ -162,7 +167,7 @@ def lock_mountpoint(mountpoint: str) -> int:
     anything starts; it goes away with the process (and its ``--daemon`` child, which
     inherits the descriptor), so a crashed mount never leaves a stale lock. Returns the
     descriptor (keep it open); a :class:`ConfigError` if another process holds it."""
-    path = control_dir() / f"{_name(mountpoint)}.lock"
+    path = lock_path(mountpoint)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:

@@ -214,3 +214,37 @@ def test_uid_and_gid_are_checked_before_anything_starts(tmp_path: Path) -> None:
                                  "s3://bkt", flag, value], capture_output=True, text=True)
         assert result.returncode == 2 and "must be a number from 0 to 4294967294" in \
             result.stderr, result.stderr
+
+
+def test_a_daemon_keeps_the_mount_lock(store, tmp_path: Path) -> None:
+    """--daemon: the lock is taken before detaching, so a second mount is refused in the
+    foreground, and the detached child holds it (and names itself in it) while it serves."""
+    from chute.fs import control
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+
+    def mount(log_name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chute.fs.cli", "mount", "--daemon", str(mnt),
+             f"s3://{BUCKET}/{prefix}", "--endpoint-url", store.endpoint_url,
+             "--log-file", str(tmp_path / log_name)],
+            capture_output=True, text=True, env=store_env(store), timeout=60)
+
+    first = mount("first.log")
+    assert first.returncode == 0, first.stderr
+    try:
+        assert is_mounted(mnt)
+        second = mount("second.log")
+        assert second.returncode == 1
+        assert "is already mounting or serving" in second.stderr, second.stderr
+        status = subprocess.run([sys.executable, "-m", "chute.fs.cli", "status", str(mnt),
+                                 "--json"], capture_output=True, text=True, timeout=30)
+        pid = json.loads(status.stdout)["pid"]
+        lock = control.lock_path(os.path.realpath(mnt))
+        assert lock.read_text().strip() == str(pid)
+    finally:
+        subprocess.run([sys.executable, "-m", "chute.fs.cli", "unmount", str(mnt)],
+                       capture_output=True, timeout=120)
+    assert not is_mounted(mnt)
