@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from chute.uploader.errors import StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
@@ -77,19 +78,29 @@ class Lookups:
         mount or confirmed by the store within LOOKUP_TTL; else the store is asked (a small
         directory is listed again, which confirms all its names with one request). A name
         this mount wrote is no exception: deleted by another client, it is gone after
-        LOOKUP_TTL."""
+        LOOKUP_TTL. Only while the store cannot be asked (no answer, unreachable) does a
+        name this mount made keep its last known state instead of EIO."""
         node = self.ns.child(parent, name)
         if node is None:
             node, _ = await self.find(parent, name)
         elif not self._known(node):
-            if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
-                await self._relist(parent)  # confirms every name it still holds at once
-            if self.ns.child(parent, name) is node and self._known(node):
-                return node
-            node = await self.in_store(parent, name, directory_first=node.is_dir)
+            try:
+                return await self._confirm(parent, name, node)
+            except (NoAnswer, StoreUnreachable):
+                if not node.local:
+                    raise
+                return node  # made here, and the store cannot say otherwise now
         if node is None:
             self.ns.remove(parent, name)
         return node
+
+    async def _confirm(self, parent: Node, name: str, node: Node) -> Node | None:
+        """Ask the store whether an attached name still is what the node says."""
+        if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
+            await self._relist(parent)  # confirms every name it still holds at once
+        if self.ns.child(parent, name) is node and self._known(node):
+            return node
+        return await self.in_store(parent, name, directory_first=node.is_dir)
 
     def _known(self, node: Node) -> bool:
         """Answered from memory: being written, or vouched for with attributes known."""

@@ -101,7 +101,8 @@ class Node:
     local: bool = False
     """Created by this mount. It exists without asking the store only while it is being
     written or for the TTL after it was made (:meth:`Namespace.vouched_for`), like any
-    name: a delete made by another client is seen after that."""
+    name: a delete made by another client is seen after that. While the store cannot be
+    asked, its lookup keeps answering what this mount knows (lookups.py)."""
     upload: Any = None
     """The FileUpload writing this file, while one is (chute.uploader's; kept untyped here
     so the namespace does not depend on the uploader's modules)."""

@@ -403,6 +403,21 @@ async def test_names_this_mount_wrote_expire_like_any_other(m: Mounted, mock_clo
     assert await errno_of(m.ops.lookup(d.st_ino, b"sub", CTX)) == errno.ENOENT
 
 
+async def test_with_the_store_away_names_made_here_keep_their_state(m: Mounted,
+                                                                   autojump_clock) -> None:
+    """Expiry asks the store; if it cannot answer, a name this mount made keeps what the
+    mount knows, while a name learned from the store is EIO (not guessed)."""
+    import httpx
+
+    await write_file(m.ops, ROOT_INODE, "mine", b"data")
+    m.store.put("theirs", b"x")
+    await m.ops.lookup(ROOT_INODE, b"theirs", CTX)
+    await trio.sleep(LOOKUP_TTL)
+    m.store.fail_next(None, error=httpx.ConnectError, times=10_000)
+    assert (await m.ops.lookup(ROOT_INODE, b"mine", CTX)).st_size == 4
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"theirs", CTX)) == errno.EIO
+
+
 async def test_keys_that_cannot_be_names_are_not_listed(m: Mounted, caplog) -> None:
     """Keys made outside whose last component cannot be a file name here are skipped with
     one quoted log line per listing: no phantom entry, no EIO for the directory."""
