@@ -496,6 +496,18 @@ async def test_a_probe_that_cannot_run_refuses_backslashes(autojump_clock) -> No
     await client.aclose()
 
 
+async def test_a_commit_under_another_key_is_a_failure(caplog) -> None:
+    """Should a name the store rewrites get through anyway, the key
+    CompleteMultipartUpload reports is checked: not the key sent, EIO."""
+    async for m in _mounted(store=MemoryS3(rewrite_backslash=True)):
+        m.ops.ns.keeps_backslash = True  # as if the probe had been wrong
+        info, _ = await m.ops.create(ROOT_INODE, b"x\\y", 0o644, WRITE | os.O_CREAT, CTX)
+        await m.ops.write(info.fh, 0, b"z" * (6 * MiB))  # more than a slice: multipart
+        assert await errno_of(m.ops.flush(info.fh)) == errno.EIO
+        await m.ops.release(info.fh)
+    assert any("KeyMismatch" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_name_both_file_and_directory_shows_the_directory(m: Mounted,
                                                                   mock_clock) -> None:
     """Keys coll and coll/inner made outside: the directory is shown (the file named in a

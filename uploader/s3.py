@@ -383,8 +383,10 @@ class S3Client:
             headers={"If-None-Match": "*"} if if_none_match else None,
             read_timeout=COMPLETE_READ_TIMEOUT, on_retry=on_retry, max_body=wire.XML_BODY_MAX,
         )
-        return answers.result_etag("CompleteMultipartUpload", answer,
+        etag = answers.result_etag("CompleteMultipartUpload", answer,
                                    "CompleteMultipartUploadResult")
+        answers.check_completed_key("CompleteMultipartUpload", answer, key)
+        return etag
 
     async def abort_multipart_upload(self, key: str, upload_id: str, *,
                                      policy: RetryPolicy | None = None) -> None:

@@ -25,7 +25,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from . import untrusted
 from .errors import MalformedResponse, StoreError
@@ -214,6 +214,18 @@ def result_etag(operation: str, answer: Answer, expected: str) -> str:
     if etag is None or not document.exact(etag):
         raise _malformed(operation, answer, "the answer's <ETag> is not a well-formed ETag")
     return etag
+
+
+def check_completed_key(operation: str, answer: Answer, key: str) -> None:
+    """The key a CompleteMultipartUploadResult names must be the key sent (as is, or
+    URL-decoded): a store that rewrote it (SeaweedFS turns ``\\`` into ``/``) stored the
+    object under another name, which is a failure (EIO), never a success. An answer without
+    a <Key> says nothing either way."""
+    reported = text(parse(operation, answer, "CompleteMultipartUploadResult").root, "Key")
+    if reported and key not in (reported, unquote(reported), unquote_plus(reported)):
+        raise StoreError(operation, answer.status, "KeyMismatch",
+                         f"the store completed the object as {reported!r}, not as {key!r}",
+                         answer.request_id)
 
 
 def upload_id(operation: str, answer: Answer) -> str:
