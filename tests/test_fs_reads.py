@@ -163,3 +163,21 @@ def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
     assert mount_tuning(ReadBudget(64 * MiB)).max_window == 56 * MiB
     assert mount_tuning(ReadBudget(8 * MiB)).max_window == 32 * MiB  # never below the default
     assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 64 * MiB
+
+
+def test_the_options_reach_the_policy_from_flags_config_and_fstab(tmp_path) -> None:
+    from chute.fs import cli, mount_helper
+
+    args = cli.parse_args(["mount", "/mnt/x", "s3://b/p", "--allow-read",
+                           "--read-budget", "32MiB"])
+    policy = cli.mount_policy(args)
+    assert (policy.allow_read, policy.read_budget) == (True, 32 * MiB)
+    defaults = cli.mount_policy(cli.parse_args(["mount", "/mnt/x", "s3://b/p"]))
+    assert (defaults.allow_read, defaults.read_budget) == (False, 64 * MiB)
+    config = tmp_path / "chute.toml"
+    config.write_text('allow_read = true\nread_budget = "16MiB"\n')
+    policy = cli.mount_policy(cli.parse_args(["mount", "/mnt/x", "s3://b/p", "--config",
+                                              str(config)]))
+    assert (policy.allow_read, policy.read_budget) == (True, 16 * MiB)
+    argv = mount_helper.chute_arguments("s3://b/p", "/mnt/x", ["allow_read,read_budget=8MiB"])
+    assert argv[-3:] == ["--allow-read", "--read-budget", "8MiB"]
