@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from chute.uploader.logsafe import quoted
 from chute.uploader.sizes import format_size
 
 from . import mountinfo
@@ -72,7 +73,7 @@ def _unmount_command(path: str, *, lazy: bool) -> list[str]:
 
 def _abandon(path: str, snapshot: MountStatus) -> None:
     for f in snapshot.files:
-        _say(f"abandoning {f.path}: {format_size(f.bytes_received)} received, "
+        _say(f"abandoning {quoted(f.path)}: {format_size(f.bytes_received)} received, "
              f"{format_size(f.bytes_acknowledged)} acknowledged; its upload is aborted and "
              "nothing of it stays in the bucket")
     subprocess.run(_unmount_command(path, lazy=True), capture_output=True)
@@ -113,7 +114,7 @@ def unmount(mountpoint: str, *, timeout: float, abandon: bool) -> int:
             abandoned = bool(snapshot.files)
             break
         if snapshot.files and not announced:
-            names = ", ".join(f.path for f in snapshot.files)
+            names = ", ".join(quoted(f.path) for f in snapshot.files)  # names may hold escapes
             _say(f"waiting up to {timeout:g} s for {len(snapshot.files)} open file(s) to be "
                  f"closed: {names}")
             announced = True

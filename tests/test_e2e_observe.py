@@ -389,7 +389,7 @@ def test_mount_t_fuse_chute_then_unmount_waits_for_the_writer(
         os.write(fd, b"the end")
     _, err = unmount.communicate(timeout=30)
     assert unmount.returncode == 0, err
-    assert "waiting up to 60 s for 1 open file(s) to be closed: slow" in err
+    assert "waiting up to 60 s for 1 open file(s) to be closed: 'slow'" in err
     assert not is_mounted(path)
     assert not utab_mentions(path)  # umount dropped mount(8)'s record too
     head = s3.head_object(Bucket=BUCKET, Key=f"{prefix}/slow")
@@ -422,7 +422,7 @@ def test_fstab_line_then_unmount_timeout_abandons_open_files(
         wait_for(lambda: status(path)["totals"]["parts"] == 1, "one part sent")
         result = chute("unmount", path, "--timeout", "1")
         assert result.returncode == 1
-        assert "abandoning never-closed: 16 MiB received, 5 MiB acknowledged" in \
+        assert "abandoning 'never-closed': 16 MiB received, 5 MiB acknowledged" in \
             result.stderr
         assert not is_mounted(path)
         with pytest.raises(OSError):
