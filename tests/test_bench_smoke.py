@@ -84,3 +84,18 @@ def test_small_files_with_floors_json(tmp_path: Path) -> None:
     assert floors["bound_files_per_s"] > 0
     assert floors["chute/bound"] > 0
     assert "chute/store-floor" not in report["ratios"]  # references, not peers
+
+
+def test_reads_mode_json(tmp_path: Path) -> None:
+    """--reads (issue 15): a read through chute --allow-read beside the direct download
+    (and rclone mount where installed), every one of them getting the whole object."""
+    result = run_bench("--reads", "--size", "32MiB", "--json", work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    assert {"direct", "chute"} <= set(report["rows"])
+    for row in report["rows"].values():
+        assert row["bytes"] == report["size"] == 32 << 20
+        assert row["seconds"] > 0 and row["peak_rss"] > 0
+    assert report["read_budget"] == 64 << 20
+    assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
+    assert list(tmp_path.iterdir()) == []

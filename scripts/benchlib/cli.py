@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     if args.reads:
         if args.json:
             print(json.dumps(result, indent=2))
-            return 0
+            return 0 if all(row["bytes"] == result["size"] for row in result["rows"].values()) \
+                else 1
         print_header(env, args, work, fs)
         return 0 if print_reads(result) else 1
     if args.json:
