@@ -52,6 +52,9 @@ Modes:
                                                 # FUSE alone (scripts/nullfs.py)
     python scripts/bench.py --scale             # 1 GiB and 16 GiB streamed with dd, peak RSS
     python scripts/bench.py --sweep             # slice 8/16/32 MiB x concurrency 4/8/16
+    python scripts/bench.py --reads             # sequential read of a 4 GiB object: chute
+                                                # --allow-read vs a direct ranged-GET download
+                                                # vs rclone mount (if on PATH); 1 run
     python scripts/bench.py --json              # machine output on stdout (progress: stderr)
     python scripts/bench.py --small-files --baseline ../old   # before/after in one run
 
