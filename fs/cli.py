@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             from chute.fs.verify import verify
 
+            if args.endpoint_url:
+                options.check_endpoint(args.endpoint_url)
             return verify(args.local_file, args.remote, endpoint_url=args.endpoint_url,
                           region=args.region, profile=args.profile)
     except ConfigError as exc:

@@ -409,3 +409,17 @@ def test_status_text_and_watch_screen_escape_names(capsys: pytest.CaptureFixture
     print_once(snapshot, as_json=True)
     assert "\x1b" not in capsys.readouterr().out  # JSON escapes it
     assert options  # imported for its checks above
+
+
+def test_a_ring_the_kernel_cannot_map_is_a_config_error() -> None:
+    """The pre-mount check is the first line; the allocation itself is the second."""
+    with pytest.raises(ConfigError, match="cannot allocate a ring of 1024 TiB"):
+        Ring(1 << 20, 1 << 30)
+
+
+def test_verify_refuses_an_endpoint_that_is_not_a_url(tmp_path: Path) -> None:
+    local = tmp_path / "f"
+    local.write_bytes(b"x")
+    result = _chute("verify", str(local), "s3://bkt/k", "--endpoint-url", "notaurl")
+    assert result.returncode == 1 and "is not a URL" in result.stderr
+    assert "Traceback" not in result.stderr

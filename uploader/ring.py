@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from .errors import RingExhausted
+from .errors import ConfigError, RingExhausted
 from .sizes import format_size
 
 if TYPE_CHECKING:
@@ -173,7 +173,11 @@ class Ring:
         in a small ring it could never have ``upload_concurrency`` in flight, and would lose
         its retained slices to its own backpressure. At least 1, so that a writer waiting
         with nothing in flight always frees a retained slot (the progress rule)."""
-        self._buffer = mmap.mmap(-1, slot_count * slice_size)
+        try:
+            self._buffer = mmap.mmap(-1, slot_count * slice_size)
+        except (OSError, OverflowError, ValueError) as exc:  # checked before mounting too
+            raise ConfigError(f"cannot allocate a ring of {format_size(slot_count * slice_size)}"
+                              f": {getattr(exc, 'strerror', None) or exc}") from None
         whole = memoryview(self._buffer)
         self.slots = [
             Slot(i, whole[i * slice_size : (i + 1) * slice_size]) for i in range(slot_count)
