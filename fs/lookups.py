@@ -85,7 +85,7 @@ class Lookups:
             node, _ = await self.find(parent, name)
         elif not self._known(node):
             try:
-                return await self._confirm(parent, name, node)
+                node = await self._confirm(parent, name, node)
             except (NoAnswer, StoreUnreachable):
                 if not node.local:
                     raise
@@ -140,26 +140,25 @@ class Lookups:
                        ) -> Node | None:
         """Ask the store about one name: a HEAD for a file, a LIST for a directory.
 
-        A name that is both (see namespace.py) is the directory. A HEAD that finds a file
-        settles it without a LIST only while the directory's fresh listing shows no
-        directory of that name; ``directory_first`` (a name known as a directory) asks the
-        LIST first, so a directory stays one."""
+        A name that is both (see namespace.py) is the directory: ``directory_first`` (a name
+        known as a directory) asks the LIST first, and a file the HEAD finds is the
+        directory if the parent's fresh listing shows one of that name. (Without a fresh
+        listing, in a directory of more than one page, it is the file: checking would cost
+        every lookup of a file a second request.)"""
         key = self.ns.child_key(parent, name)
         if directory_first and await self._is_dir(key):
             return self.ns.record(parent, name, True, checked_at=trio.current_time())
         info = await bounded(self.client.head_object(key))
+        now = trio.current_time()
         if info is not None:
-            now = trio.current_time()
-            listed_as_dir = (self.ns.listing_fresh(parent, now)
-                             and self.ns.from_listing(parent, name) is True)
-            if not directory_first and (listed_as_dir or not self.ns.listing_fresh(
-                    parent, now)) and await self._is_dir(key):
+            if (self.ns.listing_fresh(parent, now)
+                    and self.ns.from_listing(parent, name) is True):
                 log.warning("%s is both a file and a directory in the bucket: the directory "
                             "is shown, the file (key %s) is hidden behind it", quoted(
                                 self.ns.child_path(parent, name)), quoted(key))
-                return self.ns.record(parent, name, True, checked_at=trio.current_time())
+                return self.ns.record(parent, name, True, checked_at=parent.listed_at)
             node = self.ns.record(parent, name, False)
-            metadata.apply_head(node, info, trio.current_time())
+            metadata.apply_head(node, info, now)
             return node
         if not directory_first and await self._is_dir(key):
             return self.ns.record(parent, name, True, checked_at=trio.current_time())

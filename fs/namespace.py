@@ -54,7 +54,9 @@ Invariants:
   the file shows once the kernel asks again (LOOKUP_TTL), and a second ``rm -rf`` removes it
   (objects.py). Nothing is hidden for good, and ``rm -rf`` never reports success for a name
   that is still there. (Showing both under distinct names was rejected: any second name
-  could collide with a real key.)
+  could collide with a real key. In a directory of more than one listing page, a lookup
+  made without a fresh listing finds the file: checking every file lookup for a directory
+  too would double the requests of every ``stat``.)
 """
 
 from __future__ import annotations

@@ -385,12 +385,14 @@ async def test_names_this_mount_wrote_expire_like_any_other(m: Mounted, mock_clo
     d = await m.ops.mkdir(ROOT_INODE, b"rs", 0o755, CTX)
     for name in ("f1", "f2"):
         await write_file(m.ops, d.st_ino, name, b"data")
-    await m.ops.lookup(d.st_ino, b"f2", CTX)  # the kernel still holds it
+    f2 = await m.ops.lookup(d.st_ino, b"f2", CTX)  # the kernel still holds it
     del m.store.objects["rs/f2"]  # another client deletes it
     fh = await m.ops.opendir(d.st_ino, CTX)
     assert [n for n, _ in m.ops.handles.dir_entries(fh)] == ["f1", "f2"]  # within the TTL
     await m.ops.releasedir(fh)
     mock_clock.jump(LOOKUP_TTL)
+    assert await errno_of(m.ops.lookup(d.st_ino, b"f2", CTX)) == errno.ENOENT
+    await m.ops.forget([(f2.st_ino, 2)])  # the kernel lets go of it: still gone
     assert await errno_of(m.ops.lookup(d.st_ino, b"f2", CTX)) == errno.ENOENT
     assert (await m.ops.lookup(d.st_ino, b"f1", CTX)).st_size == 4
     fh = await m.ops.opendir(d.st_ino, CTX)
