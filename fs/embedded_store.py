@@ -42,7 +42,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -59,6 +58,7 @@ from botocore.credentials import Credentials
 from chute.uploader.errors import ConfigError
 
 from . import store_credentials, store_ports, store_process, store_security
+from .data_dir import check_data_dir, default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,41 +68,6 @@ _LOG_TAIL_LINES = 15
 
 class EmbeddedStoreError(ConfigError):
     """The embedded store could not be started (a ConfigError: chute reports it, unmounted)."""
-
-
-def default_data_dir() -> Path:
-    """$XDG_DATA_HOME/chute/seaweedfs, else ~/.local/share/chute/seaweedfs (XDG base dirs)."""
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "chute" / "seaweedfs"
-
-
-def check_data_dir(data_dir: Path) -> None:
-    """Refuse an existing data directory that is not the user's own and private.
-
-    chute makes the directory 0700 because it holds the store's keys and data; done blindly,
-    ``--data-dir /tmp`` (or any shared directory) would silently go from 1777 to 0700 and
-    lock its other users out. So a directory that exists must be owned by the user and not
-    writable by group or others (which is how chute creates it); only then is it tightened
-    to 0700. One that does not exist yet is created by chute, 0700."""
-    try:
-        info = os.stat(data_dir)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise EmbeddedStoreError(f"cannot use the data directory {data_dir}: "
-                                 f"{exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise EmbeddedStoreError(f"the data directory {data_dir} is not a directory")
-    if info.st_uid != os.getuid():
-        raise EmbeddedStoreError(
-            f"the data directory {data_dir} belongs to another user (uid {info.st_uid}): give "
-            "--data-dir a directory of your own, or one that does not exist yet")
-    if info.st_mode & 0o022:
-        raise EmbeddedStoreError(
-            f"the data directory {data_dir} is writable by others (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}): chute keeps its keys there and would make it "
-            "0700; give --data-dir a private directory, or one that does not exist yet")
 
 
 def find_weed() -> Path:

@@ -26,6 +26,7 @@ import resource
 import urllib.parse
 from pathlib import Path
 
+from chute.fs.data_dir import check_data_dir, default_data_dir
 from chute.uploader.config import UploaderConfig, check_range
 from chute.uploader.credentials import resolve_endpoint, resolve_region
 from chute.uploader.errors import ConfigError
@@ -181,13 +182,6 @@ def descriptors_needed(config: UploaderConfig) -> int:
     return config.upload_concurrency + 8 + 64 + 2 * (8 + 4) + 8
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """An existing ``--data-dir`` must be the user's own and private (see embedded_store)."""
-    from chute.fs.embedded_store import check_data_dir as check
-
-    check(data_dir)
-
-
 def check_mount(args: argparse.Namespace, config: UploaderConfig) -> Bucket | None:
     """Everything about ``chute mount``'s request that can be checked before anything
     starts; the remote's :class:`Bucket` (None for the embedded store)."""
@@ -202,8 +196,6 @@ def check_mount(args: argparse.Namespace, config: UploaderConfig) -> Bucket | No
                     format_size(config.slice_size), config.slot_count, format_size(ring))
     raise_descriptor_limit(descriptors_needed(config))
     if not args.remote:
-        from chute.fs.embedded_store import default_data_dir
-
         check_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
         return None
     bucket, prefix = parse_remote(args.remote)

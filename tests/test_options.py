@@ -19,7 +19,8 @@ import pytest
 import trio
 
 from chute.fs import control, options
-from chute.fs.embedded_store import EmbeddedStore, check_data_dir
+from chute.fs.data_dir import check_data_dir
+from chute.fs.embedded_store import EmbeddedStore
 from chute.fs.listeners import serve_capped
 from chute.fs.options import (
     check_bucket_name,
