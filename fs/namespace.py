@@ -35,35 +35,15 @@ Invariants:
   MAX_KEY_BYTES (a directory's marker counts its slash: one rule, :meth:`Namespace.check_key_fits`,
   for create, mkdir and both kinds of rename). The mount root's upload-marker directory (see
   uploader/leftovers.py) is chute's and is refused.
-- **One rule for what can be a name here** (:meth:`Namespace.name_problem`), applied both
-  ways: a key whose last component breaks it is not shown by a listing (lookups.py skips it
-  with one log line per listing, never a phantom entry that then gives ENOENT), and a new name
-  that breaks it is refused (create, mkdir, rename target: EINVAL and a log line; a lookup,
-  unlink or rmdir of such a name is an ordinary ENOENT: it cannot be listed either). Broken:
-  empty, ``.``/``..``, a ``/``, a control character (0x00-0x1f, 0x7f), over NAME_MAX bytes,
-  and a backslash on a store that does not keep it byte-for-byte (SeaweedFS turns ``\\`` into
-  ``/``, so ``a\\b`` would land at ``a/b``, even in a directory the writer may not write).
-  Whether the store keeps ``\\`` is probed once at mount (fs/store_probe.py) and entered as
-  :attr:`Namespace.keeps_backslash`; until then, and if the probe could not run, it is
-  refused (the safe answer).
-- **A name that is both a file and a directory** (keys ``coll`` and ``coll/inner`` made by
-  another client) shows as the directory: everything below it stays reachable and can be
-  removed through the mount, and the hidden file is named in a log line (lookups.py). An
-  rmdir of that directory that finds the file behind it removes the (empty) directory and
-  answers ENOTEMPTY, so ``rm -rf coll`` exits non-zero while the name still holds something;
-  the file shows once the kernel asks again (LOOKUP_TTL), and a second ``rm -rf`` removes it
-  (objects.py). Nothing is hidden for good, and ``rm -rf`` never reports success for a name
-  that is still there. (Showing both under distinct names was rejected: any second name
-  could collide with a real key. In a directory of more than one listing page, a lookup
-  made without a fresh listing finds the file: checking every file lookup for a directory
-  too would double the requests of every ``stat``.)
+- **What can be a name here** is names.py's one rule (listings skip what breaks it, new
+  names that break it are refused), and so is the decision for a name that is both a file
+  and a directory.
 """
 
 from __future__ import annotations
 
 import errno
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -73,16 +53,13 @@ from typing import Any
 from chute.uploader import leftovers
 from chute.uploader.logsafe import quoted
 
+from . import names
+from .names import MAX_KEY_BYTES, NAME_MAX
 from .refused import Refused
 
 ROOT_INODE = 1
 """The kernel's inode number of the mount root (FUSE_ROOT_ID, pyfuse3.ROOT_INODE)."""
-MAX_KEY_BYTES = 1024
-"""S3's limit on a key's length in UTF-8."""
-NAME_MAX = 255
-"""The longest name (one path component) in bytes, as statfs reports it; the kernel lets
-FUSE names of up to 1024 bytes through, and S3 would take them, but tools expect 255."""
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+__all__ = ["MAX_KEY_BYTES", "NAME_MAX", "ROOT_INODE", "Namespace", "Node"]
 
 
 @dataclass(eq=False, slots=True)
@@ -229,20 +206,8 @@ class Namespace:
         return name
 
     def name_problem(self, name: str) -> str | None:
-        """Why ``name`` cannot be a file name of this mount, or None (the one rule, see the
-        module): for the names a listing shows and the names created alike."""
-        if name in ("", ".", ".."):
-            return "not a file name"
-        if "/" in name:
-            return "it holds a '/', which separates directories"
-        if _CONTROL.search(name):
-            return "it holds a control character"
-        if len(name.encode()) > NAME_MAX:
-            return f"it is longer than {NAME_MAX} bytes"
-        if "\\" in name and not self.keeps_backslash:
-            return ("it holds a backslash, and this store does not keep one in a key "
-                    "(it would store the object under another key)")
-        return None
+        """Why ``name`` cannot be a file name of this mount, or None (names.py)."""
+        return names.problem(name, keeps_backslash=self.keeps_backslash)
 
     def check_key_fits(self, parent: Node, name: str, *, directory: bool) -> None:
         """ENAMETOOLONG if ``name``'s key under ``parent`` (a directory's marker with its
