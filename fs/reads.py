@@ -210,9 +210,9 @@ class ReadHandles:
             self.refused_reads += 1
             if not self._refusal_logged:
                 self._refusal_logged = True
-                raise Refused(errno.EACCES, "%s: reads are off on this mount (EACCES for "
-                              "every read; logged once): mount with --allow-read to read "
-                              "finished objects", handle.path)
+                raise Refused(errno.EACCES, "%s: the mount is write-only, every read() is "
+                              "EACCES (logged once per mount): mount with --allow-read to "
+                              "read finished objects", handle.path)
             raise Refused(errno.EACCES)
         try:
             return await handle.reader.read(offset, size)
