@@ -13,6 +13,7 @@ Over the in-memory S3 (tests/support/memory_s3.py), without FUSE, root or Seawee
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -222,6 +223,20 @@ async def test_a_store_answering_200_html_to_everything_gets_no_file(m: Mounted,
     await m.ops.release(info.fh)
     assert "uploaded" not in caplog.text
     assert "S3 answers this with no body" in caplog.text
+
+
+@pytest.mark.parametrize("operation", ["UploadPart", "CompleteMultipartUpload"])
+async def test_a_multipart_file_whose_commit_answer_is_html_fails_and_leaves_nothing(
+        m: Mounted, operation: str) -> None:
+    m.store.fail_next(operation, status=200, body=HTML, headers={"etag": '"5f3c-1a2b"'},
+                      times=100)
+    info, _ = await m.ops.create(ROOT_INODE, b"big", 0o644, WRITE | os.O_CREAT, CTX)
+    with contextlib.suppress(pyfuse3.FUSEError):  # a part's failure may already show here
+        await m.ops.write(info.fh, 0, b"x" * (12 * MiB))
+    assert await errno_of(m.ops.flush(info.fh)) == errno.EIO
+    await m.ops.release(info.fh)
+    assert "big" not in m.store.objects
+    assert m.store.uploads == {}  # aborted
 
 
 @pytest.mark.parametrize(("operation", "headers", "body"), [
