@@ -141,7 +141,8 @@ class S3Client:
                 await response.aclose()
         except Exception as exc:
             if self.on_request is not None:
-                self.on_request(operation, trio.current_time() - started, None)
+                self.on_request(operation, trio.current_time() - started,
+                                getattr(exc, "status", None))  # an answer too large: its status
             if isinstance(exc, httpx.HTTPError):
                 raise wire.transport_failure(operation, exc, send_timeout=self.stall_timeout,
                                              read_timeout=read_seconds) from exc
@@ -171,8 +172,7 @@ class S3Client:
     ) -> Answer:
         """Send one S3 request, retried per the policy; raise StoreError on an error answer.
 
-        At most ``max_body`` bytes of the answer are read (s3_wire.read_body): the store
-        decides how much it sends, chute how much it holds.
+        At most ``max_body`` bytes of an answer are held (s3_wire.read_body).
 
         ``on_retry(reason)`` is told about each retry of this request (besides the client's
         own ``on_retry`` hook), e.g. to note that an answer may have been lost.
