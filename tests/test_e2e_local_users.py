@@ -37,6 +37,7 @@ from tests.support.mounts import (
     wait_until_mounted,
 )
 from tests.support.store import BUCKET, object_keys, sha256_object, store_env
+from tests.support.users import second_user
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
@@ -69,16 +70,8 @@ def flood_user() -> str | None:
     if os.geteuid() != 0 or not (shutil.which("useradd") and shutil.which("runuser")):
         yield None
         return
-    try:
-        pwd.getpwnam(PROBE_USER)
-        made = False
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", PROBE_USER],
-                       check=True, capture_output=True)
-        made = True
-    yield PROBE_USER
-    if made:
-        subprocess.run(["userdel", PROBE_USER], check=False, capture_output=True)
+    with second_user(PROBE_USER) as name:
+        yield name
 
 
 def launch_limited(mnt: Path, log_path: Path, store, options: tuple[str, ...], soft: int,

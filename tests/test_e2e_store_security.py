@@ -12,7 +12,6 @@ own mount on the same store still lands a small and a multipart file.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from chute.fs.embedded_store import EmbeddedStore
 from tests.support.files import random_file, sha256_file
 from tests.support.mounts import requires_fuse
 from tests.support.store import BUCKET, pending_uploads, sha256_object
+from tests.support.users import second_user
 
 pytestmark = [
     pytest.mark.e2e, requires_fuse,
@@ -55,16 +55,8 @@ class Answer:
 @pytest.fixture(scope="module")
 def probe_user() -> Iterator[str]:
     """A second local user with no home and no login shell (made if missing)."""
-    try:
-        pwd.getpwnam(PROBE_USER)
-        made = False
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", PROBE_USER],
-                       check=True, capture_output=True)
-        made = True
-    yield PROBE_USER
-    if made:
-        subprocess.run(["userdel", PROBE_USER], check=False, capture_output=True)
+    with second_user(PROBE_USER) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
