@@ -25,33 +25,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from chute.fs.embedded_store import EmbeddedStore
-from chute.fs.mountinfo import is_mounted
+from _local_mount import local_mount, proc_field
+
 from chute.uploader.sizes import MiB, format_size
 
 
 def vm_rss(pid: int) -> int:
     """The process's resident set in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise SystemExit(f"process {pid} has gone")
-
-
-def wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not is_mounted(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"mount did not come up (exit {proc.poll()})")
-        time.sleep(0.05)
+    if not os.path.exists(f"/proc/{pid}"):
+        raise SystemExit(f"process {pid} has gone")
+    return proc_field(pid, "status", "VmRSS") * 1024
 
 
 def reclaim_dentries_and_inodes() -> None:
@@ -82,49 +70,33 @@ def main() -> int:
                         help="do not make the kernel reclaim dentries and inodes per batch")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="chute-rss-", dir=os.getcwd()) as tmp:
-        work = Path(tmp)
-        with EmbeddedStore(work / "store", bucket="bench") as store:
-            mountpoint = work / "mnt"
-            mountpoint.mkdir()
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": store.access_key,
-                   "AWS_SECRET_ACCESS_KEY": store.secret_key}
-            with open(work / "mount.log", "wb") as log:
-                mount = subprocess.Popen(
-                    [sys.executable, "-m", "chute.fs.cli", "mount", str(mountpoint),
-                     "s3://bench", "--endpoint-url", store.endpoint_url, "-q"],
-                    stdout=log, stderr=subprocess.STDOUT, env=env,
-                )
-            rows: list[tuple[int, float, int]] = []
-            try:
-                wait_mounted(mountpoint, mount)
-                dirs = [mountpoint / f"d{i:03d}" for i in range(args.dirs)]
-                for d in dirs:
-                    d.mkdir()
-                print(f"mount pid {mount.pid}, RSS idle {format_size(vm_rss(mount.pid))}",
-                      flush=True)
-                print(f"{'files':>9} {'seconds':>8} {'files/s':>8} {'RSS':>12}", flush=True)
-                written = 0
-                with ThreadPoolExecutor(args.writers) as pool:
-                    while written < args.files:
-                        count = min(args.batch, args.files - written)
-                        paths = [dirs[(written + i) * len(dirs) // args.files]
-                                 / f"f{written + i:07d}" for i in range(count)]
-                        started = time.monotonic()
-                        step = -(-count // args.writers)
-                        chunks = [paths[i:i + step] for i in range(0, count, step)]
-                        list(pool.map(write_files, chunks))
-                        elapsed = time.monotonic() - started
-                        written += count
-                        if not args.no_reclaim:
-                            reclaim_dentries_and_inodes()
-                        rss = vm_rss(mount.pid)
-                        rows.append((written, elapsed, rss))
-                        print(f"{written:>9} {elapsed:>8.1f} {count / elapsed:>8.0f} "
-                              f"{format_size(rss):>12}", flush=True)
-            finally:
-                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-                mount.wait(120)
+    rows: list[tuple[int, float, int]] = []
+    with local_mount(prefix="chute-rss-") as mounted:
+        mountpoint, mount = mounted.path, mounted.process
+        dirs = [mountpoint / f"d{i:03d}" for i in range(args.dirs)]
+        for d in dirs:
+            d.mkdir()
+        print(f"mount pid {mount.pid}, RSS idle {format_size(vm_rss(mount.pid))}",
+              flush=True)
+        print(f"{'files':>9} {'seconds':>8} {'files/s':>8} {'RSS':>12}", flush=True)
+        written = 0
+        with ThreadPoolExecutor(args.writers) as pool:
+            while written < args.files:
+                count = min(args.batch, args.files - written)
+                paths = [dirs[(written + i) * len(dirs) // args.files]
+                         / f"f{written + i:07d}" for i in range(count)]
+                started = time.monotonic()
+                step = -(-count // args.writers)
+                chunks = [paths[i:i + step] for i in range(0, count, step)]
+                list(pool.map(write_files, chunks))
+                elapsed = time.monotonic() - started
+                written += count
+                if not args.no_reclaim:
+                    reclaim_dentries_and_inodes()
+                rss = vm_rss(mount.pid)
+                rows.append((written, elapsed, rss))
+                print(f"{written:>9} {elapsed:>8.1f} {count / elapsed:>8.0f} "
+                      f"{format_size(rss):>12}", flush=True)
     growth = rows[-1][2] - rows[0][2]
     within = growth <= args.limit * MiB
     if not args.no_reclaim:

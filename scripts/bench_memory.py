@@ -18,35 +18,14 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import boto3
+from _local_mount import BUCKET, local_mount, proc_field
 
-from chute.fs.embedded_store import EmbeddedStore
-from chute.fs.mountinfo import is_mounted
 from chute.uploader.sizes import MiB, format_size, parse_size
-
-
-def proc_field(path: str, field: str) -> int:
-    """The first number on ``field:``'s line of a /proc file (status is in KiB, io in bytes)."""
-    with open(path) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def wait_mounted(path: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if is_mounted(path):
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"mount did not come up (exit {proc.poll()})")
-        time.sleep(0.05)
 
 
 def generator(size: int, seed: int, sink: subprocess.IO[bytes], digest: hashlib._Hash
@@ -75,50 +54,33 @@ def main() -> int:
     ring = parse_size(args.ring_size)
     size = ring * args.factor
 
-    with tempfile.TemporaryDirectory(prefix="chute-bench-", dir=os.getcwd()) as tmp:
-        work = Path(tmp)
-        with EmbeddedStore(work / "store", bucket="bench") as store:
-            mountpoint = work / "mnt"
-            mountpoint.mkdir()
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": store.access_key,
-                   "AWS_SECRET_ACCESS_KEY": store.secret_key}
-            with open(work / "mount.log", "wb") as log:
-                mount = subprocess.Popen(
-                    [sys.executable, "-m", "chute.fs.cli", "mount", str(mountpoint),
-                     "s3://bench", "--endpoint-url", store.endpoint_url, "--ring-size",
-                     args.ring_size, "--slice-size", args.slice_size, "-q"],
-                    stdout=log, stderr=subprocess.STDOUT, env=env,
-                )
-            try:
-                wait_mounted(mountpoint, mount)
-                rss_idle = proc_field(f"/proc/{mount.pid}/status", "VmRSS") * 1024
-                disk_before = proc_field(f"/proc/{mount.pid}/io", "write_bytes")
-                digest = hashlib.sha256()
-                started = time.monotonic()
-                dd = subprocess.Popen(
-                    ["dd", f"of={mountpoint / 'big'}", "bs=1M", "iflag=fullblock",
-                     "status=none"], stdin=subprocess.PIPE,
-                )
-                feeder = threading.Thread(target=generator, args=(size, 1, dd.stdin, digest))
-                feeder.start()
-                feeder.join()
-                if dd.wait() != 0:
-                    raise SystemExit("dd into the mount failed")
-                elapsed = time.monotonic() - started
-                peak = proc_field(f"/proc/{mount.pid}/status", "VmHWM") * 1024
-                disk = proc_field(f"/proc/{mount.pid}/io", "write_bytes") - disk_before
-                stat = Path(f"/proc/{mount.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-            finally:
-                subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-                mount.wait(60)
-            s3 = boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region,
-                              aws_access_key_id=store.access_key,
-                              aws_secret_access_key=store.secret_key)
-            check = hashlib.sha256()
-            for chunk in s3.get_object(Bucket="bench", Key="big")["Body"].iter_chunks(MiB):
-                check.update(chunk)
-            verified = check.hexdigest() == digest.hexdigest()
+    with local_mount("--ring-size", args.ring_size, "--slice-size", args.slice_size) as mounted:
+        mountpoint, pid, store = mounted.path, mounted.process.pid, mounted.store
+        rss_idle = proc_field(pid, "status", "VmRSS") * 1024
+        disk_before = proc_field(pid, "io", "write_bytes")
+        digest = hashlib.sha256()
+        started = time.monotonic()
+        dd = subprocess.Popen(
+            ["dd", f"of={mountpoint / 'big'}", "bs=1M", "iflag=fullblock", "status=none"],
+            stdin=subprocess.PIPE,
+        )
+        feeder = threading.Thread(target=generator, args=(size, 1, dd.stdin, digest))
+        feeder.start()
+        feeder.join()
+        if dd.wait() != 0:
+            raise SystemExit("dd into the mount failed")
+        elapsed = time.monotonic() - started
+        peak = proc_field(pid, "status", "VmHWM") * 1024
+        disk = proc_field(pid, "io", "write_bytes") - disk_before
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        s3 = boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region,
+                          aws_access_key_id=store.access_key,
+                          aws_secret_access_key=store.secret_key)
+        check = hashlib.sha256()
+        for chunk in s3.get_object(Bucket=BUCKET, Key="big")["Body"].iter_chunks(MiB):
+            check.update(chunk)
+        verified = check.hexdigest() == digest.hexdigest()
 
     limit = ring + 64 * MiB
     print(f"file {format_size(size)} through a {format_size(ring)} ring "
