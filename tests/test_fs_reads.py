@@ -160,8 +160,8 @@ async def test_o_rdwr_of_a_finished_object_reads_and_refuses_writes(on: Mounted)
 
 
 def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
-    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 56 * MiB
-    assert mount_tuning(ReadBudget(8 * MiB)).max_window == 32 * MiB  # never below the default
+    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 48 * MiB  # 64 - 8 reserve - 8
+    assert mount_tuning(ReadBudget(8 * MiB)).max_window == 16 * MiB  # the budget caps it
     assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 64 * MiB
 
 
