@@ -22,7 +22,11 @@ from collections.abc import Callable
 
 from chute.fs import config_file, options
 from chute.fs.logs import setup_logging
-from chute.fs.policy import MountPolicy
+from chute.fs.policy import (
+    DEFAULT_RENAME_DIR_MAX_BYTES,
+    DEFAULT_RENAME_DIR_MAX_OBJECTS,
+    MountPolicy,
+)
 from chute.uploader.config import (
     DEFAULT_RETRY_BUDGET,
     DEFAULT_RING_SIZE,
@@ -32,6 +36,7 @@ from chute.uploader.config import (
     UploaderConfig,
 )
 from chute.uploader.errors import ConfigError
+from chute.uploader.moves import MAX_KEYS as MAX_MOVE_KEYS
 from chute.uploader.read_budget import DEFAULT_READ_BUDGET
 from chute.uploader.s3 import Bucket
 from chute.uploader.sizes import format_size, parse_size
@@ -44,6 +49,16 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _object_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= count <= MAX_MOVE_KEYS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_MOVE_KEYS}")
+    return count
 
 
 def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -108,6 +123,17 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "signal, or exited non-zero) like any other, as a plain filesystem "
                         "does (default: drop it, so no truncated object appears and an object "
                         "it was to replace stays untouched)")
+    policy.add_argument("--rename-dir-max-objects", type=_object_count, metavar="N",
+                        default=DEFAULT_RENAME_DIR_MAX_OBJECTS,
+                        help="rename a non-empty directory only if it holds at most N objects "
+                        "(copied server-side one by one, then deleted; not atomic); beyond, "
+                        f"EOPNOTSUPP; 0 refuses all (default {DEFAULT_RENAME_DIR_MAX_OBJECTS}, "
+                        f"at most {MAX_MOVE_KEYS})")
+    policy.add_argument("--rename-dir-max-bytes", type=_size, metavar="SIZE",
+                        default=DEFAULT_RENAME_DIR_MAX_BYTES,
+                        help="rename a non-empty directory only if its objects total at most "
+                        "SIZE (the rename blocks until every server-side copy has landed) "
+                        f"(default {format_size(DEFAULT_RENAME_DIR_MAX_BYTES)})")
     reads = mount.add_argument_group("reading")
     reads.add_argument("--allow-read", action="store_true",
                        help="let finished objects be read through the mount (ranged GETs, "
@@ -282,7 +308,9 @@ def mount_policy(args: argparse.Namespace) -> MountPolicy:
     """What the mount refuses (fs policy, not the uploader's config)."""
     return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete,
                        commit_partial=args.commit_partial, allow_read=args.allow_read,
-                       read_budget=args.read_budget, uid=args.uid, gid=args.gid)
+                       read_budget=args.read_budget, uid=args.uid, gid=args.gid,
+                       rename_dir_max_objects=args.rename_dir_max_objects,
+                       rename_dir_max_bytes=args.rename_dir_max_bytes)
 
 
 def _mount_here(args: argparse.Namespace, config: UploaderConfig,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from chute.uploader import leftovers
+from chute.uploader import leftovers, moves
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
@@ -204,6 +204,11 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             await leftovers.clean(client)
     except Exception as exc:
         log.warning("could not look for uploads left by earlier mounts: %s", exc)
+    try:
+        with trio.fail_after(120):
+            await moves.recover(client)
+    except Exception as exc:
+        log.warning("could not look for directory renames cut by earlier mounts: %s", exc)
     operations = ChuteOperations(uploader, client, request.mountpoint, request.policy, reads)
     operations.ns.keeps_backslash = await store_probe.keeps_backslash(client)
     options = set(pyfuse3.default_options)

@@ -33,8 +33,8 @@ Invariants:
   latest listings (one entry per listed name), not the number of files ever seen.
 - **Names.** A name is UTF-8 (S3 keys are), at most NAME_MAX bytes, and its key at most
   MAX_KEY_BYTES (a directory's marker counts its slash: one rule, :meth:`Namespace.check_key_fits`,
-  for create, mkdir and both kinds of rename). The mount root's upload-marker directory (see
-  uploader/leftovers.py) is chute's and is refused.
+  for create, mkdir and both kinds of rename). The mount root's marker directories (see
+  uploader/leftovers.py, uploader/moves.py) are chute's and are refused.
 - **What can be a name here** is names.py's one rule (listings skip what breaks it, new
   names that break it are refused), and so is the decision for a name that is both a file
   and a directory.
@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from chute.uploader import leftovers
+from chute.uploader import leftovers, moves
 from chute.uploader.logsafe import quoted
 
 from . import names
@@ -219,8 +219,8 @@ class Namespace:
 
     @staticmethod
     def is_reserved(parent: Node, name: str) -> bool:
-        """The mount root's upload-marker directory is chute's, not the user's."""
-        return parent.inode == ROOT_INODE and name == leftovers.MARKER_DIR
+        """The mount root's marker directories (uploads', moves') are chute's, not the user's."""
+        return parent.inode == ROOT_INODE and name in (leftovers.MARKER_DIR, moves.MARKER_DIR)
 
     # -- entering and leaving -------------------------------------------------------
 

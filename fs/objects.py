@@ -7,10 +7,11 @@
   (:meth:`ObjectOps.fix_up_metadata`). A directory keeps them in memory (a marker cannot be
   copied onto itself on SeaweedFS).
 - rename of a file is a server-side copy, then a delete of the source only once the copy
-  succeeded; of an empty directory a new marker, then the old one deleted. A non-empty
-  directory is refused (EOPNOTSUPP). unlink is a DeleteObject, rmdir the deletion of an
-  empty directory's marker, mkdir a ``dir/`` marker. A file still being written cannot be
-  renamed or unlinked (EBUSY): its object does not exist yet.
+  succeeded; of an empty directory a new marker, then the old one deleted; of a non-empty
+  one a bounded server-side move of every object below it (dir_moves.py). unlink is a
+  DeleteObject, rmdir the deletion of an empty directory's marker, mkdir a ``dir/``
+  marker. A file still being written cannot be renamed or unlinked (EBUSY): its object
+  does not exist yet.
 - The mount policies (policy.py) are decided here, before any request.
 
 Metadata copies and renames of one object are serialized (one lock per node, held only
@@ -32,7 +33,7 @@ from chute.uploader.copy import MAX_COPY_BYTES, copy_in_parts
 from chute.uploader.errors import StoreError, errno_for
 from chute.uploader.logsafe import quoted
 
-from . import metadata
+from . import dir_moves, metadata
 from .lookups import Lookups
 from .namespace import Namespace, Node
 from .policy import MountPolicy
@@ -271,21 +272,24 @@ class ObjectOps:
                           target: Node | None) -> None:
         """An empty directory is only its marker: write the new marker, delete the old.
 
-        A non-empty one is refused with EOPNOTSUPP. Renaming it would be a server-side copy
-        and delete of every object below it: slow, not atomic, and a failure halfway leaves
-        the tree split between both names. Not EXDEV: that makes ``mv`` fall back to copying
-        through the mount, which reads, and this mount is write-only. Not ENOTEMPTY: that
-        would blame the target.
+        A non-empty one is moved object by object, within the mount's limits (dir_moves.py:
+        EINVAL into itself, EBUSY while a file below is written, EOPNOTSUPP beyond
+        ``--rename-dir-max-*``; not atomic, crash-safe by a marker). rename(2)'s rules for
+        the target come first: a file is ENOTDIR, a non-empty directory ENOTEMPTY (borg's
+        lock relies on that refusal), an empty one is replaced.
         """
+        dir_moves.refuse_into_itself(self.ns, node, new_parent)
+        if target is None:  # the kernel looked it up, but a tree must never merge into one
+            target, _ = await self.lookups.find(new_parent, new_name)
         if target is not None:
             if not target.is_dir:
                 raise Refused(errno.ENOTDIR)
             if not await self.lookups.dir_is_empty(target):
                 raise Refused(errno.ENOTEMPTY)
         if not await self.lookups.dir_is_empty(node):
-            raise Refused(errno.EOPNOTSUPP, "cannot rename directory %r: it is not empty, and "
-                          "renaming it would copy every object below it one by one",
-                          self.ns.path(node))
+            await dir_moves.move_directory(self.ns, self.client, self.policy, node,
+                                           new_parent, new_name, target)
+            return
         old_key = self.ns.key(node)
         dest_key = self.ns.child_key(new_parent, new_name, directory=True)
         await self.client.put_object(dest_key, b"", metadata.meta_headers(

@@ -268,7 +268,7 @@ class _Judge:
             _report(marker, parsed)
             return
         key, owner = parsed
-        modified = _timestamp(info.last_modified) or _timestamp(listed_modified)
+        modified = timestamp(info.last_modified) or timestamp(listed_modified)
         age = None if modified is None else self.now - modified
         dead, why = verdict(owner, self.here, age)
         if not dead:
@@ -333,7 +333,7 @@ def _report(marker: str, problem: str) -> None:
     log.warning("ignoring upload marker %r: it %s", marker, problem)
 
 
-def _timestamp(text: str) -> float | None:
+def timestamp(text: str) -> float | None:
     """Seconds since the epoch from an HTTP date or an ISO 8601 one; None if neither."""
     if not text or len(text) > 64:
         return None
