@@ -29,8 +29,10 @@ import trio
 
 from . import s3_answers as answers
 from . import s3_wire as wire
+from .bandwidth import Bandwidth, throttled
 from .credentials import CredentialSource
 from .errors import StoreError
+from .object_options import ObjectOptions, is_own_key
 from .retry import RetryPolicy, RetryReason
 from .s3_transport import SLOWEST_MOVING_LINK, chunks, real_transport, send_chunk_size
 from .s3_wire import Answer, Bucket, Listing, ObjectInfo, PendingUpload
@@ -90,6 +92,11 @@ class S3Client:
         # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
         # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
         self._http = transport if transport is not None else real_transport(max_connections)
+        self.object_options: ObjectOptions | None = None
+        """The mount's upload options (object_options.py), added to every request's headers
+        as that call needs them; None: none."""
+        self.bandwidth: Bandwidth | None = None
+        """--bwlimit: PutObject and UploadPart bodies go out through this token bucket."""
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -123,7 +130,9 @@ class S3Client:
         read_seconds = max(read_timeout or 0, self.stall_timeout)
         timeout = httpx.Timeout(self.stall_timeout, read=read_seconds, pool=None)
         content: bytes | AsyncIterator[memoryview]
-        if isinstance(body, memoryview) and len(body) > self._send_chunk:
+        if self.bandwidth is not None and body and operation in ("PutObject", "UploadPart"):
+            content = throttled(self.bandwidth, memoryview(body), self._send_chunk, progress)
+        elif isinstance(body, memoryview) and len(body) > self._send_chunk:
             content = chunks(body, self._send_chunk, progress)
         else:
             content = bytes(body)
@@ -180,6 +189,9 @@ class S3Client:
         query_string = query if isinstance(query, str) else wire.canonical_query(query)
         url = self.bucket.url(key, query_string)
         label = f"{operation} {key}" if key else operation
+        if self.object_options is not None and key:
+            headers = self.object_options.request_headers(
+                operation, key, headers or {}, own=is_own_key(self.bucket.prefix, key))
 
         def retried(reason: RetryReason, error: Exception) -> None:
             if on_retry is not None:
@@ -333,6 +345,9 @@ class S3Client:
         return headers
 
     async def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the object's tag set with ``tags`` and the mount's extra tags (--tag)."""
+        if self.object_options is not None and not is_own_key(self.bucket.prefix, key):
+            tags = self.object_options.with_tags(tags)
         await self.request("PutObjectTagging", "PUT", key, query="tagging=",
                            body=wire.tagging_body(tags))
 
