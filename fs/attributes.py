@@ -35,6 +35,10 @@ def entry(node: Node, uid: int, gid: int) -> pyfuse3.EntryAttributes:
         attrs.st_mode = stat.S_IFDIR | mode_of(node)
         attrs.st_nlink = 2
         attrs.st_size = 0
+    elif node.is_link:  # its size is the target's length, as lstat shows it
+        attrs.st_mode = stat.S_IFLNK | mode_of(node)
+        attrs.st_nlink = 1
+        attrs.st_size = clamp(node.size, 0)
     else:
         attrs.st_mode = stat.S_IFREG | mode_of(node)
         attrs.st_nlink = 1

@@ -157,7 +157,7 @@ class Lookups:
                             "is shown, the file (key %s) is hidden behind it", quoted(
                                 self.ns.child_path(parent, name)), quoted(key))
                 return self.ns.record(parent, name, True, checked_at=parent.listed_at)
-            node = self.ns.record(parent, name, False)
+            node = self.ns.record(parent, name, False, is_link=metadata.is_link_object(info))
             metadata.apply_head(node, info, now)
             return node
         if not directory_first and await self._is_dir(key):
@@ -170,13 +170,17 @@ class Lookups:
         return page is not None and bool(page.objects or page.prefixes)
 
     async def refresh(self, node: Node) -> None:
-        """HEAD a file known only from a listing; ENOENT if it has gone meanwhile."""
+        """HEAD a file known only from a listing; ENOENT if it has gone meanwhile, ESTALE
+        if it is a link where the node is a file or the other way round (an inode never
+        changes its kind: the kernel's retry of the path looks it up again, a new node)."""
         info = await bounded(self.client.head_object(self.ns.key(node)))
-        if info is None:
+        if info is None or metadata.is_link_object(info) != node.is_link:
             parent = self.ns.get(node.parent)
             if parent is not None:
                 self.ns.remove(parent, node.name)
-            raise Refused(errno.ENOENT)
+                if info is not None:
+                    self.ns.unsure_of(parent)  # the name still exists
+            raise Refused(errno.ENOENT if info is None else errno.ESTALE)
         metadata.apply_head(node, info, trio.current_time())
 
     async def _relist(self, node: Node) -> None:

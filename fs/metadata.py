@@ -13,6 +13,12 @@ mode outside 0..0o177777 or an mtime outside what stat can show (signed 64-bit n
 1677 to 2262) is ignored, the default shown (0644/0755, Last-Modified), and logged once per
 object; dates are clamped into that range. Nothing here raises on what the store said.
 
+A symbolic link (fs/symlinks.py) is an object whose body is the target and whose mode has
+S_IFLNK: chute-mode ``120777``, and s3fs-fuse's own keys beside it (``x-amz-meta-mode``, the
+decimal st_mode, and ``x-amz-meta-mtime``, seconds), so s3fs-fuse shows chute's links as links
+and chute shows s3fs-fuse's. An object is a link only if its body could be a target (1 to
+MAX_LINK_TARGET bytes): anything larger is a file whatever its metadata says.
+
 Pure functions over nodes and the S3 client's records; no I/O.
 """
 
@@ -41,17 +47,32 @@ DEFAULT_DIR_MODE = 0o755
 MAX_STORED_MODE = 0o177777
 """The largest chute-mode believed: permission bits, possibly with file-type bits (which are
 dropped); anything larger or negative was not written by chute."""
+S3FS_MODE_META = "mode"
+"""s3fs-fuse's user metadata key (x-amz-meta-mode): st_mode in decimal, file type included."""
+S3FS_MTIME_META = "mtime"
+"""s3fs-fuse's user metadata key (x-amz-meta-mtime): seconds, possibly with a fraction."""
+LINK_MODE = stat.S_IFLNK | 0o777
+"""A symbolic link's st_mode (Linux ignores a link's permission bits)."""
+MAX_LINK_TARGET = 4095
+"""The longest link target: PATH_MAX counts the terminating NUL, and the kernel's FUSE
+readlink takes at most a page less one byte."""
 
 
 def mode_of(node: Node) -> int:
     """The permission bits shown (the default when not known)."""
+    if node.is_link:
+        return stat.S_IMODE(LINK_MODE)
     if node.mode is not None:
         return node.mode
     return DEFAULT_DIR_MODE if node.is_dir else DEFAULT_FILE_MODE
 
 
 def chute_metadata(node: Node) -> dict[str, str]:
-    """The user metadata chute keeps on an object: mode (octal) and mtime (ns)."""
+    """The user metadata chute keeps on an object: mode (octal) and mtime (ns); a link's
+    also in s3fs-fuse's keys (see the module)."""
+    if node.is_link:
+        return {MODE_META: f"{LINK_MODE:o}", MTIME_META: str(node.mtime_ns),
+                S3FS_MODE_META: str(LINK_MODE), S3FS_MTIME_META: str(node.mtime_ns // 10**9)}
     return {MODE_META: f"{mode_of(node):04o}", MTIME_META: str(node.mtime_ns)}
 
 
@@ -65,6 +86,10 @@ def apply_head(node: Node, info: ObjectInfo, now: float) -> None:
     usable: see the module docstring)."""
     mode = stored_mode(info.metadata, info.key)
     mtime_ns = stored_mtime(info.metadata, info.key)
+    if mtime_ns is None and is_link_object(info):
+        mtime_ns = s3fs_mtime(info.metadata)
+    if info.etag != node.etag:
+        node.link_target = None  # another object: its target is read again
     node.size = untrusted.clamp(info.size, 0)
     node.etag = info.etag
     node.metadata = dict(info.metadata)
@@ -72,6 +97,29 @@ def apply_head(node: Node, info: ObjectInfo, now: float) -> None:
     node.mtime_ns = http_date_ns(info.last_modified) if mtime_ns is None else mtime_ns
     node.needs_head = False
     node.checked_at = now
+
+
+def is_link_object(info: ObjectInfo) -> bool:
+    """Whether the object is a symbolic link: chute-mode (else s3fs-fuse's mode) has
+    S_IFLNK, and its size could be a target's (see the module)."""
+    if not 0 < info.size <= MAX_LINK_TARGET:
+        return False
+    if MODE_META in info.metadata:
+        mode = int_or_none(info.metadata[MODE_META], base=8)
+    else:
+        mode = int_or_none(info.metadata.get(S3FS_MODE_META))
+    return mode is not None and 0 <= mode <= MAX_STORED_MODE and stat.S_ISLNK(mode)
+
+
+def s3fs_mtime(metadata: dict[str, str]) -> int | None:
+    """s3fs-fuse's x-amz-meta-mtime ("seconds" or "seconds.fraction") in ns, if usable."""
+    seconds, _, fraction = metadata.get(S3FS_MTIME_META, "").partition(".")
+    digits = seconds + fraction
+    whole = int_or_none(seconds) if digits.isascii() and digits.isdigit() and seconds else None
+    if whole is None:
+        return None
+    mtime_ns = whole * 10**9 + int(fraction[:9].ljust(9, "0"))
+    return mtime_ns if untrusted.clamp(mtime_ns) == mtime_ns else None
 
 
 def stored_mode(metadata: dict[str, str], key: str = "") -> int | None:
@@ -99,7 +147,7 @@ def stored_mtime(metadata: dict[str, str], key: str = "") -> int | None:
 
 def apply_mode_mtime(node: Node, mode: int | None, mtime_ns: int | None) -> None:
     """chmod and/or utimens on the node (the object learns them separately)."""
-    if mode is not None:
+    if mode is not None and not node.is_link:  # a link's mode never changes
         node.mode = stat.S_IMODE(mode)
     if mtime_ns is not None:
         node.mtime_ns = mtime_ns

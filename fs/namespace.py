@@ -87,6 +87,10 @@ class Node:
     so the namespace does not depend on the uploader's modules)."""
     xxh3_128: str = ""
     etag: str = ""
+    is_link: bool = False
+    """A symbolic link (fs/symlinks.py); part of its kind, like ``is_dir`` (see record)."""
+    link_target: bytes | None = None
+    """A link's target once written or read; None = not known (a GET reads it)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """The object's user metadata as the bucket holds it (without the x-amz-meta- prefix)."""
     needs_head: bool = False
@@ -225,10 +229,12 @@ class Namespace:
     # -- entering and leaving -------------------------------------------------------
 
     def record(self, parent: Node, name: str, is_dir: bool, **attrs: Any) -> Node:
-        """What the store says of ``name``: the attached node of that name and kind,
-        updated, or else a new detached record (entered by :meth:`attach`)."""
+        """What the store says of ``name``: the attached node of that name and kind (a
+        directory, a link if ``is_link`` says so, else a file), updated, or else a new
+        detached record (entered by :meth:`attach`): an inode never changes its kind."""
         node = self.child(parent, name)
-        if node is not None and node.is_dir == is_dir:
+        if (node is not None and node.is_dir == is_dir
+                and node.is_link == attrs.get("is_link", False)):
             for k, v in attrs.items():
                 setattr(node, k, v)
             return node
@@ -245,7 +251,7 @@ class Namespace:
             raise Refused(errno.ENOENT)  # the directory left the table meanwhile
         current = self.child(parent, node.name)
         if current is not None:
-            if current.is_dir == node.is_dir:
+            if current.is_dir == node.is_dir and current.is_link == node.is_link:
                 return current
             self.remove(parent, node.name)
         node.inode = self._next_inode

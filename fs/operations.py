@@ -10,7 +10,8 @@ its arguments, delegates, and maps errors to an errno (errnos.py). The jobs:
 - objects.py: metadata copies (chmod/utimens), rename, unlink, rmdir, mkdir, and the mount
   policies (policy.py); metadata.py: how mode and mtime travel with an object;
 - attributes.py: what stat and statfs show;
-- reads.py: opens for reading of finished objects (read handles, ``--allow-read``).
+- reads.py: opens for reading of finished objects (read handles, ``--allow-read``);
+- symlinks.py: symbolic links (an object holding the target, s3fs-fuse's convention).
 
 The data path of one ``write()``: the kernel's WRITE reaches :meth:`ChuteOperations.write`,
 which hands it to the file's handle (handles.py), whose FileUpload (chute.uploader) copies
@@ -40,6 +41,7 @@ from .namespace import Namespace, Node
 from .objects import ObjectOps
 from .policy import MountPolicy
 from .reads import ReadHandles, ReadSetup
+from .symlinks import Symlinks
 
 
 class ChuteOperations(pyfuse3.Operations):
@@ -58,6 +60,7 @@ class ChuteOperations(pyfuse3.Operations):
         self.objects = ObjectOps(self.ns, self.lookups, client, policy or MountPolicy())
         self.handles = HandleTable(self.ns, uploader, self.objects, self.mountpoint)
         self.reads = ReadHandles(self.ns, self.lookups, reads or ReadSetup())
+        self.links = Symlinks(self.ns, self.lookups, client)
         self.client = client
         owner = policy or MountPolicy()  # --uid/--gid, else the mounting user
         self._uid = owner.uid if owner.uid is not None else os.getuid()
@@ -183,7 +186,7 @@ class ChuteOperations(pyfuse3.Operations):
                 fh, keep_cache = await self.reads.open(node, flags)
                 return _file_info(fh, keep_cache)
             self.reads.forget_cache(node)
-            return _file_info(self.handles.open(node, flags, ctx.pid))
+            return _file_info(await self.handles.open(node, flags, ctx.pid))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         async with errors_as_errno("read"):  # the reader's errors name the object
@@ -255,17 +258,25 @@ class ChuteOperations(pyfuse3.Operations):
             node = self.ns.node(inode)
             return [] if node.is_dir or node.upload is not None else [HASH_XATTR]
 
-    # -- not supported (yet) --------------------------------------------------------
+    # -- links ----------------------------------------------------------------------
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        async with errors_as_errno(self._named("symlink", parent_inode, name)):
+            parent = self.ns.node(parent_inode)
+            child = self.ns.check_name(parent, name, new=True)
+            node = await self.links.create(parent, child, target)
+            return self._entry(self.ns.looked_up(node))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        async with errors_as_errno(self._named("readlink", inode)):
+            return await self.links.target(self.ns.node(inode))
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         async with errors_as_errno("link"):
-            raise Refused(errno.EOPNOTSUPP, "hard links are not supported on an object store")
-
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        async with errors_as_errno("symlink"):
-            raise Refused(errno.EOPNOTSUPP, "symlinks are not supported")
+            raise Refused(errno.EOPNOTSUPP, "hard links are not supported on an object store "
+                          "(rsync without -H, rsnapshot with link_dest 0: see the README)")
 
     # -- shutdown -------------------------------------------------------------------
 
