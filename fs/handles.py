@@ -3,9 +3,17 @@
 A handle is one FUSE open of a file being written: its upload, and who opened it (for the
 last-close check of openers.py). Opening with O_TRUNC (or creating) starts a new upload;
 another open of a file being written, without O_TRUNC (``truncate -s`` while a writer has it
-open, a second ``exec 3<>``), joins the same upload. Opens for reading of finished objects
-are reads.py's (the FUSE adapter sends them there); one that still reaches here (O_RDONLY
-with O_TRUNC) fails with EACCES.
+open, a second ``exec 3<>``), joins the same upload. An open for writing of a finished,
+non-empty object without O_TRUNC (``>>``, O_APPEND, an O_RDWR reopen) starts an upload that
+continues it (chute.uploader.prefix: the old bytes are copied server-side or fetched, the new
+ones follow; the old object stays until the close replaces it): this module only decides that
+and passes the object's key, size and ETag, asked of the store at the open. Writes at or past
+its end, and into its last partial slice, work; a write into the part copied server-side is
+EINVAL and drops the upload (the object stays as it was; rewriting the middle of an object is
+issue 17). Such an open closed without a write leaves the object as it was.
+
+Opens for reading of finished objects are reads.py's (the FUSE adapter sends them there);
+one that still reaches here (O_RDONLY with O_TRUNC) fails with EACCES.
 
 When does a file's upload finish? On the flush of the last close of all the opens that write
 it (see openers.py), so ``close()`` returns only when the object is complete in the bucket
@@ -32,6 +40,7 @@ import trio
 
 from chute.uploader.errors import errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
+from chute.uploader.prefix import Prefix
 from chute.uploader.uploader import Uploader
 
 from . import metadata, mountinfo, openers, writer_exit
@@ -83,7 +92,6 @@ class HandleTable:
                ) -> tuple[int, Node]:
         """O_CREAT of a name the kernel found free (or that a race filled): a new upload
         under a new or reused node, attached. The caller counts the kernel's lookup."""
-        self.check_write_flags(flags, name)
         known = self.ns.child(parent, name)
         if known is not None and known.upload is None:
             self.objects.refuse_if_no_overwrite(known)
@@ -95,41 +103,39 @@ class HandleTable:
             self.ns.prune(node)
             raise
 
-    def open(self, node: Node, flags: int, pid: int) -> int:
-        """An open of an existing node: join its upload, or start one replacing it."""
+    async def open(self, node: Node, flags: int, pid: int) -> int:
+        """An open of an existing node: join its upload, or start one replacing or
+        continuing it."""
         if node.is_dir:
             raise Refused(errno.EISDIR)
         path = self.ns.path(node)
         if flags & os.O_ACCMODE == os.O_RDONLY:
             raise Refused(errno.EACCES, "%r: an open for reading cannot truncate", path)
-        self.check_write_flags(flags, path)
         upload = node.upload
         if upload is not None and upload.state is UploadState.OPEN and not flags & os.O_TRUNC:
             return self._new_handle(node, pid)
         if upload is None:
             self.objects.refuse_if_no_overwrite(node)
-        size = upload.size if upload is not None else node.size
-        if not flags & os.O_TRUNC and size > 0:
-            raise Refused(errno.EOPNOTSUPP, "%r exists (%d bytes): chute replaces whole "
-                          "objects only, open it with O_TRUNC", path, size)
-        return self._start_upload(node, pid)
+        elif not flags & os.O_TRUNC:
+            raise Refused(errno.EBUSY, "%r is being finished by its last close", path)
+        if flags & os.O_TRUNC or upload is not None or node.size == 0:
+            return self._start_upload(node, pid)
+        await self.objects.lookups.refresh(node)  # the ETag and size the copy is pinned to
+        if node.size == 0 or node.upload is not None:
+            return self._start_upload(node, pid)
+        return self._start_upload(node, pid, Prefix(self.ns.key(node), node.size, node.etag))
 
-    @staticmethod
-    def check_write_flags(flags: int, name: str) -> None:
-        if flags & os.O_APPEND:
-            raise Refused(errno.EOPNOTSUPP, "%r: O_APPEND is not supported: objects cannot "
-                          "be appended to", name)
-
-    def _start_upload(self, node: Node, pid: int) -> int:
+    def _start_upload(self, node: Node, pid: int, prefix: Prefix | None = None) -> int:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
             raise Refused(errno.EBUSY, "%r is already open for writing; chute takes one "
                           "writer per file", self.ns.path(node))
-        node.mtime_ns = time.time_ns()
-        node.mtime_explicit = False
+        if prefix is None:  # a continued object keeps its mtime until it is written
+            node.mtime_ns = time.time_ns()
+            node.mtime_explicit = False
         node.needs_head = False
         node.upload = self.uploader.open_file(
             self.ns.key(node), self.ns.path(node), metadata.chute_metadata(node),
-            no_clobber=self.objects.policy.no_overwrite)
+            no_clobber=self.objects.policy.no_overwrite, prefix=prefix)
         node.local = True
         return self._new_handle(node, pid)
 
@@ -249,7 +255,8 @@ class HandleTable:
         finally:
             self._settle(handle)
         node = handle.node
-        if node.upload is None and handle.upload.state is UploadState.DONE:
+        if node.upload is None and handle.upload.state is UploadState.DONE and (
+                not handle.upload.unchanged or _chmod_or_utimens_made(node)):
             await self.objects.fix_up_metadata(node)
 
     def _settle(self, handle: Handle) -> None:
@@ -265,7 +272,11 @@ class HandleTable:
                                                          UploadState.FINALIZING):
             return
         node.upload = None
-        if upload.state is UploadState.DONE:
+        if node.gone and upload.state is not UploadState.DONE:
+            pass  # unlinked while open: its name (now maybe another file's) is not its own
+        elif upload.unchanged:
+            pass  # an existing object opened for writing and closed unwritten: as it was
+        elif upload.state is UploadState.DONE:
             node.size = upload.size
             node.xxh3_128 = upload.xxh3_128
             node.checked_at = trio.current_time()
@@ -301,3 +312,11 @@ class HandleTable:
 
     def release_dir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+
+
+def _chmod_or_utimens_made(node: Node) -> bool:
+    """Whether a chmod or utimens was made on an object opened for writing and closed
+    unwritten (which otherwise stays exactly as it was)."""
+    mode = metadata.chute_metadata(node)[metadata.MODE_META]
+    return node.mtime_explicit or (node.mode is not None
+                                   and node.metadata.get(metadata.MODE_META) != mode)

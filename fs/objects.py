@@ -10,8 +10,9 @@
   succeeded; of an empty directory a new marker, then the old one deleted; of a non-empty
   one a bounded server-side move of every object below it (dir_moves.py). unlink is a
   DeleteObject, rmdir the deletion of an empty directory's marker, mkdir a ``dir/``
-  marker. A file still being written cannot be renamed or unlinked (EBUSY): its object
-  does not exist yet.
+  marker. A file still being written cannot be renamed (EBUSY): its object does not exist
+  yet; its unlink removes the name at once and drops its upload (no object at the last
+  close; :meth:`ObjectOps.unlink`).
 - The mount policies (policy.py) are decided here, before any request.
 
 Metadata copies and renames of one object are serialized (one lock per node, held only
@@ -31,6 +32,7 @@ import trio
 
 from chute.uploader.copy import MAX_COPY_BYTES, copy_in_parts
 from chute.uploader.errors import StoreError, errno_for
+from chute.uploader.file_upload import UploadState
 from chute.uploader.logsafe import quoted
 
 from . import dir_moves, metadata
@@ -207,9 +209,25 @@ class ObjectOps:
         if node.is_dir:
             raise Refused(errno.EISDIR)
         self.refuse_if_no_delete(node, "unlink")
+        if node.upload is not None and node.upload.state is UploadState.OPEN:
+            await self._unlink_open(parent, name, node)
+            return
         self.refuse_if_writing(node, "unlink")
         await self.client.delete_object(self.ns.key(node))
         self.ns.remove(parent, name)
+
+    async def _unlink_open(self, parent: Node, name: str, node: Node) -> None:
+        """unlink of a file still being written (qemu-img, mksquashfs removing their failed
+        output): the name goes now, and the upload is dropped at once, so the last close
+        makes no object (writes through open descriptors go nowhere). An object the upload
+        was to replace or continue is what the name showed: it is deleted now, as any
+        unlink deletes it. A new file of the same name is a new node and upload."""
+        upload = node.upload
+        if node.etag:
+            await self.client.delete_object(self.ns.key(node))
+            node.etag = ""
+        self.ns.remove(parent, name)
+        await upload.unlinked()
 
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
                      *, noreplace: bool) -> None:

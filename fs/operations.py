@@ -186,7 +186,7 @@ class ChuteOperations(pyfuse3.Operations):
                 fh, keep_cache = await self.reads.open(node, flags)
                 return _file_info(fh, keep_cache)
             self.reads.forget_cache(node)
-            return _file_info(self.handles.open(node, flags, ctx.pid))
+            return _file_info(await self.handles.open(node, flags, ctx.pid))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         async with errors_as_errno("read"):  # the reader's errors name the object

@@ -21,6 +21,16 @@ object that differs from what the writer wrote can ever appear. A file whose ret
 slice was patched after it was hashed is hashed again at close by reading the finished object
 back from the store (logged).
 
+A file may start from an existing object (``prefix``: an append, a reopen without O_TRUNC;
+see prefix.py): its old whole slices are copied server-side as the first parts at close, the
+rest of it is fetched into the first ring slice at the first write, and the new bytes follow.
+Such a file that was never written is not uploaded at all (:attr:`FileUpload.unchanged`).
+
+A file unlinked while open (:meth:`FileUpload.unlinked`) drops its upload at once: its slots
+go back to the ring, its multipart upload is aborted, later writes are accepted and go nowhere,
+and its last close makes no object (POSIX: the data of an unlinked file lives until the last
+close, and then goes).
+
 Errors are sticky: once the upload failed, every later write, fsync and finalize of the file
 raises :class:`UploadFailed` (EIO), so ``cp`` learns of it at its next write or at close.
 
@@ -40,6 +50,7 @@ import trio
 from .config import UploaderConfig
 from .errors import ChuteError, ObjectExists, UploadFailed
 from .multipart import MultipartSession
+from .prefix import Prefix, plan
 from .retry import RetryReason
 from .ring import Ring, Slot
 from .slices import FileSlices
@@ -89,10 +100,11 @@ class FileUpload:
                  ring: Ring, session: MultipartSession, config: UploaderConfig,
                  counters: UploadCounters,
                  enqueue: Callable[[FileUpload, Slot], None],
-                 on_finished: Callable[[FileUpload], None]) -> None:
+                 on_finished: Callable[[FileUpload], None],
+                 prefix: Prefix | None = None) -> None:
         """``enqueue(upload, slot)`` hands a sealed slot to the upload workers, which call
         :meth:`send_part`; ``on_finished(upload)`` is called once, at DONE, FAILED or
-        ABORTED."""
+        ABORTED. ``prefix``: the existing object this file continues (prefix.py)."""
         self.key = key
         self.path = path
         self.metadata = dict(metadata or {})
@@ -114,7 +126,18 @@ class FileUpload:
         self._counters = counters
         self._enqueue = enqueue
         self._on_finished = on_finished
-        self._slices = FileSlices(ring, path, self._sealed)
+        self._prefix = prefix
+        self._plan = plan(prefix.size if prefix else 0, config.slice_size)
+        self._tail_pending = prefix is not None and prefix.size > self._plan.copied
+        """The old object's last bytes are still to be fetched into the first slice."""
+        self._written = False
+        self.unchanged = False
+        """Finished without a write although it continued an existing object: nothing was
+        sent, the object is the one it was (its ETag is kept)."""
+        self._unlinked = False
+        self._unlinked_size = 0
+        self._slices = FileSlices(ring, path, self._sealed, start=self._plan.copied,
+                                  first_part=self._plan.first_part)
         self._lock = trio.Lock()
         self._idle = trio.Event()
         self._idle.set()
@@ -122,6 +145,11 @@ class FileUpload:
     @property
     def size(self) -> int:
         """Bytes received from the writer (the file's current length)."""
+        if self._unlinked:
+            return self._unlinked_size
+        if self._tail_pending:
+            assert self._prefix is not None
+            return self._prefix.size
         return self._slices.size
 
     @property
@@ -134,10 +162,15 @@ class FileUpload:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         """Accept ``data`` at ``offset``; may wait for a ring slot (backpressure)."""
         async with self._lock:
+            if self._unlinked:  # the data of an unlinked file goes nowhere
+                self._unlinked_size = max(self._unlinked_size, offset + len(data))
+                return len(data)
             await self._check_writable()
+            self._written = True
             slices = self._slices
             before = slices.size
             try:
+                await self._load_prefix()
                 if offset < slices.size:
                     slices.patch(offset, data)
                     return len(data)
@@ -163,6 +196,32 @@ class FileUpload:
         if self.state is not UploadState.OPEN:
             raise UploadFailed(f"{self.path} is already {self.state.value}; no more writes")
 
+    async def _load_prefix(self) -> None:
+        """Fetch the old object's bytes that are not copied server-side (less than one slice)
+        into the first ring slice, pinned to the ETag the open saw (prefix.py)."""
+        if not self._tail_pending:
+            return
+        assert self._prefix is not None
+        self._tail_pending = False
+        first, last = self._plan.copied, self._prefix.size - 1
+        data = await self._session.fetch_range(self._prefix.key, first, last,
+                                               self._prefix.etag)
+        await self._slices.append(memoryview(data))
+        self._counters.bytes_written -= len(data)  # counted as received by write()
+
+    async def unlinked(self) -> None:
+        """The file's name was removed while it is open: drop the upload now (its slots,
+        its multipart upload); later writes go nowhere and the last close makes nothing."""
+        async with self._lock:
+            if self.state is not UploadState.OPEN or self._unlinked:
+                return
+            log.info("%s: unlinked while open for writing: upload dropped (%d bytes), no "
+                     "object will be made; writes through open descriptors go nowhere",
+                     self.path, self.size)
+            self._unlinked_size = self.size
+            self._unlinked = True
+            await self._discard()
+
     def _sealed(self, slot: Slot) -> None:
         """FileSlices sealed ``slot``: it goes to the upload workers."""
         self.parts_in_flight += 1
@@ -174,8 +233,8 @@ class FileUpload:
     async def send_part(self, slot: Slot) -> None:
         """Send one sealed slot as a part; always releases the slot (run by a worker)."""
         try:
-            if self.error is not None or self.state in (UploadState.FAILED,
-                                                        UploadState.ABORTED):
+            if self.error is not None or self._unlinked or self.state in (
+                    UploadState.FAILED, UploadState.ABORTED):
                 return
             self._ring.start_upload(slot)
             await self._session.create(self.metadata)
@@ -213,10 +272,18 @@ class FileUpload:
         async with self._lock:
             if self.state is UploadState.DONE:
                 return
+            if self._unlinked:
+                self.state = UploadState.ABORTED
+                self.finished = trio.current_time()
+                return
             await self._check_writable()
+            if self._prefix is not None and not self._written:
+                self._keep_unchanged(self._prefix)
+                return
             self.state = UploadState.FINALIZING
             try:
-                if self._slices.fits_one_object:
+                await self._load_prefix()
+                if self._slices.fits_one_object and not self._plan.copy_ranges:
                     await self._put_whole()
                 else:
                     await self._complete()
@@ -236,6 +303,15 @@ class FileUpload:
             )
             self._on_finished(self)
 
+    def _keep_unchanged(self, prefix: Prefix) -> None:
+        """An existing object opened for writing and closed unwritten: nothing to send."""
+        self._slices.release_all()
+        self.unchanged = True
+        self.etag = prefix.etag
+        self.state = UploadState.DONE
+        self.finished = trio.current_time()
+        self._on_finished(self)
+
     async def _put_whole(self) -> None:
         """The file fits one slice (in the slot filling, or the retained first slice)."""
         slot, self.xxh3_128 = self._slices.take_whole()
@@ -250,15 +326,28 @@ class FileUpload:
 
     async def _complete(self) -> None:
         xxh3_128 = self._slices.seal_all()
+        if self._plan.copy_ranges:
+            assert self._prefix is not None
+            await self._session.create(self.metadata)
+            for number, first, last in self._plan.copy_ranges:
+                if self.error is not None:
+                    break
+                await self._session.copy_part(number, self._prefix.key, first, last,
+                                              self._prefix.etag)
         await self._idle.wait()
         if self.error is not None:
             raise self.error
         self.xxh3_128 = xxh3_128
         self.etag = await self._session.complete(self.size)
         try:
-            if self._slices.rehash:
+            if self._plan.copy_ranges:
+                log.info("%s: its first %d bytes were copied server-side from the object it "
+                         "continues; reading the object back to record its xxh3-128",
+                         self.path, self._plan.copied)
+            elif self._slices.rehash:
                 log.info("%s: its first slice was patched after it was hashed; reading the "
                          "object back to record its xxh3-128", self.path)
+            if self._slices.rehash or self._plan.copy_ranges:
                 self.xxh3_128 = await self._session.read_back_hash(
                     self.size, self._config.slice_size)
             await self._session.tag(self.xxh3_128)
@@ -280,6 +369,9 @@ class FileUpload:
         (``writer_died``) its last close came from a writer dying with a failure, and
         committing would make a truncated object (or replace a good one with it)."""
         if self.state in (UploadState.DONE, UploadState.FAILED, UploadState.ABORTED):
+            return
+        if self._unlinked:  # already dropped
+            self.state = UploadState.ABORTED
             return
         if writer_died:
             log.error("%r: its writer died with the file open (%s): upload dropped, %d bytes "

@@ -196,6 +196,19 @@ class MultipartSession:
         self._parts[part_number] = (etag, complete_part_fields(headers))
         return etag
 
+    async def copy_part(self, part_number: int, source_key: str, first: int, last: int,
+                        if_match_etag: str) -> str:
+        """Copy bytes ``first..last`` of ``source_key``, exactly the version ``if_match_etag``
+        (else 412), as one part of the upload :meth:`create` made (prefix.py); its ETag. A
+        session with copied parts announces no checksum algorithm at Create (Complete would
+        need the copies' checksums): its sent parts carry Content-MD5 instead."""
+        assert self.upload_id is not None, "create() first"
+        etag = await self.client.upload_part_copy(
+            source_key, self.key, self.upload_id, part_number, first, last,
+            if_match_etag=if_match_etag)
+        self._parts[part_number] = (etag, {})
+        return etag
+
     async def complete(self, size: int) -> str:
         """Complete the upload from the parts sent, in part-number order; the ETag.
 
@@ -254,6 +267,12 @@ class MultipartSession:
             self._report_unconfirmed()
             raise
         return self.etag
+
+    async def fetch_range(self, source_key: str, first: int, last: int, if_match_etag: str
+                          ) -> bytes:
+        """Bytes ``first..last`` of ``source_key``, exactly the version ``if_match_etag``
+        (else 412): the tail of the object a file continues (prefix.py)."""
+        return await self.client.get_range(source_key, first, last, if_match=if_match_etag)
 
     # -- after the object exists ------------------------------------------------------
 

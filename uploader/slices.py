@@ -40,10 +40,14 @@ _ZEROS = bytes(1024 * 1024)
 class FileSlices:
     """The ring slots of one file (the ring's RetainingOwner for them)."""
 
-    def __init__(self, ring: Ring, path: str, on_sealed: Callable[[Slot], None]) -> None:
+    def __init__(self, ring: Ring, path: str, on_sealed: Callable[[Slot], None], *,
+                 start: int = 0, first_part: int = 1) -> None:
+        """``start``/``first_part``: a file that continues an existing object (prefix.py)
+        begins at byte ``start`` with part ``first_part``; the bytes below ``start`` are
+        copied server-side and cannot be written."""
         self.path = path
         """For log lines (the ring names a slot's owner by it, too)."""
-        self.size = 0
+        self.size = start
         """Bytes received (the file's current length)."""
         self.sealed = 0
         """Slots sealed so far; none means a small file, sent by PutObject."""
@@ -55,15 +59,17 @@ class FileSlices:
         self._head: Slot | None = None
         self._prev: Slot | None = None
         self._head_hashed = False
-        self._next_part = 1
-        self._sealed_end = 0
+        self._start = start
+        self._first_part = first_part
+        self._next_part = first_part
+        self._sealed_end = start
         """Bytes of the file already sealed; writes below it are refused."""
         self._hasher = xxhash.xxh3_128()
 
     @property
     def parts(self) -> int:
         """Slices taken so far (each becomes one part, or the one PutObject)."""
-        return self._next_part - 1
+        return self._next_part - self._first_part
 
     # -- writes -----------------------------------------------------------------------
 
@@ -74,6 +80,14 @@ class FileSlices:
         slot = next((s for s in (self._current, self._prev, self._head)
                      if s is not None and s.offset <= offset
                      and end <= s.offset + len(s.view)), None)
+        if slot is None and offset < self._start:
+            log.error(
+                "%s: write at offset %d..%d goes into the part of the existing object that "
+                "is copied server-side (its first %d bytes); chute can continue an existing "
+                "object but not rewrite its middle: EINVAL, upload aborted, the object is "
+                "untouched", self.path, offset, end, self._start,
+            )
+            raise BackwardWrite(f"write at {offset} into the existing object {self.path}")
         if slot is None:
             log.error(
                 "%s: write at offset %d..%d goes back into bytes already sent to the store "
@@ -114,7 +128,7 @@ class FileSlices:
                 self._retain(slot)
 
     async def _take_slot(self) -> Slot:
-        if self._next_part > MAX_PARTS:
+        if self._next_part > MAX_PARTS:  # copied parts included
             slice_size = self._ring.slice_size
             log.error(
                 "%s: file exceeds %s = 10,000 parts of --slice-size %s (S3's part limit); "
@@ -132,10 +146,10 @@ class FileSlices:
     def _retain(self, slot: Slot) -> None:
         """A full slice stays in the ring, writable: the first until close, a later one until
         the next is full (header patches; see ring.py)."""
-        if slot.part_number != 1 and self._prev is not None:
+        if slot.part_number != self._first_part and self._prev is not None:
             self._seal(self._prev)
         self._ring.retain(slot)
-        if slot.part_number == 1:
+        if slot.part_number == self._first_part:
             self._head = slot
         else:
             self._prev = slot

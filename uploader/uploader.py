@@ -26,6 +26,7 @@ from .config import UploaderConfig
 from .file_upload import FileUpload, FileUploadStatistics, UploadState
 from .janitor import AbortJanitor
 from .multipart import MultipartSession
+from .prefix import Prefix, plan
 from .retry import RetryReason
 from .ring import Ring, RingStatistics, Slot
 from .s3 import S3Client
@@ -63,15 +64,20 @@ class Uploader:
         )
 
     def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None, *,
-                  no_clobber: bool = False) -> FileUpload:
-        """A new upload of ``path`` to ``key``; ``no_clobber``: only if the key is free."""
+                  no_clobber: bool = False, prefix: Prefix | None = None) -> FileUpload:
+        """A new upload of ``path`` to ``key``; ``no_clobber``: only if the key is free;
+        ``prefix``: the existing object it continues (an append; prefix.py)."""
+        copies = prefix is not None and bool(plan(prefix.size, self.config.slice_size)
+                                             .copy_ranges)
         session = MultipartSession(
-            self.client, key, checksum=self.config.checksum, no_clobber=no_clobber,
+            self.client, key, checksum="md5" if copies else self.config.checksum,
+            no_clobber=no_clobber,
             name=path, defer_abort=self.janitor.defer, read_back=self._read_back,
         )
         upload = FileUpload(
             key, path, metadata, ring=self.ring, session=session, config=self.config,
             counters=self.counters, enqueue=self._enqueue, on_finished=self._finished,
+            prefix=prefix,
         )
         self.uploads.add(upload)
         self.counters.files_opened += 1

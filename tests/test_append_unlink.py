@@ -1,0 +1,248 @@
+"""Appends, reopens without O_TRUNC, and unlink of a file being written (issue 16), through
+the FUSE handlers over the in-memory S3 (tests/support/memory_s3.py); slices of 5 MiB.
+
+- An append to an existing object is a new upload whose first parts are the old object's:
+  whole slices copied server-side (UploadPartCopy pinned by x-amz-copy-source-if-match), the
+  rest fetched (a ranged GET pinned by If-Match) into the first ring slice. The old object is
+  untouched until Complete, and after any failure.
+- unlink of a file being written: the name goes at once, the upload is dropped, the last close
+  makes nothing; a new file of the same name is independent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pyfuse3
+import pytest
+import trio
+import xxhash
+
+from chute.fs.namespace import ROOT_INODE
+from chute.fs.operations import ChuteOperations
+from chute.fs.policy import MountPolicy
+from chute.uploader.checksums import HASH_TAG
+from chute.uploader.config import UploaderConfig
+from chute.uploader.uploader import Uploader
+from tests.support.memory_s3 import MemoryS3, memory_client
+
+MiB = 1 << 20
+CTX = pyfuse3.RequestContext()
+WRITE = os.O_WRONLY | os.O_TRUNC
+APPEND = os.O_WRONLY | os.O_APPEND
+
+
+@dataclass
+class Mounted:
+    ops: ChuteOperations
+    store: MemoryS3
+
+    def requests(self, operation: str) -> list:  # type: ignore[type-arg]
+        return [r for r in self.store.requests if r.operation == operation]
+
+
+async def _mounted(policy: MountPolicy | None = None) -> AsyncIterator[Mounted]:
+    store = MemoryS3()
+    client = memory_client(store)
+    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(uploader.run)
+        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt",
+                                      policy or MountPolicy()), store)
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+
+
+@pytest.fixture
+async def m() -> AsyncIterator[Mounted]:
+    async for mounted in _mounted():
+        yield mounted
+
+
+async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await awaitable
+    return caught.value.errno
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    block = bytes((i * 7 + seed) % 251 for i in range(64 * 1024))
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def inode_of(m: Mounted, name: str) -> int:
+    return (await m.ops.lookup(ROOT_INODE, name.encode(), CTX)).st_ino
+
+
+async def append(m: Mounted, name: str, data: bytes, flags: int = APPEND) -> None:
+    """open, write at the end, close (the kernel gives O_APPEND writes the file's size)."""
+    inode = await inode_of(m, name)
+    size = (await m.ops.getattr(inode, CTX)).st_size
+    fh = (await m.ops.open(inode, flags, CTX)).fh
+    await m.ops.write(fh, size, data)
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+
+
+def no_upload_left(m: Mounted) -> bool:
+    return not m.store.uploads and not m.store.keys(".chute-uploads")
+
+
+# -- appends ------------------------------------------------------------------------------
+
+
+async def test_append_to_a_small_object_fetches_it_into_the_first_slice(m: Mounted) -> None:
+    m.store.put("f", b"hello", {"chute-mode": "0640"})
+    etag = m.store.objects["f"].etag
+    await append(m, "f", b" world")
+    assert m.store.body("f") == b"hello world"
+    get = m.requests("GetObject")
+    assert len(get) == 1 and get[0].headers["range"] == "bytes=0-4"
+    assert get[0].headers["if-match"] == f'"{etag}"'
+    assert m.requests("UploadPartCopy") == [] and len(m.requests("PutObject")) == 1
+    assert m.store.objects["f"].metadata["chute-mode"] == "0640"  # carried over
+    tags = m.store.objects["f"].tags
+    assert tags[HASH_TAG] == xxhash.xxh3_128(b"hello world").hexdigest()
+    await append(m, "f", b"!", os.O_WRONLY)  # a reopen without O_TRUNC, writing at the end
+    assert m.store.body("f") == b"hello world!"
+
+
+async def test_append_to_12_mib_copies_the_whole_slices_and_fetches_the_tail(m: Mounted
+                                                                            ) -> None:
+    old, new = pattern(12 * MiB), pattern(6 * MiB, seed=3)
+    m.store.put("big", old)
+    etag = m.store.objects["big"].etag
+    inode = await inode_of(m, "big")
+    fh = (await m.ops.open(inode, APPEND, CTX)).fh
+    await m.ops.write(fh, len(old), new)
+    assert m.store.body("big") == old  # untouched until Complete
+    assert (await m.ops.getattr(inode, CTX)).st_size == len(old) + len(new)
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.body("big") == old + new
+    copies = m.requests("UploadPartCopy")
+    assert [(c.query["partNumber"], c.headers["x-amz-copy-source-range"]) for c in copies] \
+        == [("1", f"bytes=0-{10 * MiB - 1}")]
+    assert copies[0].headers["x-amz-copy-source-if-match"] == f'"{etag}"'
+    get = m.requests("GetObject")
+    assert get[0].headers["range"] == f"bytes={10 * MiB}-{12 * MiB - 1}"
+    assert get[0].headers["if-match"] == f'"{etag}"'
+    assert m.store.objects["big"].tags[HASH_TAG] == xxhash.xxh3_128(old + new).hexdigest()
+    assert no_upload_left(m)
+
+
+async def test_a_failed_append_leaves_the_old_object(m: Mounted) -> None:
+    old = pattern(12 * MiB)
+    m.store.put("big", old)
+    m.store.fail_next("CompleteMultipartUpload", code="AccessDenied")
+    inode = await inode_of(m, "big")
+    fh = (await m.ops.open(inode, APPEND, CTX)).fh
+    await m.ops.write(fh, len(old), b"more")
+    assert await errno_of(m.ops.flush(fh)) == errno.EIO
+    await m.ops.release(fh)
+    assert m.store.body("big") == old and no_upload_left(m)
+
+
+async def test_the_copy_is_pinned_to_the_etag_seen_at_open(m: Mounted) -> None:
+    m.store.put("big", pattern(10 * MiB))  # two whole slices: all copied, nothing fetched
+    m.store.put("tail", pattern(12 * MiB))
+    big = (await m.ops.open(await inode_of(m, "big"), APPEND, CTX)).fh
+    tail = (await m.ops.open(await inode_of(m, "tail"), APPEND, CTX)).fh
+    m.store.put("big", b"replaced meanwhile")
+    m.store.put("tail", b"replaced too")
+    await m.ops.write(big, 10 * MiB, b"x")
+    assert await errno_of(m.ops.flush(big)) == errno.EIO  # the copy met 412
+    assert m.requests("UploadPartCopy")[-1].headers["x-amz-copy-source-if-match"]
+    assert await errno_of(m.ops.write(tail, 12 * MiB, b"x")) == errno.EIO  # the GET: 412
+    for fh in (big, tail):
+        await m.ops.release(fh)
+    assert m.store.body("big") == b"replaced meanwhile"
+    assert m.store.body("tail") == b"replaced too"
+    assert no_upload_left(m)
+
+
+async def test_a_write_into_the_copied_part_is_einval_and_leaves_the_object(m: Mounted
+                                                                          ) -> None:
+    old = pattern(12 * MiB)
+    m.store.put("big", old)
+    fh = (await m.ops.open(await inode_of(m, "big"), os.O_WRONLY, CTX)).fh
+    assert await errno_of(m.ops.write(fh, 0, b"x")) == errno.EINVAL
+    assert await errno_of(m.ops.flush(fh)) == errno.EINVAL
+    await m.ops.release(fh)
+    assert m.store.body("big") == old and no_upload_left(m)
+
+
+async def test_a_write_into_the_fetched_tail_rewrites_it(m: Mounted) -> None:
+    m.store.put("f", b"0123456789")
+    fh = (await m.ops.open(await inode_of(m, "f"), os.O_RDWR, CTX)).fh
+    await m.ops.write(fh, 2, b"ab")  # the whole small object is in the ring
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.body("f") == b"01ab456789"
+
+
+async def test_an_unwritten_reopen_leaves_the_object_as_it_was(m: Mounted) -> None:
+    m.store.put("big", pattern(12 * MiB))
+    etag = m.store.objects["big"].etag
+    start = len(m.store.requests)
+    fh = (await m.ops.open(await inode_of(m, "big"), os.O_RDWR, CTX)).fh
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.objects["big"].etag == etag
+    assert {r.operation for r in m.store.requests[start:]} <= {"HeadObject",
+                                                               "ListObjectsV2"}
+
+
+# -- unlink of a file being written --------------------------------------------------------
+
+
+async def test_unlink_while_writing_leaves_nothing(m: Mounted) -> None:
+    info, attrs = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, pattern(12 * MiB))  # a multipart upload under way
+    await m.ops.unlink(ROOT_INODE, b"f", CTX)
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"f", CTX)) == errno.ENOENT
+    assert await m.ops.write(info.fh, 12 * MiB, b"more") == 4  # goes nowhere
+    assert (await m.ops.getattr(attrs.st_ino, CTX)).st_size == 12 * MiB + 4
+    new, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(new.fh, 0, b"new file")
+    await m.ops.flush(new.fh)
+    await m.ops.release(new.fh)
+    await m.ops.flush(info.fh)  # the unlinked file's last close
+    await m.ops.release(info.fh)
+    assert m.store.body("f") == b"new file"
+    assert m.store.keys() == ["f"] and no_upload_left(m)
+    assert (await m.ops.lookup(ROOT_INODE, b"f", CTX)).st_size == 8
+
+
+async def test_unlink_while_replacing_deletes_the_old_object_now(m: Mounted) -> None:
+    m.store.put("f", b"old")
+    fh = (await m.ops.open(await inode_of(m, "f"), WRITE, CTX)).fh
+    await m.ops.write(fh, 0, b"half-written")
+    await m.ops.unlink(ROOT_INODE, b"f", CTX)
+    assert m.store.keys() == []  # the name's object went with the name
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.keys() == [] and no_upload_left(m)
+
+
+async def test_unlink_while_appending_deletes_the_old_object(m: Mounted) -> None:
+    m.store.put("big", pattern(12 * MiB))
+    fh = (await m.ops.open(await inode_of(m, "big"), APPEND, CTX)).fh
+    await m.ops.write(fh, 12 * MiB, b"x")
+    await m.ops.unlink(ROOT_INODE, b"big", CTX)
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.keys() == [] and no_upload_left(m)
+
+
+async def test_no_delete_refuses_unlink_while_writing() -> None:
+    async for m in _mounted(MountPolicy(no_delete=True)):
+        info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+        await m.ops.write(info.fh, 0, b"data")
+        assert await errno_of(m.ops.unlink(ROOT_INODE, b"f", CTX)) == errno.EPERM
+        await m.ops.flush(info.fh)
+        await m.ops.release(info.fh)
+        assert m.store.body("f") == b"data"
