@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from chute.fs import config_file, options
+from chute.fs import config_file, options, upload_options
 from chute.fs.logs import setup_logging
 from chute.fs.policy import (
     DEFAULT_RENAME_DIR_MAX_BYTES,
@@ -144,6 +144,7 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        default=DEFAULT_READ_BUDGET,
                        help="memory all readers share for data fetched ahead or in flight, "
                        f"separate from the ring (default {format_size(DEFAULT_READ_BUDGET)})")
+    upload_options.add_arguments(mount)
     service = mount.add_argument_group("service")
     service.add_argument("--config", metavar="FILE",
                          help="TOML file of these options (ring_size = \"64MiB\", "
@@ -237,7 +238,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     options = config_file.options(mount)
     builtin = {dest: mount.get_default(dest) for dest in options}
     # a count (-v) adds to its default, so its "not given" is None rather than a sentinel
-    mount.set_defaults(**{dest: None if isinstance(action, argparse._CountAction) else _UNSET
+    # (and a repeatable flag appends to it)
+    repeated = argparse._CountAction | argparse._AppendAction
+    mount.set_defaults(**{dest: None if isinstance(action, repeated) else _UNSET
                           for dest, action in options.items()})
     args = parser.parse_args(argv)
     if args.command != "mount":
@@ -274,6 +277,7 @@ def _mount(args: argparse.Namespace) -> int:
     for name in ("mountpoint", "log_file", "data_dir"):
         if getattr(args, name):
             setattr(args, name, os.path.abspath(getattr(args, name)))
+    args.object_options = upload_options.object_options(args)
     args.bucket = options.check_mount(args, config)  # the rest, before anything starts
     from chute.fs import control
 
@@ -306,7 +310,9 @@ def _mount(args: argparse.Namespace) -> int:
 
 def mount_policy(args: argparse.Namespace) -> MountPolicy:
     """What the mount refuses (fs policy, not the uploader's config)."""
-    return MountPolicy(no_overwrite=args.no_overwrite, no_delete=args.no_delete,
+    # object lock: an object under retention can be neither replaced nor deleted
+    lock = args.object_lock_mode is not None or args.legal_hold
+    return MountPolicy(no_overwrite=args.no_overwrite or lock, no_delete=args.no_delete or lock,
                        commit_partial=args.commit_partial, allow_read=args.allow_read,
                        read_budget=args.read_budget, uid=args.uid, gid=args.gid,
                        rename_dir_max_objects=args.rename_dir_max_objects,
@@ -322,7 +328,9 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
 
     if args.bucket is not None:
         return run_mount(MountRequest(args.mountpoint, args.bucket, config, args.profile,
-                                      args.allow_other, metrics_addr, policy), on_ready)
+                                      args.allow_other, metrics_addr, policy,
+                                      object_options=args.object_options,
+                                      bwlimit=args.bwlimit), on_ready)
 
     from pathlib import Path
 
@@ -349,7 +357,8 @@ def _mount_here(args: argparse.Namespace, config: UploaderConfig,
             print(banner, file=sys.stderr, flush=True)
         bucket = Bucket(store.bucket, "", endpoint_url=store.endpoint_url, region=store.region)
         return run_mount(MountRequest(args.mountpoint, bucket, config, None, args.allow_other,
-                                      metrics_addr, policy), on_ready)
+                                      metrics_addr, policy, object_options=args.object_options,
+                                      bwlimit=args.bwlimit), on_ready)
     finally:
         store.stop()
 

@@ -1,7 +1,8 @@
 """``chute mount --config FILE``: the mount's options in a TOML file.
 
 The file's keys are the command-line flags' names, with dashes or underscores
-(``ring-size`` or ``ring_size``), plus ``remote``. Each value goes through the flag's own
+(``ring-size`` or ``ring_size``), plus ``remote``. A repeatable flag (``--tag``) takes a list
+(``tag = ["a=1", "b=2"]``) or one string. Each value goes through the flag's own
 parser, so ``ring_size = "64MiB"`` means what ``--ring-size 64MiB`` means, and a number is taken
 as it is (``ring_size = 67108864``). Flags given on the command line override the file, and the
 file overrides the built-in defaults.
@@ -34,6 +35,11 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
+    if isinstance(action, argparse._AppendAction):  # a repeatable flag: a list, or one value
+        items = value if isinstance(value, list) else [value]
+        one = argparse.Action(action.option_strings, action.dest, type=action.type,
+                              choices=action.choices)
+        return [_convert(one, item, where) for item in items]
     if isinstance(action, argparse._CountAction):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where} must be a count (0, 1, 2), got {value!r}")

@@ -25,15 +25,17 @@ import pyfuse3
 import trio
 
 from chute.uploader import leftovers, moves
+from chute.uploader.bandwidth import Bandwidth, BandwidthSchedule
 from chute.uploader.config import UploaderConfig
 from chute.uploader.credentials import CredentialSource
 from chute.uploader.errors import ConfigError, StoreError, StoreUnreachable
+from chute.uploader.object_options import ObjectOptions
 from chute.uploader.read_budget import ReadBudget
 from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
-from . import control, daemon, metrics, mountinfo, store_probe
+from . import control, daemon, metrics, mountinfo, store_probe, upload_options
 from .operations import ChuteOperations
 from .policy import MountPolicy
 from .reads import ReadSetup
@@ -59,6 +61,10 @@ class MountRequest:
     """(host, port) to serve Prometheus metrics on; exposure was checked by the CLI."""
     policy: MountPolicy = field(default_factory=MountPolicy)
     """--no-overwrite / --no-delete: what the FUSE operations refuse."""
+    object_options: ObjectOptions = field(default_factory=ObjectOptions)
+    """The upload options (storage class, encryption, lock...) every request carries."""
+    bwlimit: BandwidthSchedule | None = None
+    """--bwlimit: one token bucket for all uploads of the mount (None: unlimited)."""
 
 
 def check_mountpoint(path: str) -> None:
@@ -104,8 +110,12 @@ def _make_client(request: MountRequest, credentials: CredentialSource, *, quick:
     config = request.uploader
     policy = RetryPolicy(budget=config.retry_budget) if not quick else \
         RetryPolicy(max_attempts=2, budget=5)
-    return S3Client(request.bucket, credentials, policy, stall_timeout=config.stall_timeout,
-                    max_connections=config.upload_concurrency + 8)
+    client = S3Client(request.bucket, credentials, policy, stall_timeout=config.stall_timeout,
+                      max_connections=config.upload_concurrency + 8)
+    client.object_options = request.object_options
+    if request.bwlimit is not None:
+        client.bandwidth = Bandwidth(request.bwlimit)
+    return client
 
 
 def _make_read_client(request: MountRequest, credentials: CredentialSource) -> S3Client:
@@ -113,8 +123,10 @@ def _make_read_client(request: MountRequest, credentials: CredentialSource) -> S
     policy and stall timeout), so readers never wait for connections behind uploads."""
     config = request.uploader
     connections = min(64, max(16, request.policy.read_budget >> 20))
-    return S3Client(request.bucket, credentials, RetryPolicy(budget=config.retry_budget),
-                    stall_timeout=config.stall_timeout, max_connections=connections)
+    client = S3Client(request.bucket, credentials, RetryPolicy(budget=config.retry_budget),
+                      stall_timeout=config.stall_timeout, max_connections=connections)
+    client.object_options = request.object_options  # SSE-C reads need the key
+    return client
 
 
 MIN_READ_BUDGET = 1 << 20
@@ -129,6 +141,7 @@ def check_store(request: MountRequest) -> CredentialSource:
         client = _make_client(request, credentials, quick=True)
         try:
             await _preflight(client)
+            await upload_options.check_object_lock(client, request.object_options)
         finally:
             await client.aclose()
 
