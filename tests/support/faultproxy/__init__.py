@@ -67,13 +67,14 @@ from .faults import (
 )
 from .kinds import Kind, KindSpec, classify
 from .proxy import FaultProxy
-from .state import Counts, Injection
+from .state import Counts, Injection, Seen
 from .wire import ProtocolError
 
 __all__ = [
     "DEFAULT_CODES", "MAX_SECONDS", "MESSAGES", "Answer", "Counts", "ExpiredTokenFor", "Fault",
     "FaultProxy", "Injection", "Kind", "KindSpec", "Outage", "ProtocolError", "ResetAfter",
-    "ResetBefore", "Scenario", "StallRequest", "StallResponse", "Status", "Then", "Throttle",
+    "ResetBefore", "Scenario", "Seen", "StallRequest", "StallResponse", "Status", "Then",
+    "Throttle",
     "access_denied", "classify", "expired_token", "internal_error", "no_such_upload",
     "request_timeout", "service_unavailable", "slow_down", "status_fault", "too_many_requests",
 ]

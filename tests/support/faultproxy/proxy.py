@@ -22,7 +22,7 @@ from .answers import error_response
 from .faults import ExpiredTokenFor, Fault, Outage, ResetBefore, Scenario, Status
 from .forward import LOOPBACK, Conn, forward
 from .kinds import Kind, classify
-from .state import Counts, Injection, ScenarioState
+from .state import Counts, Injection, ScenarioState, Seen
 from .wire import (
     CONTINUE,
     IO_ERRORS,
@@ -75,6 +75,7 @@ class FaultProxy:
         self._state: ScenarioState | None = None
         self._stats = {kind: Counts() for kind in Kind}
         self._log: list[Injection] = []
+        self._requests: list[Seen] = []
         self._connections = 0
         self._request_ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -164,6 +165,13 @@ class FaultProxy:
             return list(self._log)
 
     @property
+    def requests(self) -> list[Seen]:
+        """A snapshot of every request seen so far (kind, method, target, headers with
+        lower-cased names), in order: what a client really sent."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
     def connections(self) -> int:
         """Client connections accepted (and served) so far."""
         with self._lock:
@@ -173,6 +181,7 @@ class FaultProxy:
         with self._lock:
             self._stats = {kind: Counts() for kind in Kind}
             self._log.clear()
+            self._requests.clear()
             self._connections = 0
 
     def outage_active(self) -> bool:
@@ -324,9 +333,11 @@ class FaultProxy:
             self._conns.discard(conn)
             conn.close()
 
-    def _decide(self, kind: Kind, method: str, path: str) -> Fault | None:
+    def _decide(self, kind: Kind, method: str, path: str, headers: dict[str, str]
+                ) -> Fault | None:
         with self._lock:
             self._stats[kind].seen += 1
+            self._requests.append(Seen(kind, method, path, headers))
             fault = None if self._state is None else self._state.match(kind, time.monotonic())
             if fault is not None:
                 self._stats[kind].injected += 1
@@ -348,7 +359,8 @@ class FaultProxy:
                 # registered it when the outage reset every connection: it must not serve.
                 raise Reset
             kind = classify(method, path, request.headers)
-            fault = self._decide(kind, method, path)
+            fault = self._decide(kind, method, path,
+                                 {k.lower(): v for k, v in request.headers})
             if isinstance(fault, Outage):
                 self._poke()  # the listener loop starts the outage and resets every connection
                 raise Reset

@@ -20,6 +20,15 @@ class Counts:
     injected: int = 0
 
 
+class Seen(NamedTuple):
+    """One request the proxy saw (``FaultProxy.requests``): header names lower-cased."""
+
+    kind: Kind
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
 class Injection(NamedTuple):
     """One injected fault: request kind, fault name, method, and path (with its query)."""
 
