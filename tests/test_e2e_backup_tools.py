@@ -1,12 +1,13 @@
 """Backup tools that read their own repository back, through a mount with ``--allow-read``
-(issue 15): restic and duplicity, the Debian packages ``scripts/setup.sh --test`` installs.
+(issue 15): restic, duplicity and borg, the Debian packages ``scripts/setup.sh --test`` installs.
 
 Each tool runs as a user would run it against a local directory that happens to be a chute
 mount, and its result is checked by the tool itself (``restic check --read-data``) and by
 restoring from the mount and comparing the restored tree with the source (``diff -r``).
-A test is skipped, saying so, only if its tool is not installed. borg and rdiff-backup fail on
-operations issue 16 is about (a directory rename, an append): their tests are strict xfails
-that check the mount log names that operation, so they turn into failures the day they pass.
+A test is skipped, saying so, only if its tool is not installed. borg works since directories
+can be renamed (its lock). rdiff-backup fails on an operation issue 16 is about (an append):
+its test is a strict xfail that checks the mount log names that operation, so it turns into a
+failure the day it passes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from tests.support.files import random_file
 from tests.support.mounts import requires_fuse
+from tests.support.store import object_keys
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
@@ -120,11 +122,10 @@ def _unless_logged(mount, *needles: str) -> None:
                            f"mount log):\n{log[-3000:]}")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 16: borg takes its lock by renaming the non-empty "
-                   "directory lock.exclusive.*.tmp to lock.exclusive, which chute refuses "
-                   "(rename: EOPNOTSUPP in the mount log); borg init gives up on the lock")
-def test_borg_init_two_creates_check(mount_factory, tmp_path):
+def test_borg_init_two_creates_check(mount_factory, tmp_path, s3):
+    """borg takes its repository lock by renaming the non-empty directory
+    lock.exclusive.*.tmp onto lock.exclusive, and relies on that rename failing
+    (ENOTEMPTY) while another holds the lock: a directory rename (fs/dir_moves.py)."""
     borg = _tool("borg")
     mount = mount_factory(*READS)
     source = _source_tree(tmp_path / "src")
@@ -132,15 +133,14 @@ def test_borg_init_two_creates_check(mount_factory, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "BORG_PASSPHRASE": "",
            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
            "BORG_BASE_DIR": str(tmp_path / "borg-base")}
-    try:
-        _run([borg, "init", "--encryption", "none", str(repo)], env, timeout=120)
-    except AssertionError:
-        _unless_logged(mount, "cannot rename directory", "borg-repo/lock.exclusive")
-        raise
+    _run([borg, "init", "--encryption", "none", str(repo)], env, timeout=120)
     _run([borg, "create", f"{repo}::one", str(source)], env)
     _change(source)
     _run([borg, "create", f"{repo}::two", str(source)], env)
     _run([borg, "check", "--verify-data", str(repo)], env)
+    assert _run([borg, "list", "--short", str(repo)], env).stdout.split() == ["one", "two"]
+    keys = object_keys(s3, mount.prefix)
+    assert not [k for k in keys if "lock.exclusive" in k or ".chute-moves/" in k], keys
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import trio
 
@@ -126,8 +127,22 @@ async def _write(client: S3Client, marker: str, record: dict[str, object]) -> No
 
 async def _copy_one(client: S3Client, source: str, dest: str, entry: Entry,
                     etags: dict[str, str]) -> None:
-    """CopyObject keeping metadata and tags; in parts above 5 GiB (metadata from a HEAD)."""
-    if entry.size > MAX_COPY_BYTES:
+    """CopyObject keeping metadata and tags; in parts above 5 GiB (metadata from a HEAD).
+    An empty directory marker (``dir/``) is written anew with its metadata and tags:
+    SeaweedFS answers a CopyObject of one 404 NoSuchKey."""
+    if entry.size == 0 and (entry.rel == "" or entry.rel.endswith("/")):
+        info = await client.head_object(source + entry.rel)
+        if info is None:
+            raise StoreError("HeadObject", 404, "NoSuchKey", f"{source + entry.rel} is gone")
+        headers = {f"x-amz-meta-{k}": v for k, v in info.metadata.items()}
+        try:
+            tags = await client.get_tags(source + entry.rel)
+        except StoreError:
+            tags = {}  # a store that keeps no tags on a directory marker
+        if tags:
+            headers["x-amz-tagging"] = urlencode(tags)
+        etags[entry.rel] = await client.put_object(dest + entry.rel, b"", headers)
+    elif entry.size > MAX_COPY_BYTES:
         info = await client.head_object(source + entry.rel)
         if info is None:
             raise StoreError("HeadObject", 404, "NoSuchKey", f"{source + entry.rel} is gone")
