@@ -244,7 +244,7 @@ class ChuteOperations(pyfuse3.Operations):
         """The object's xxh3-128 (the tag chute stores), for ``chute verify``."""
         async with errors_as_errno(self._named("getxattr", inode)):
             node = self.ns.node(inode)
-            if name != HASH_XATTR or node.is_dir or node.upload is not None:
+            if name != HASH_XATTR or node.is_dir or node.is_link or node.upload is not None:
                 raise Refused(errno.ENODATA)
             if not node.xxh3_128:
                 tags = await bounded(self.client.get_tags(self.ns.key(node)))
@@ -256,7 +256,7 @@ class ChuteOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         async with errors_as_errno(self._named("listxattr", inode)):
             node = self.ns.node(inode)
-            return [] if node.is_dir or node.upload is not None else [HASH_XATTR]
+            return [] if node.is_dir or node.is_link or node.upload is not None else [HASH_XATTR]
 
     # -- links ----------------------------------------------------------------------
 

@@ -22,7 +22,10 @@ Invariants:
   (ENAMETOOLONG), and a longer object is a file whatever its metadata says (metadata.py), so
   readlink reads at most that many bytes.
 - What the kernel was told an inode is, it stays: a file found to be a link (or the other
-  way round) gets a new node (namespace.record, lookups.refresh).
+  way round) gets a new node (namespace.record, lookups.refresh). A listing carries no
+  metadata, so readdir shows a link known only from a listing as a file until a lookup of
+  its name HEADs it (``lstat`` does; ``find -type l`` trusts readdir's type).
+- A link has no xattrs (no xxh3 tag: its body is not file data).
 - The target is read with the ETag the node knows (If-Match): a link replaced meanwhile is
   ESTALE, never another object's body. readlink works with reads off (``--allow-read``):
   a target is a name, not file data.

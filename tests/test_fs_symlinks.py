@@ -81,6 +81,7 @@ async def test_a_link_is_one_put_in_s3fs_convention(ops: ChuteOperations,
     start = len(store.requests)
     assert await ops.readlink(attrs.st_ino, CTX) == b"../some/where"  # from memory
     assert stat.S_ISLNK((await ops.getattr(attrs.st_ino, CTX)).st_mode)
+    assert await ops.listxattr(attrs.st_ino, CTX) == []  # no xxh3 tag: not file data
     assert ops_since(store, start) == []
     assert await errno_of(ops.symlink(ROOT_INODE, b"l", b"x", CTX)) == errno.EEXIST
 
