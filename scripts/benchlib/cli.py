@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     p.add_argument("--verify-full", action="store_true",
                    help="download every object and compare sha256 (slow for big files)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--bwlimit", metavar="RATE",
+                   help="pass --bwlimit RATE to the chute contender and print the achieved "
+                   "rate against it (e.g. --short --bwlimit 20MiB/s; target within 10%%)")
     p.add_argument("--work-dir", type=Path,
                    help="where the store, source file and mounts live (default ./bench-data); "
                         "a fresh subdirectory is made and removed at the end")

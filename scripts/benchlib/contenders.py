@@ -55,6 +55,8 @@ class Mounts:
                 f"s3://{BUCKET}/{prefix}", "--endpoint-url", self.store.endpoint_url,
                 "--region", self.store.region, "--slice-size", str(slice_size),
                 "--ring-size", str(ring_size), "--upload-concurrency", str(concurrency), "-q"]
+        if contender == "chute" and getattr(self.args, "bwlimit", None):
+            argv += ["--bwlimit", self.args.bwlimit]
         env = self.mount_env()
         if contender == "baseline":
             env["PYTHONPATH"] = str(self.baseline_path())

@@ -44,6 +44,19 @@ class Bench:
         self.check = BucketCheck(s3, self.args.verify_full)
         self.mounts = Mounts(self.args, self.work, store)
 
+    def report_bwlimit(self, run: Run) -> None:
+        """--bwlimit: the chute copy's achieved rate against the limit (a fixed rate only)."""
+        from chute.uploader.bandwidth import parse_bwlimit
+
+        limit = parse_bwlimit(self.args.bwlimit).rate_at(0)
+        achieved = run.nbytes / run.seconds
+        if limit is None:
+            log(f"bwlimit {self.args.bwlimit}: achieved {fmt_size(achieved)}/s (no limit now)")
+            return
+        within = "within" if abs(achieved / limit - 1) <= 0.1 else "OUTSIDE"
+        log(f"bwlimit {self.args.bwlimit}: achieved {fmt_size(achieved)}/s = "
+            f"{achieved / limit:.3f} x the limit ({within} 10%)")
+
     def next_id(self, name: str) -> str:
         self.serial += 1
         return f"{name}-{self.serial:03d}"
@@ -141,6 +154,8 @@ class Bench:
                     f"{run.seconds:6.1f} s  CPU {run.cpu_per_gib:5.2f} s/GiB  peak RSS "
                     f"{fmt_size(run.peak_rss)}  disk {fmt_size(run.disk_writes)}  "
                     f"verified {'yes' if run.verified else 'NO'} ({run.how})")
+                if name == "chute" and a.bwlimit:
+                    self.report_bwlimit(run)
         all_rows = [*rows.values(), *skipped]
         return {"mode": "file", "size": a.size, "runs": a.runs, "rows": all_rows}
 
