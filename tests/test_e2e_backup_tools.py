@@ -1,13 +1,12 @@
 """Backup tools that read their own repository back, through a mount with ``--allow-read``
-(issue 15): restic, duplicity and borg, the Debian packages ``scripts/setup.sh --test`` installs.
+(issue 15): restic, duplicity, borg and rdiff-backup, the Debian packages
+``scripts/setup.sh --test`` installs.
 
 Each tool runs as a user would run it against a local directory that happens to be a chute
 mount, and its result is checked by the tool itself (``restic check --read-data``) and by
 restoring from the mount and comparing the restored tree with the source (``diff -r``).
 A test is skipped, saying so, only if its tool is not installed. borg works since directories
-can be renamed (its lock). rdiff-backup fails on an operation issue 16 is about (an append):
-its test is a strict xfail that checks the mount log names that operation, so it turns into a
-failure the day it passes.
+can be renamed (its lock), rdiff-backup since files can be appended to (its backup.log).
 """
 
 from __future__ import annotations
@@ -112,16 +111,6 @@ def test_duplicity_full_incremental_restore(mount_factory, tmp_path):
     run("verify", url, str(source), archive="cache-verify")
 
 
-def _unless_logged(mount, *needles: str) -> None:
-    """An expected failure must be the one its xfail names: any other is a real failure
-    (RuntimeError, which the xfail marks, raising AssertionError only, do not excuse)."""
-    log = mount.log()
-    missing = [needle for needle in needles if needle not in log]
-    if missing:
-        raise RuntimeError(f"failed, but not for the expected reason ({missing} not in the "
-                           f"mount log):\n{log[-3000:]}")
-
-
 def test_borg_init_two_creates_check(mount_factory, tmp_path, s3):
     """borg takes its repository lock by renaming the non-empty directory
     lock.exclusive.*.tmp onto lock.exclusive, and relies on that rename failing
@@ -143,22 +132,19 @@ def test_borg_init_two_creates_check(mount_factory, tmp_path, s3):
     assert not [k for k in keys if "lock.exclusive" in k or ".chute-moves/" in k], keys
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 16: rdiff-backup opens "
-                   "rdiff-backup-data/backup.log with O_APPEND (EOPNOTSUPP in the mount log)")
 def test_rdiff_backup_two_runs(mount_factory, tmp_path):
+    """rdiff-backup appends to rdiff-backup-data/backup.log (O_APPEND) on every run."""
     rdiff = _tool("rdiff-backup")
     mount = mount_factory(*READS)
     source = _source_tree(tmp_path / "src")
     target = mount.path / "rdiff"
     env = {**os.environ, "HOME": str(tmp_path)}
-    try:
-        _run([rdiff, "backup", str(source), str(target)], env, timeout=120)
-    except AssertionError:
-        _unless_logged(mount, "O_APPEND is not supported", "backup.log")
-        raise
+    _run([rdiff, "backup", str(source), str(target)], env, timeout=120)
+    first_log = (target / "rdiff-backup-data" / "backup.log").read_bytes()
     _change(source)
     _run([rdiff, "backup", str(source), str(target)], env)
+    second_log = (target / "rdiff-backup-data" / "backup.log").read_bytes()
+    assert second_log.startswith(first_log) and len(second_log) > len(first_log)
     restored = tmp_path / "restored"
     _run([rdiff, "restore", "--at", "now", str(target), str(restored)], env)
     _same_tree(source, restored)
