@@ -96,6 +96,8 @@ async def test_a_small_tree_moves_with_metadata_and_tags(m: Mounted) -> None:
         assert moved.body == body and moved.tags == {"t": key[-1]}
         assert moved.metadata == ({"chute-mode": "0640"} if body else {})
     assert moves_markers(m.store) == []
+    copies = [r.key for r in m.store.requests if r.operation == "CopyObject"]
+    assert sorted(copies) == ["e/a", "e/sub/b", "e/sub/c"]  # markers are written anew
     # the namespace shows it at once: the attached nodes moved, the old name is gone
     assert m.ops.ns.path(m.ops.ns.node(b.st_ino)) == "e/sub/b"
     assert (await m.ops.lookup(ROOT_INODE, b"e", CTX)).st_ino == d.st_ino
@@ -113,6 +115,19 @@ async def test_a_directory_made_through_the_mount_moves(m: Mounted) -> None:
     assert m.store.keys() == ["lock.exclusive/", "lock.exclusive/host.1-2"]
     lock = await m.ops.lookup(ROOT_INODE, b"lock.exclusive", CTX)
     assert (await m.ops.lookup(lock.st_ino, b"host.1-2", CTX)).st_size == 0
+
+
+async def test_directories_without_markers_are_deleted_deepest_last(m: Mounted) -> None:
+    """Keys another client wrote with no directory markers: SeaweedFS keeps (and lists) a
+    directory it made for them until its ``dir/`` key is deleted, after its contents."""
+    m.store.put("x/a", b"1")
+    m.store.put("x/sub/deep/b", b"2")
+    await rename(m, b"x", b"y")
+    assert m.store.keys() == ["y/a", "y/sub/deep/b"]
+    deletes = [r.key for r in m.store.requests if r.operation == "DeleteObject"
+               and not r.key.startswith(moves.MARKER_DIR)]
+    assert sorted(deletes[:2]) == ["x/a", "x/sub/deep/b"]
+    assert deletes[2:] == ["x/sub/deep/", "x/sub/", "x/"]
 
 
 # -- rename(2)'s rules ----------------------------------------------------------------------

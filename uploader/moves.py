@@ -73,6 +73,9 @@ class Entry:
     rel: str
     size: int
     etag: str
+    implied: bool = False
+    """A directory that holds keys but has no marker of its own (deletes only, see
+    :func:`_deepest_last`)."""
 
 
 def marker_key(client: S3Client, move_id: str) -> str:
@@ -93,9 +96,10 @@ async def move(client: S3Client, source: str, dest: str, entries: Sequence[Entry
     try:
         await _each(entries, lambda e: _copy_one(client, source, dest, e, etags))
     except Exception:
-        copied = [e for e in entries if e.rel in etags and not (e.rel == "" and dest_existed)]
+        copied = [e for e in entries if e.rel in etags]
         try:
-            await _each(copied, lambda e: client.delete_object(dest + e.rel))
+            await _deepest_last(copied, lambda e: client.delete_object(dest + e.rel),
+                                keep_top=dest_existed)
             await client.delete_object(marker)
         except Exception as exc:
             log.warning("move %s -> %s failed and rolling back its copies failed too (%s): "
@@ -104,7 +108,7 @@ async def move(client: S3Client, source: str, dest: str, entries: Sequence[Entry
     record["phase"] = "copied"
     try:
         await _write(client, marker, record)
-        await _each(entries, lambda e: client.delete_object(source + e.rel))
+        await _deepest_last(entries, lambda e: client.delete_object(source + e.rel))
         await client.delete_object(marker)
     except Exception as exc:
         raise SourcesLeft(exc, marker) from exc
@@ -176,6 +180,39 @@ async def _each(items: Sequence[Entry], job: Callable[[Entry], Awaitable[object]
         raise errors[0]
 
 
+async def _deepest_last(items: Sequence[Entry], job: Callable[[Entry], Awaitable[object]],
+                        *, keep_top: bool = False) -> None:
+    """``_each`` for deletes: the files first, then the directory markers, deepest first,
+    including those of directories that have none (``implied``). SeaweedFS keeps a directory
+    that still held something when its marker was deleted, and one that never had a marker,
+    and lists it (empty) for good: the old name would stay visible. Deleting a key that does
+    not exist is harmless on S3, and on SeaweedFS removes such an empty directory.
+    ``keep_top``: the top directory's marker is not deleted (it existed before the move)."""
+    markers: dict[int, list[Entry]] = {}
+    for item in _with_implied_dirs(items):
+        if keep_top and item.rel == "":
+            continue
+        if item.rel == "" or item.rel.endswith("/"):
+            markers.setdefault(item.rel.count("/"), []).append(item)
+    await _each([item for item in items if not (item.rel == "" or item.rel.endswith("/"))], job)
+    for depth in sorted(markers, reverse=True):
+        await _each(markers[depth], job)
+
+
+def _with_implied_dirs(items: Sequence[Entry]) -> list[Entry]:
+    """``items`` and, as ``implied`` entries, every directory level above them (the top
+    one, ``""``, included) that has no marker among them."""
+    have = {item.rel for item in items}
+    implied: dict[str, Entry] = {}
+    for item in items:
+        parts = item.rel.rstrip("/").split("/")[:-1] if item.rel else []
+        for depth in range(len(parts) + 1):
+            rel = "".join(part + "/" for part in parts[:depth])
+            if rel not in have:
+                implied.setdefault(rel, Entry(rel, 0, "", implied=True))
+    return [*items, *implied.values()]
+
+
 # -- recovery at the next mount ---------------------------------------------------------------
 
 
@@ -222,21 +259,21 @@ async def _recover_one(client: S3Client, marker: str, here: leftovers.Owner,
     kept: list[str] = []
     if parsed["phase"] == "copied":
         async def finish(e: Entry) -> None:
-            if await client.head_object(dest + e.rel) is None:
+            if not e.implied and await client.head_object(dest + e.rel) is None:
                 kept.append(source + e.rel)  # its copy is gone: the source is the only one
             else:
                 await client.delete_object(source + e.rel)
-        await _each(entries, finish)
+        await _deepest_last(entries, finish)
         what = "finished (sources deleted)"
     else:
         async def roll_back(e: Entry) -> None:
             if e.rel == "" and parsed["dest_existed"]:
                 return
-            if await client.head_object(source + e.rel) is None:
+            if not e.implied and await client.head_object(source + e.rel) is None:
                 kept.append(dest + e.rel)  # its source is gone: the copy is the only one
             else:
                 await client.delete_object(dest + e.rel)
-        await _each(entries, roll_back)
+        await _deepest_last(entries, roll_back)
         what = "rolled back (copies deleted)"
     await client.delete_object(marker)
     log.warning("move of directory %s -> %s, cut by the end of its mount (%s), %s%s",
