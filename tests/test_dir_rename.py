@@ -288,3 +288,31 @@ async def test_the_marker_directory_is_reserved_and_hidden(m: Mounted) -> None:
         == errno.EPERM
     listing = await m.ops.lookups.list_dir(m.ops.ns.root)
     assert moves.MARKER_DIR not in listing
+
+
+async def test_an_object_changed_during_the_move_is_estale_and_rolled_back(m: Mounted) -> None:
+    plant_tree(m.store, "d")
+    await m.ops.lookup(ROOT_INODE, b"d", CTX)
+
+    def change_after_listing(request) -> bool:  # type: ignore[no-untyped-def]
+        if request.operation == "PutObject" and request.key.startswith(moves.MARKER_DIR):
+            m.store.put("d/sub/b", b"changed by another client")
+        return False
+
+    m.store.fail_next(change_after_listing)
+    assert await errno_of(rename(m, b"d", b"e")) == errno.ESTALE
+    assert m.store.keys("e") == [] and moves_markers(m.store) == []
+    assert m.store.body("d/sub/b") == b"changed by another client"
+
+
+async def test_a_failed_delete_of_a_source_leaves_the_marker_for_the_next_mount(
+        m: Mounted) -> None:
+    tree = plant_tree(m.store, "d")
+    m.store.fail_next(lambda r: r.operation == "DeleteObject" and r.key == "d/a",
+                      code="AccessDenied")
+    assert await errno_of(rename(m, b"d", b"e")) == errno.EIO
+    assert m.store.objects["e/sub/b"].body == tree["d/sub/b"]  # every copy landed
+    assert "d/a" in m.store.objects
+    [marker] = moves_markers(m.store)
+    assert json.loads(m.store.body(marker))["phase"] == "copied"
+    assert (await m.ops.lookup(ROOT_INODE, b"e", CTX)).st_ino  # shown under the new name
