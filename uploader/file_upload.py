@@ -126,9 +126,8 @@ class FileUpload:
         self._counters = counters
         self._enqueue = enqueue
         self._on_finished = on_finished
-        self._prefix = prefix
-        self._plan = plan(prefix.size if prefix else 0, config.slice_size)
-        self._tail_pending = prefix is not None and prefix.size > self._plan.copied
+        self._plan = plan(prefix, config.slice_size)
+        self._tail_pending = self._plan.has_tail
         """The old object's last bytes are still to be fetched into the first slice."""
         self._written = False
         self.unchanged = False
@@ -148,8 +147,7 @@ class FileUpload:
         if self._unlinked:
             return self._unlinked_size
         if self._tail_pending:
-            assert self._prefix is not None
-            return self._prefix.size
+            return self._plan.size
         return self._slices.size
 
     @property
@@ -201,11 +199,8 @@ class FileUpload:
         into the first ring slice, pinned to the ETag the open saw (prefix.py)."""
         if not self._tail_pending:
             return
-        assert self._prefix is not None
         self._tail_pending = False
-        first, last = self._plan.copied, self._prefix.size - 1
-        data = await self._session.fetch_range(self._prefix.key, first, last,
-                                               self._prefix.etag)
+        data = await self._plan.fetch_tail(self._session)
         await self._slices.append(memoryview(data))
         self._counters.bytes_written -= len(data)  # counted as received by write()
 
@@ -277,8 +272,8 @@ class FileUpload:
                 self.finished = trio.current_time()
                 return
             await self._check_writable()
-            if self._prefix is not None and not self._written:
-                self._keep_unchanged(self._prefix)
+            if self._plan.source is not None and not self._written:
+                self._keep_unchanged(self._plan.source)
                 return
             self.state = UploadState.FINALIZING
             try:
@@ -327,13 +322,8 @@ class FileUpload:
     async def _complete(self) -> None:
         xxh3_128 = self._slices.seal_all()
         if self._plan.copy_ranges:
-            assert self._prefix is not None
             await self._session.create(self.metadata)
-            for number, first, last in self._plan.copy_ranges:
-                if self.error is not None:
-                    break
-                await self._session.copy_part(number, self._prefix.key, first, last,
-                                              self._prefix.etag)
+            await self._plan.copy_parts(self._session, lambda: self.error is not None)
         await self._idle.wait()
         if self.error is not None:
             raise self.error

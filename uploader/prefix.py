@@ -22,9 +22,11 @@ out with its session (multipart.py) and slices (slices.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .copy import COPY_PART_BYTES
+from .multipart import MultipartSession
 from .sizes import MIN_PART_SIZE
 
 
@@ -39,6 +41,8 @@ class Prefix:
 
 @dataclass(frozen=True)
 class PrefixPlan:
+    source: Prefix | None
+    """The object continued; None for a new file (then the plan is empty)."""
     copy_ranges: tuple[tuple[int, int, int], ...]
     """(part number, first byte, last byte inclusive) of each UploadPartCopy, in order."""
     copied: int
@@ -51,15 +55,36 @@ class PrefixPlan:
         """Part number of the file's first ring slice."""
         return len(self.copy_ranges) + 1
 
+    @property
+    def has_tail(self) -> bool:
+        return self.size > self.copied
 
-def plan(size: int, slice_size: int) -> PrefixPlan:
+    async def fetch_tail(self, session: MultipartSession) -> bytes:
+        """The old object's bytes that are not copied, of the version seen at open."""
+        assert self.source is not None and self.has_tail
+        return await session.fetch_range(self.source.key, self.copied, self.size - 1,
+                                         self.source.etag)
+
+    async def copy_parts(self, session: MultipartSession, failed: Callable[[], bool]
+                         ) -> None:
+        """UploadPartCopy of every copied range (the session's upload created), in order,
+        stopping once ``failed()``."""
+        assert self.source is not None
+        for number, first, last in self.copy_ranges:
+            if failed():
+                return
+            await session.copy_part(number, self.source.key, first, last, self.source.etag)
+
+
+def plan(source: Prefix | None, slice_size: int) -> PrefixPlan:
     """Copy the old object's whole slices, fetch what is left (less than one slice).
 
     An object smaller than ``MIN_PART_SIZE`` is fetched whole (it could not be a part on its
     own); ``slice_size`` is at least ``MIN_PART_SIZE`` (sizes.check_slice_size)."""
     assert slice_size >= MIN_PART_SIZE
+    size = source.size if source is not None else 0
     copied = size - size % slice_size if size >= MIN_PART_SIZE else 0
     step = slice_size * max(1, COPY_PART_BYTES // slice_size)
     ranges = tuple((number, first, min(first + step, copied) - 1)
                    for number, first in enumerate(range(0, copied, step), 1))
-    return PrefixPlan(ranges, copied, size)
+    return PrefixPlan(source, ranges, copied, size)

@@ -67,8 +67,7 @@ class Uploader:
                   no_clobber: bool = False, prefix: Prefix | None = None) -> FileUpload:
         """A new upload of ``path`` to ``key``; ``no_clobber``: only if the key is free;
         ``prefix``: the existing object it continues (an append; prefix.py)."""
-        copies = prefix is not None and bool(plan(prefix.size, self.config.slice_size)
-                                             .copy_ranges)
+        copies = bool(plan(prefix, self.config.slice_size).copy_ranges)
         session = MultipartSession(
             self.client, key, checksum="md5" if copies else self.config.checksum,
             no_clobber=no_clobber,
