@@ -25,11 +25,12 @@ them). The rules, and why:
   kernel drops the node's pages at open. An open that finds an older version still open for
   reading also clears the memory (that reader may still fill pages from its window), so the
   open after it drops the pages again.
-- **O_RDWR without O_TRUNC** of a finished, non-empty object with ``--allow-read`` is a read
-  handle whose writes fail with EOPNOTSUPP: tools that open read-write and only read work,
-  a tool that writes fails at its first write, and the object is never touched (nothing
-  partial can appear). Without ``--allow-read`` such an open is EOPNOTSUPP as before.
-  O_RDWR with O_TRUNC (or creating) is a new upload (handles.py), not readable until closed.
+- **O_RDWR is a write open** (handles.py), never a read handle: with O_TRUNC (or creating) a
+  new upload, without O_TRUNC an upload that continues the object (the old object stays
+  until its close replaces it; closed unwritten, the object stays as it was). A read()
+  through it is EACCES: nothing of a file being written is readable until its last close,
+  and the bytes a continuing upload copies server-side never pass through the mount. Tools
+  that only read open O_RDONLY (restic, duplicity, borg, cp, cmp do).
 
 Read handles have file handle numbers from READ_FH_BASE up, so the FUSE adapter can tell
 them from the write handles of handles.py without asking either table.
@@ -103,8 +104,6 @@ class ReadHandle:
     reader: ObjectReader | None
     """None while reads are off: the first read() is EACCES."""
     path: str
-    writable: bool = False
-    """Opened O_RDWR: its writes are EOPNOTSUPP."""
 
 
 class ReadHandles:
@@ -149,13 +148,7 @@ class ReadHandles:
 
     def wants(self, node: Node, flags: int) -> bool:
         """Whether this open of an existing node is a read handle's (else handles.py's)."""
-        if node.is_dir or flags & os.O_TRUNC:
-            return False
-        mode = flags & os.O_ACCMODE
-        if mode == os.O_RDONLY:
-            return True
-        return (mode == os.O_RDWR and not flags & os.O_APPEND and self.allow
-                and node.upload is None and node.size > 0)
+        return not node.is_dir and flags & (os.O_ACCMODE | os.O_TRUNC) == os.O_RDONLY
 
     async def open(self, node: Node, flags: int) -> tuple[int, bool]:
         """Open ``node`` for reading: its file handle, and whether the kernel may keep the
@@ -164,9 +157,8 @@ class ReadHandles:
         if node.upload is not None:
             raise Refused(errno.EBUSY, "%s is being written: it can be read once its last "
                           "close has returned", path)
-        writable = flags & os.O_ACCMODE == os.O_RDWR
         if not self.allow:
-            return self._add(ReadHandle(node, None, path, writable)), False
+            return self._add(ReadHandle(node, None, path)), False
         if self._nursery is None or self._source is None:
             raise Refused(errno.EIO, "%s: reads are not running on this mount", path)
         if node.needs_head or not node.etag or \
@@ -180,7 +172,7 @@ class ReadHandles:
                               tuning=self._tuning)
         keep = self._keep_cache(node, node.etag)
         self.opened += 1
-        return self._add(ReadHandle(node, reader, path, writable)), keep
+        return self._add(ReadHandle(node, reader, path)), keep
 
     def _add(self, handle: ReadHandle) -> int:
         fh = self._next_fh
@@ -230,11 +222,9 @@ class ReadHandles:
             raise
 
     def refuse_write(self, fh: int) -> None:
-        """A write through a read handle (O_RDWR of a finished object): EOPNOTSUPP."""
+        """A write through a read handle (the kernel refuses those of an O_RDONLY open)."""
         handle = self.get(fh)
-        raise Refused(errno.EOPNOTSUPP, "%s was opened read-write without O_TRUNC: chute "
-                      "replaces whole objects only (open it with O_TRUNC to replace it)",
-                      handle.path)
+        raise Refused(errno.EBADF, "%s is open for reading only", handle.path)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)

@@ -7,7 +7,7 @@ changed behind the mount's back with boto3. What is shown:
   refusal is logged once per mount naming ``--allow-read``;
 - ``cmp`` of every file of a ``cp -r`` tree (0 B, 1 B, slice±1, several slices) read back;
 - a file being written is EBUSY to an open for reading until its last close;
-- O_RDWR of a finished object reads, and its first write is EOPNOTSUPP (object untouched);
+- O_RDWR is a write open (it continues the object): read() through it is EACCES;
 - concurrent readers and writers on one mount;
 - a store outage in the middle of a read is ridden out (right bytes) or EIO, never wrong bytes;
 - an object replaced mid-read (boto3): the reader gets ESTALE or EIO, never a mix; a new open
@@ -58,10 +58,6 @@ def test_reads_off_open_succeeds_read_is_eacces_logged_once(mount_factory, tmp_p
             os.close(fd)
     assert (mount.path / "a").stat().st_mode & 0o777 == 0o640
     assert mount.log().count("--allow-read") == 1, mount.log()
-    # O_RDWR of an existing object without reads: refused at open, as before
-    with pytest.raises(OSError) as caught:
-        os.open(mount.path / "a", os.O_RDWR)
-    assert caught.value.errno == errno.EOPNOTSUPP
 
 
 def test_cp_tree_read_back_with_cmp(mount_factory, tmp_path):
@@ -97,20 +93,23 @@ def test_file_being_written_is_ebusy_until_closed(mount_factory):
     assert "is being written" in mount.log()
 
 
-def test_o_rdwr_of_a_finished_object_reads_and_refuses_writes(mount_factory, s3):
+def test_o_rdwr_is_a_write_open_never_readable(mount_factory, s3):
+    """O_RDWR without O_TRUNC continues the object (issue 16): read() through it is EACCES,
+    the object stays as it was until the close; O_RDWR | O_TRUNC replaces it."""
     mount = mount_factory(*READS)
     path = mount.path / "obj"
     path.write_bytes(b"0123456789")
     fd = os.open(path, os.O_RDWR)
     try:
-        assert os.pread(fd, 4, 3) == b"3456"
         with pytest.raises(OSError) as caught:
-            os.pwrite(fd, b"X", 0)
-        assert caught.value.errno == errno.EOPNOTSUPP
+            os.pread(fd, 4, 3)
+        assert caught.value.errno == errno.EACCES
+        os.pwrite(fd, b"ab", 10)
+        assert s3.get_object(Bucket=BUCKET, Key=mount.key("obj"))["Body"].read() \
+            == b"0123456789"
     finally:
         os.close(fd)
-    assert s3.get_object(Bucket=BUCKET, Key=mount.key("obj"))["Body"].read() == b"0123456789"
-    # O_RDWR | O_TRUNC replaces it, as before
+    assert path.read_bytes() == b"0123456789ab"
     fd = os.open(path, os.O_RDWR | os.O_TRUNC)
     try:
         os.write(fd, b"new")

@@ -1,5 +1,5 @@
 """Read handles (fs/reads.py) without FUSE: the FUSE handlers called directly over the
-in-memory S3. Reads off and on, EBUSY for a file being written, O_RDWR of a finished object,
+in-memory S3. Reads off and on, EBUSY for a file being written, O_RDWR (a write open),
 ESTALE when the object is replaced, and when the kernel may keep its pages (keep_cache)."""
 
 from __future__ import annotations
@@ -151,16 +151,18 @@ async def test_replaced_while_open_is_estale(on: Mounted) -> None:
     await on.ops.release(info.fh)
 
 
-async def test_o_rdwr_of_a_finished_object_reads_and_refuses_writes(on: Mounted) -> None:
+async def test_o_rdwr_is_a_write_open_never_readable(on: Mounted) -> None:
+    """Reads on too, O_RDWR without O_TRUNC continues the object (handles.py): a read
+    through it is EACCES; closed unwritten it leaves the object as it was."""
     on.store.put("rw", b"0123456789")
     inode = await inode_of(on, "rw")
     info = await on.ops.open(inode, os.O_RDWR, CTX)
-    assert await on.ops.read(info.fh, 2, 3) == b"234"
-    assert await errno_of(on.ops.write(info.fh, 0, b"X")) == errno.EOPNOTSUPP
+    assert info.fh < READ_FH_BASE
+    assert await errno_of(on.ops.read(info.fh, 2, 3)) == errno.EACCES
     await on.ops.flush(info.fh)
     await on.ops.release(info.fh)
     assert on.store.body("rw") == b"0123456789"
-    assert (await on.ops.getattr(inode, CTX)).st_size == 10
+    assert (await read_all(on, "rw"))[0] == b"0123456789"
 
 
 def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
