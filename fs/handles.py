@@ -60,6 +60,9 @@ class Handle:
     holders: set[int] = field(default_factory=set)
     """Processes other than the opener seen holding this open's descriptor (a forked child,
     a shell's ``exec 3>``): one of them may make the last close, by dying (writer_exit.py)."""
+    append: bool = False
+    """Opened O_APPEND: every write lands at the file's end, whatever offset the kernel sent
+    (its idea of the size may be older than the object the open found)."""
 
 
 class HandleTable:
@@ -98,7 +101,7 @@ class HandleTable:
         node = self.ns.attach(self.ns.record(parent, name, False, size=0,
                                              mode=stat.S_IMODE(mode), mtime_ns=time.time_ns()))
         try:
-            return self._start_upload(node, pid), node
+            return self._start_upload(node, pid, append=bool(flags & os.O_APPEND)), node
         except BaseException:
             self.ns.prune(node)
             raise
@@ -113,19 +116,22 @@ class HandleTable:
             raise Refused(errno.EACCES, "%r: an open for reading cannot truncate", path)
         upload = node.upload
         if upload is not None and upload.state is UploadState.OPEN and not flags & os.O_TRUNC:
-            return self._new_handle(node, pid)
+            return self._new_handle(node, pid, bool(flags & os.O_APPEND))
         if upload is None:
             self.objects.refuse_if_no_overwrite(node)
         elif not flags & os.O_TRUNC:
             raise Refused(errno.EBUSY, "%r is being finished by its last close", path)
+        append = bool(flags & os.O_APPEND)
         if flags & os.O_TRUNC or upload is not None or node.size == 0:
-            return self._start_upload(node, pid)
+            return self._start_upload(node, pid, append=append)
         await self.objects.lookups.refresh(node)  # the ETag and size the copy is pinned to
         if node.size == 0 or node.upload is not None:
-            return self._start_upload(node, pid)
-        return self._start_upload(node, pid, Prefix(self.ns.key(node), node.size, node.etag))
+            return self._start_upload(node, pid, append=append)
+        return self._start_upload(node, pid, Prefix(self.ns.key(node), node.size, node.etag),
+                                  append=append)
 
-    def _start_upload(self, node: Node, pid: int, prefix: Prefix | None = None) -> int:
+    def _start_upload(self, node: Node, pid: int, prefix: Prefix | None = None, *,
+                      append: bool = False) -> int:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
             raise Refused(errno.EBUSY, "%r is already open for writing; chute takes one "
                           "writer per file", self.ns.path(node))
@@ -137,13 +143,13 @@ class HandleTable:
             self.ns.key(node), self.ns.path(node), metadata.chute_metadata(node),
             no_clobber=self.objects.policy.no_overwrite, prefix=prefix)
         node.local = True
-        return self._new_handle(node, pid)
+        return self._new_handle(node, pid, append)
 
-    def _new_handle(self, node: Node, pid: int) -> int:
+    def _new_handle(self, node: Node, pid: int, append: bool = False) -> int:
         assert node.upload is not None
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = Handle(node, node.upload, pid, openers.last_pid())
+        self._handles[fh] = Handle(node, node.upload, pid, openers.last_pid(), append=append)
         node.opens += 1
         return fh
 
@@ -151,6 +157,8 @@ class HandleTable:
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.get(fh)
+        if handle.append:
+            offset = handle.upload.size
         written = await handle.upload.write(offset, data)
         node = handle.node
         node.mtime_ns = time.time_ns()

@@ -246,3 +246,20 @@ async def test_no_delete_refuses_unlink_while_writing() -> None:
         await m.ops.flush(info.fh)
         await m.ops.release(info.fh)
         assert m.store.body("f") == b"data"
+
+
+async def test_o_append_writes_land_at_the_end_whatever_the_offset(m: Mounted) -> None:
+    m.store.put("log", b"abc")
+    fh = (await m.ops.open(await inode_of(m, "log"), APPEND, CTX)).fh
+    await m.ops.write(fh, 0, b"d")  # a kernel whose size is stale: still the end
+    await m.ops.write(fh, 1, b"e")
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.body("log") == b"abcde"
+    info, _ = await m.ops.create(ROOT_INODE, b"new", 0o644, os.O_WRONLY | os.O_CREAT
+                                 | os.O_APPEND, CTX)
+    await m.ops.write(info.fh, 0, b"x")
+    await m.ops.write(info.fh, 0, b"y")
+    await m.ops.flush(info.fh)
+    await m.ops.release(info.fh)
+    assert m.store.body("new") == b"xy"
