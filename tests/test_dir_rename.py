@@ -316,3 +316,17 @@ async def test_a_failed_delete_of_a_source_leaves_the_marker_for_the_next_mount(
     [marker] = moves_markers(m.store)
     assert json.loads(m.store.body(marker))["phase"] == "copied"
     assert (await m.ops.lookup(ROOT_INODE, b"e", CTX)).st_ino  # shown under the new name
+
+
+def test_the_limits_reach_the_policy_from_flags_and_the_toml_file(tmp_path) -> None:
+    from chute.fs import cli
+
+    config = tmp_path / "chute.toml"
+    config.write_text('rename_dir_max_objects = 7\nrename_dir_max_bytes = "2MiB"\n')
+    policy = cli.mount_policy(cli.parse_args(["mount", "/mnt", "--config", str(config)]))
+    assert (policy.rename_dir_max_objects, policy.rename_dir_max_bytes) == (7, 2 * MiB)
+    policy = cli.mount_policy(cli.parse_args(["mount", "/mnt", "--rename-dir-max-objects",
+                                              "0"]))
+    assert (policy.rename_dir_max_objects, policy.rename_dir_max_bytes) == (0, 1 << 30)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["mount", "/mnt", "--rename-dir-max-objects", "10001"])
