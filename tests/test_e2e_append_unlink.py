@@ -131,3 +131,45 @@ def test_reopen_without_truncate_appends(mount_factory, s3, tmp_path: Path) -> N
     finally:
         os.close(fd)
     assert _body(s3, mount.key("log")) == b"first\nsecond\n"
+
+
+APPENDER = textwrap.dedent("""
+    import os, sys
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+    os.write(fd, os.urandom(6 << 20))
+    sys.exit(1)              # dies with the file open, as a failing backup job does
+""")
+
+
+def test_an_appender_that_dies_leaves_the_old_object(mount_factory, s3, tmp_path) -> None:
+    mount = mount_factory(*SMALL_MOUNT)
+    old = random_file(tmp_path / "old", 12 * MiB + 7, seed=4).read_bytes()
+    shutil.copyfile(tmp_path / "old", mount.path / "big")
+    etag = s3.head_object(Bucket=BUCKET, Key=mount.key("big"))["ETag"]
+    result = subprocess.run([sys.executable, "-c", APPENDER, str(mount.path / "big")],
+                            timeout=60)
+    assert result.returncode == 1
+    assert s3.head_object(Bucket=BUCKET, Key=mount.key("big"))["ETag"] == etag
+    assert _body(s3, mount.key("big")) == old
+    assert pending_uploads(s3, mount.prefix) == []
+    assert "its writer died" in mount.log()
+
+
+def test_rsnapshot_probe_and_log(mount_factory, s3) -> None:
+    """rsnapshot's test_cp_al creates its probe file with ``open(TT1, ">>$s/tt1")``, and it
+    appends to its logfile with ``open(LOG, ">> ...")``: both as rsnapshot writes them."""
+    if shutil.which("perl") is None:
+        pytest.skip("perl is not installed")
+    mount = mount_factory()
+    probe_dir = mount.path / "cp_al1"
+    probe_dir.mkdir()
+    perl = ('open(T, ">>$ARGV[0]") || die "open: $!"; print T $ARGV[1]; '
+            'close(T) || die "close: $!"')
+    subprocess.run(["perl", "-e", perl, str(probe_dir / "tt1"), ""], check=True, timeout=30)
+    for line in ("[run 1] started\n", "[run 2] started\n"):
+        subprocess.run(["perl", "-e", perl, str(mount.path / "rsnapshot.log"), line],
+                       check=True, timeout=30)
+    assert _body(s3, mount.key("cp_al1/tt1")) == b""
+    assert _body(s3, mount.key("rsnapshot.log")) == b"[run 1] started\n[run 2] started\n"
+    (probe_dir / "tt1").unlink()
+    probe_dir.rmdir()
