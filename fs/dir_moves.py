@@ -66,10 +66,14 @@ async def move_directory(ns: Namespace, client: S3Client, policy: MountPolicy, n
     """Move the non-empty directory ``node`` to ``new_name`` in ``new_parent`` (``target``:
     the empty directory it replaces, if any); see the module."""
     path = ns.path(node)
-    for rel, below in subtree(ns, node):
-        if below.upload is not None:
-            raise Refused(errno.EBUSY, "cannot rename directory %s: %s below it is still "
-                          "open for writing", quoted(path), quoted(rel))
+
+    def refuse_if_writing() -> None:
+        for rel, below in subtree(ns, node):
+            if below.upload is not None:
+                raise Refused(errno.EBUSY, "cannot rename directory %s: %s below it is "
+                              "open for writing", quoted(path), quoted(rel))
+
+    refuse_if_writing()
     source = ns.key(node)
     dest = ns.child_key(new_parent, new_name, directory=True)
     entries = await _listed(client, source, path, policy)
@@ -77,10 +81,11 @@ async def move_directory(ns: Namespace, client: S3Client, policy: MountPolicy, n
     if len(dest.encode()) + longest > MAX_KEY_BYTES:
         raise Refused(errno.ENAMETOOLONG, "cannot rename directory %s: a key below it would "
                       "exceed S3's %d bytes under the new name", quoted(path), MAX_KEY_BYTES)
-    try:
-        etags = await moves.move(client, source, dest, entries, dest_existed=target is not None)
+    try:  # a file created below while copying: refused (EBUSY), rolled back
+        await moves.move(client, source, dest, entries, dest_existed=target is not None,
+                         check=refuse_if_writing,
+                         moved=lambda etags: _moved(ns, node, new_parent, new_name, etags))
     except moves.SourcesLeft as exc:
-        _moved(ns, node, new_parent, new_name, {})
         raise Refused(errno_for(exc.cause), "rename of directory %s -> %s: every object was "
                       "copied, but deleting the old ones failed: %s", quoted(path),
                       quoted(ns.path(node)), exc) from exc
@@ -90,7 +95,6 @@ async def move_directory(ns: Namespace, client: S3Client, policy: MountPolicy, n
         raise Refused(errno.ESTALE, "rename of directory %s: an object below it changed "
                       "while it was copied; the copies were rolled back, retry", quoted(path)
                       ) from exc
-    _moved(ns, node, new_parent, new_name, etags)
 
 
 async def _listed(client: S3Client, source: str, path: str, policy: MountPolicy

@@ -330,3 +330,20 @@ def test_the_limits_reach_the_policy_from_flags_and_the_toml_file(tmp_path) -> N
     assert (policy.rename_dir_max_objects, policy.rename_dir_max_bytes) == (0, 1 << 30)
     with pytest.raises(SystemExit):
         cli.parse_args(["mount", "/mnt", "--rename-dir-max-objects", "10001"])
+
+
+async def test_a_file_opened_for_writing_below_while_copying_rolls_back(m: Mounted) -> None:
+    tree = plant_tree(m.store, "d")
+    d = await m.ops.lookup(ROOT_INODE, b"d", CTX)
+    a = m.ops.ns.node((await m.ops.lookup(d.st_ino, b"a", CTX)).st_ino)
+
+    def writer_starts(request) -> bool:  # type: ignore[no-untyped-def]
+        if request.operation == "CopyObject":
+            a.upload = object()  # as an open for writing would, while the copies run
+        return False
+
+    m.store.fail_next(writer_starts)
+    assert await errno_of(rename(m, b"d", b"e")) == errno.EBUSY
+    a.upload = None
+    assert m.store.keys() == sorted(tree)
+    assert m.ops.ns.path(a) == "d/a"

@@ -83,10 +83,15 @@ def marker_key(client: S3Client, move_id: str) -> str:
 
 
 async def move(client: S3Client, source: str, dest: str, entries: Sequence[Entry], *,
-               dest_existed: bool) -> dict[str, str]:
-    """Move ``entries`` from prefix ``source`` to prefix ``dest`` (see the module); returns
-    rel -> new ETag. A failure while copying is rolled back before it is raised (the sources
-    are untouched); one while deleting the sources is raised as :class:`SourcesLeft`."""
+               dest_existed: bool, check: Callable[[], None] = lambda: None,
+               moved: Callable[[dict[str, str]], None] = lambda etags: None) -> None:
+    """Move ``entries`` from prefix ``source`` to prefix ``dest`` (see the module).
+
+    Once every copy has landed, ``check()`` may still refuse the move (by raising); then,
+    with the marker at ``copied``, ``moved(etags)`` (rel -> new ETag) is told before the
+    sources are deleted. A failure before that is rolled back before it is raised (the
+    sources are untouched); one while deleting the sources is raised as
+    :class:`SourcesLeft`."""
     marker = marker_key(client, uuid.uuid4().hex)
     record = {"version": 1, "owner": leftovers.this_process().encode(), "source": source,
               "dest": dest, "keys": [e.rel for e in entries], "dest_existed": dest_existed,
@@ -95,6 +100,9 @@ async def move(client: S3Client, source: str, dest: str, entries: Sequence[Entry
     etags: dict[str, str] = {}
     try:
         await _each(entries, lambda e: _copy_one(client, source, dest, e, etags))
+        check()
+        record["phase"] = "copied"
+        await _write(client, marker, record)
     except Exception:
         copied = [e for e in entries if e.rel in etags]
         try:
@@ -105,14 +113,12 @@ async def move(client: S3Client, source: str, dest: str, entries: Sequence[Entry
             log.warning("move %s -> %s failed and rolling back its copies failed too (%s): "
                         "the next mount rolls it back (marker %s)", source, dest, exc, marker)
         raise
-    record["phase"] = "copied"
+    moved(etags)
     try:
-        await _write(client, marker, record)
         await _deepest_last(entries, lambda e: client.delete_object(source + e.rel))
         await client.delete_object(marker)
     except Exception as exc:
         raise SourcesLeft(exc, marker) from exc
-    return etags
 
 
 class SourcesLeft(Exception):
