@@ -5,7 +5,9 @@ rest is here, in this order, before anything is copied:
 
 - a directory into its own subtree: EINVAL (the kernel checks it too);
 - a file below it being written (its object does not exist yet, and its upload would land
-  under the old name): EBUSY;
+  under the old name): EBUSY; checked again once the copies have landed (a file opened
+  meanwhile rolls the move back, EBUSY). One created and closed entirely while the copies
+  run lands under the old name;
 - more than ``--rename-dir-max-objects`` objects or ``--rename-dir-max-bytes`` bytes below
   it: EOPNOTSUPP naming the option. The rename blocks its caller, and the kernel holds both
   parent directories locked, until every copy has landed, so the move is bounded;
@@ -14,8 +16,10 @@ rest is here, in this order, before anything is copied:
 Then uploader/moves.py moves the objects (a marker first, copies, sources deleted; a failure
 while copying rolls back; a crash is finished or rolled back by the next mount). It is not
 atomic: while it runs, other S3 clients see objects under both names. This mount shows the
-move at once: the node moves with its attached subtree (paths are computed from parents),
-attached files learn their new ETags, and the listing snapshots of both parents are dropped.
+move once the copies have landed, before the sources are deleted (so a file created from
+then on gets its new name): the node moves with its attached subtree (paths are computed
+from parents), attached files learn their new ETags, and the listing snapshots of both
+parents are dropped.
 """
 
 from __future__ import annotations

@@ -5,13 +5,17 @@ rename(2)'s refusals (ENOTEMPTY, ENOTDIR, EINVAL, EOPNOTSUPP beyond the limit) p
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
+from chute.uploader import leftovers, moves
 from tests.support.files import random_file, sha256_file
 from tests.support.mounts import requires_fuse
 from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object
@@ -80,3 +84,23 @@ def test_mv_of_a_small_tree_moves_every_object(mount_factory, s3, tmp_path: Path
     assert "--rename-dir-max-objects" in mount.log()
     assert set(object_keys(s3, mount.prefix, markers=True)) == before
     assert not [k for k in before if ".chute-moves/" in k]
+
+
+def test_the_next_mount_finishes_a_move_its_mount_did_not(mount_factory, s3) -> None:
+    """A mount killed after every copy landed (its marker says ``copied``): the next mount
+    of the prefix deletes the sources and the marker before it serves."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}/"
+    for rel, body in (("", b""), ("a", b"alpha"), ("sub/b", b"beta")):
+        for top in ("d/", "e/"):
+            s3.put_object(Bucket=BUCKET, Key=f"{prefix}{top}{rel}", Body=body)
+    me = leftovers.this_process()
+    dead = dataclasses.replace(me, start=me.start + 1).encode()  # the pid is another process
+    marker = f"{prefix}{moves.MARKER_DIR}/{uuid.uuid4().hex}"
+    s3.put_object(Bucket=BUCKET, Key=marker, Body=json.dumps({
+        "version": 1, "owner": dead, "source": f"{prefix}d/", "dest": f"{prefix}e/",
+        "keys": ["", "a", "sub/b"], "dest_existed": False, "phase": "copied"}).encode())
+    mount = mount_factory(prefix=prefix)
+    assert sorted(object_keys(s3, prefix, markers=True)) == [
+        f"{prefix}e/", f"{prefix}e/a", f"{prefix}e/sub/b"]
+    assert sorted(os.listdir(mount.path)) == ["e"]
+    assert "finished (sources deleted)" in mount.log()
