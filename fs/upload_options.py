@@ -10,8 +10,8 @@ Object lock: a bucket without it refuses the lock headers (InvalidRequest), whic
 every close() fail. So the mount asks first: :func:`check_object_lock` PUTs a zero-byte probe
 under the mount's marker directory with the lock headers, and a refusal is one sentence at
 mount, nothing mounted. The probe is retained for ``PROBE_RETAIN_SECONDS`` only (longer than
-the clock skew SigV4 allows, so never "in the past" for the store) in GOVERNANCE mode, and is
-then deleted (on a versioned, lock-enabled bucket that adds a delete marker; its one
+the clock skew SigV4 allows, so never "in the past" for the store) in the mount's lock mode, and
+is then deleted (on a versioned, lock-enabled bucket that adds a delete marker; its one
 zero-byte version expires from retention minutes later: a lifecycle rule for noncurrent
 versions removes it). A mount with only ``--legal-hold`` probes with that GOVERNANCE
 retention too, since a legal-held probe could never be deleted.
