@@ -33,6 +33,7 @@ import trio
 
 from chute.uploader.errors import ConfigError
 from chute.uploader.file_upload import FileUploadStatistics, UploadState
+from chute.uploader.read_budget import ReadStatistics
 from chute.uploader.retry import RetryReason
 from chute.uploader.ring import RingStatistics
 from chute.uploader.statistics import UploadTotals
@@ -61,13 +62,16 @@ class MountStatus:
     files: tuple[FileUploadStatistics, ...]
     """Files being written now."""
     totals: UploadTotals
+    reads: ReadStatistics | None = None
+    """The read budget's counters with ``--allow-read``, else None."""
 
     @classmethod
     def of(cls, uploader: UploaderStatistics, *, mountpoint: str, pid: int, remote: str,
-           endpoint_url: str | None, metrics_url: str | None) -> MountStatus:
+           endpoint_url: str | None, metrics_url: str | None,
+           reads: ReadStatistics | None = None) -> MountStatus:
         return cls(mountpoint=mountpoint, pid=pid, remote=remote, endpoint_url=endpoint_url,
                    metrics_url=metrics_url, ring=uploader.ring, files=uploader.files,
-                   totals=uploader.totals)
+                   totals=uploader.totals, reads=reads)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MountStatus:
@@ -86,6 +90,7 @@ class MountStatus:
                         for f in data["files"]),
             totals=record(UploadTotals, data["totals"],
                           retries_by_reason=reasons(data["totals"]["retries_by_reason"])),
+            reads=record(ReadStatistics, data["reads"]) if data.get("reads") else None,
         )
 
 

@@ -164,8 +164,8 @@ async def _watch_signals() -> None:
             return
 
 
-def _status(request: MountRequest, uploader: Uploader, metrics_url: str | None
-            ) -> Callable[[], control.MountStatus]:
+def _status(request: MountRequest, uploader: Uploader, metrics_url: str | None,
+            operations: ChuteOperations) -> Callable[[], control.MountStatus]:
     """What the status socket answers: the uploader's statistics plus where this mount is
     (``mountpoint`` as given; control.serve answers with the real path it serves)."""
     bucket = request.bucket
@@ -174,7 +174,8 @@ def _status(request: MountRequest, uploader: Uploader, metrics_url: str | None
         return control.MountStatus.of(
             uploader.statistics(), mountpoint=request.mountpoint, pid=os.getpid(),
             remote=f"s3://{bucket.bucket}/{bucket.prefix}", endpoint_url=bucket.endpoint_url,
-            metrics_url=metrics_url)
+            metrics_url=metrics_url,
+            reads=operations.reads.statistics() if operations.reads.allow else None)
 
     return status
 
@@ -243,7 +244,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
             await nursery.start(uploader.run)
             await nursery.start(operations.reads.run)  # owns the readers' GET tasks
             await nursery.start(control.serve, operations.mountpoint,
-                                _status(request, uploader, metrics_url))
+                                _status(request, uploader, metrics_url, operations))
             if listeners:
                 await nursery.start(metrics.serve, mount_metrics, listeners)
                 log.info("metrics at %s", metrics_url)

@@ -157,6 +157,11 @@ def print_once(snapshot: dict, *, as_json: bool) -> None:
               f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}")
     if not status.files:
         print("  no file is being written")
+    if status.reads is not None:
+        r = status.reads
+        print(f"  reads: {r.readers} open, budget {format_size(r.in_use)} of "
+              f"{format_size(r.budget)} in use (peak {format_size(r.peak_in_use)}), "
+              f"{format_size(r.bytes_served)} served, {r.requests} GETs")
 
 
 def status(mountpoint: str, *, watch: bool, interval: float, as_json: bool) -> int:

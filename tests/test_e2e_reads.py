@@ -29,6 +29,7 @@ import pytest
 from tests.support.faultproxy import FaultProxy, Kind, Outage
 from tests.support.files import random_file, sha256_file
 from tests.support.mounts import requires_fuse
+from tests.support.observe import chute, status
 from tests.support.store import BUCKET
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
@@ -57,6 +58,7 @@ def test_reads_off_open_succeeds_read_is_eacces_logged_once(mount_factory, tmp_p
         finally:
             os.close(fd)
     assert (mount.path / "a").stat().st_mode & 0o777 == 0o640
+    assert status(mount.path)["reads"] is None  # no read budget without --allow-read
     assert mount.log().count("--allow-read") == 1, mount.log()
 
 
@@ -73,6 +75,12 @@ def test_cp_tree_read_back_with_cmp(mount_factory, tmp_path):
         result = subprocess.run(["cmp", str(src / name), str(mount.path / "tree" / name)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, (name, result.stdout, result.stderr)
+    reads = status(mount.path)["reads"]
+    total = sum(sizes.values())
+    assert reads["bytes_served"] >= total and reads["budget"] == 64 << 20, reads
+    assert reads["readers"] == 0 and reads["in_use"] == 0, reads
+    assert reads["peak_in_use"] <= reads["budget"], reads
+    assert "reads: 0 open" in chute("status", mount.path).stdout
     # and again, from a fresh mount of the same prefix (nothing known but the bucket)
     again = mount_factory(*READS, prefix=mount.prefix)
     result = subprocess.run(["diff", "-r", str(src), str(again.path / "tree")],
