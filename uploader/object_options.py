@@ -32,6 +32,9 @@ Decisions:
 - The SSE-C key is read from a file, never from argv: the file must be owned by the mounting
   user and not readable or writable by group or others (0600 or stricter), and hold exactly
   32 raw bytes or the base64 of 32 bytes (whitespace around it ignored).
+- With SSE-C every object under the mount is taken to be encrypted with that key: a HEAD or
+  GET of one that is not (written before, or by another client) is refused by S3 (400) and
+  shows as EIO. ``chute verify`` takes no key (it reads with plain HEADs).
 - Object lock (a mode with a retain duration, and/or legal hold) implies ``--no-overwrite``
   and ``--no-delete`` (fs/policy.py): an object under retention cannot be replaced or
   deleted, so the mount never tries; the retain-until date is computed per request (now +
