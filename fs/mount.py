@@ -253,6 +253,8 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
                      request.bucket.bucket, request.bucket.prefix, request.mountpoint,
                      len(uploader.ring.slots), request.uploader.slice_size >> 20,
                      request.uploader.upload_concurrency)
+            log.info("upload options: %s",
+                     upload_options.describe(request.object_options, request.bwlimit))
             if reads.allow:
                 log.info("reads on (--allow-read): read budget %d MiB",
                          request.policy.read_budget >> 20)

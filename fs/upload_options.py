@@ -102,6 +102,28 @@ def object_options(args: argparse.Namespace) -> ObjectOptions:
                  content_type=not args.no_content_type, tags=args.tag or ())
 
 
+def describe(options: ObjectOptions, bwlimit: BandwidthSchedule | None) -> str:
+    """One log line's worth: the upload options that differ from the defaults (no key)."""
+    said = [f"{name} {value}" for name, value in (
+        ("storage class", options.storage_class), ("SSE", options.sse),
+        ("KMS key", options.sse_kms_key_id), ("object lock", options.lock_mode),
+        ("ACL", options.acl)) if value]
+    if options.sse_c_key is not None:
+        said.append("SSE-C")
+    if options.lock_retain_seconds:
+        said.append(f"retained {options.lock_retain_seconds // 86400} d "
+                    f"{options.lock_retain_seconds % 86400 // 3600} h")
+    if options.legal_hold:
+        said.append("legal hold")
+    if options.tags:
+        said.append("tags " + ", ".join(f"{k}={v}" for k, v in options.tags))
+    if not options.content_type:
+        said.append("no Content-Type")
+    if bwlimit is not None:
+        said.append(f"bwlimit {bwlimit.describe()}")
+    return "; ".join(said) or "none"
+
+
 def probe_key(client: S3Client) -> str:
     return client.bucket.key(f"{leftovers.MARKER_DIR}/lock-probe-{uuid.uuid4().hex}")
 

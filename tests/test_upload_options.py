@@ -104,3 +104,14 @@ async def test_object_lock_preflight(autojump_clock) -> None:
     await upload_options.check_object_lock(client, ObjectOptions())  # no lock: no probe
     assert store.requests == []
     await client.aclose()
+
+
+def test_the_mount_logs_its_upload_options_without_the_key() -> None:
+    options = ObjectOptions(storage_class="GLACIER_IR", sse_c_key=b"k" * 32,
+                            lock_mode="GOVERNANCE", lock_retain_seconds=30 * 86400 + 3600,
+                            tags=(("a", "1"),), content_type=False)
+    line = upload_options.describe(options, parse_bwlimit("5M"))
+    assert line == ("storage class GLACIER_IR; object lock GOVERNANCE; SSE-C; retained 30 d 1 h;"
+                    " tags a=1; no Content-Type; bwlimit 5 MiB/s")
+    assert "k" * 32 not in repr(options)
+    assert upload_options.describe(ObjectOptions(), None) == "none"
