@@ -3,7 +3,9 @@
 They belong to the file system, not to the uploader: the FUSE operations decide them before
 any request (objects.py, handles.py). The uploader only hears of ``--no-overwrite`` per file,
 as ``no_clobber`` (a conditional create, which catches a name taken while it was written).
-Built by cli.py from ``--no-overwrite`` / ``--no-delete`` (or the config file).
+Built by cli.py from ``--no-overwrite`` / ``--no-delete`` (or the config file); object lock
+(``--object-lock-mode``, ``--legal-hold``: fs/upload_options.py) implies both, since a locked
+object can be neither replaced nor deleted: the mount never tries.
 """
 
 from __future__ import annotations

@@ -151,14 +151,19 @@ def test_object_lock_on_a_lock_bucket_and_refused_without(store, s3, tmp_path) -
     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     lock = ("--object-lock-mode", "GOVERNANCE", "--object-lock-retain", "1d", "--legal-hold")
     (tmp_path / "a").mkdir()
-    mount = _mount_bucket(store, bucket, tmp_path / "a", *lock)
+    mount = _mount_bucket(store, bucket, tmp_path / "a", *lock, "--slice-size", "5MiB",
+                          "--ring-size", "20MiB")
     try:
         wait_until_mounted(mount)
         (mount.path / "kept.bin").write_bytes(b"ransomware-proof")
-        retention = s3.get_object_retention(Bucket=bucket, Key=mount.key("kept.bin"))
-        assert retention["Retention"]["Mode"] == "GOVERNANCE"
-        hold = s3.get_object_legal_hold(Bucket=bucket, Key=mount.key("kept.bin"))
-        assert hold["LegalHold"]["Status"] == "ON"
+        big = os.urandom(11 * MiB)
+        (mount.path / "big.bin").write_bytes(big)  # multipart: the lock headers on Create
+        for name in ("kept.bin", "big.bin"):
+            retention = s3.get_object_retention(Bucket=bucket, Key=mount.key(name))
+            assert retention["Retention"]["Mode"] == "GOVERNANCE"
+            hold = s3.get_object_legal_hold(Bucket=bucket, Key=mount.key(name))
+            assert hold["LegalHold"]["Status"] == "ON"
+        assert s3.get_object(Bucket=bucket, Key=mount.key("big.bin"))["Body"].read() == big
         # object lock implies --no-delete and --no-overwrite: the mount never tries
         with pytest.raises(PermissionError):
             os.unlink(mount.path / "kept.bin")
