@@ -244,9 +244,9 @@ class HandleTable:
         appears and an object it was to replace stays as it was (see writer_exit.py). With
         ``--commit-partial`` the file is finished like any other. Looked for among the
         openers of every handle of the upload and the holders they were seen with."""
-        if self.objects.policy.commit_partial:
-            return
         upload = handle.upload
+        if self.objects.policy.commit_partial or upload.unlinked_while_open:
+            return  # (an unlinked file's upload is already dropped, and said so)
         joined = (handle, *self._other_handles(handle))
         pids = {pid for one in joined for pid in (one.opener_pid, *one.holders)}
         end = writer_exit.failed_closer(pids)

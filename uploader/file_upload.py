@@ -21,15 +21,11 @@ object that differs from what the writer wrote can ever appear. A file whose ret
 slice was patched after it was hashed is hashed again at close by reading the finished object
 back from the store (logged).
 
-A file may start from an existing object (``prefix``: an append, a reopen without O_TRUNC;
-see prefix.py): its old whole slices are copied server-side as the first parts at close, the
-rest of it is fetched into the first ring slice at the first write, and the new bytes follow.
-Such a file that was never written is not uploaded at all (:attr:`FileUpload.unchanged`).
-
-A file unlinked while open (:meth:`FileUpload.unlinked`) drops its upload at once: its slots
-go back to the ring, its multipart upload is aborted, later writes are accepted and go nowhere,
-and its last close makes no object (POSIX: the data of an unlinked file lives until the last
-close, and then goes).
+A file may continue an existing object (``prefix``, prefix.py): its old whole slices are
+copied server-side as the first parts at close, the rest is fetched into the first ring slice
+at the first write; never written, nothing is sent (:attr:`FileUpload.unchanged`). A file
+unlinked while open (:meth:`FileUpload.unlinked`) drops its upload at once; later writes go
+nowhere and its last close makes no object (POSIX: the data lives until the last close).
 
 Errors are sticky: once the upload failed, every later write, fsync and finalize of the file
 raises :class:`UploadFailed` (EIO), so ``cp`` learns of it at its next write or at close.
@@ -149,6 +145,11 @@ class FileUpload:
         if self._tail_pending:
             return self._plan.size
         return self._slices.size
+
+    @property
+    def unlinked_while_open(self) -> bool:
+        """Its name was removed while open: the upload is dropped (see :meth:`unlinked`)."""
+        return self._unlinked
 
     @property
     def metadata_sent(self) -> dict[str, str]:
