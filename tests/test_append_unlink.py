@@ -263,3 +263,15 @@ async def test_o_append_writes_land_at_the_end_whatever_the_offset(m: Mounted) -
     await m.ops.flush(info.fh)
     await m.ops.release(info.fh)
     assert m.store.body("new") == b"xy"
+
+
+async def test_a_chmod_on_an_unwritten_reopen_reaches_the_object(m: Mounted) -> None:
+    m.store.put("f", b"abc", {"chute-mode": "0644", "chute-mtime-ns": "1000"})
+    inode = await inode_of(m, "f")
+    fh = (await m.ops.open(inode, os.O_WRONLY, CTX)).fh
+    await m.ops.objects.change_mode_mtime(m.ops.ns.node(inode), 0o600, None)
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    stored = m.store.objects["f"]
+    assert stored.body == b"abc" and stored.metadata["chute-mode"] == "0600"
+    assert stored.metadata["chute-mtime-ns"] == "1000"  # unwritten: its mtime stays
