@@ -63,10 +63,9 @@ log = logging.getLogger(__name__)
 READ_FH_BASE = 1 << 48
 """File handles of read handles start here (handles.py counts up from 1)."""
 REQUEST = 6 * 1024 * 1024
-"""The largest GET of a mount's readers (the engine's default is 8 MiB): with 6 MiB, eight
-GETs fit the default budget's window, as many as the direct download keeps in flight, and the
-uncharged copy of a body being assembled is 6 MiB. At 1 GiB on a shared 2-core machine:
-308-319 MB/s and 118-120 MiB peak RSS, against 188-209 MB/s and 125-128 MiB with 8 MiB."""
+"""The largest GET of a mount's readers (the engine's default is 8 MiB): with 6 MiB, seven
+GETs fit the default budget's window, and the uncharged copy of a body being assembled is
+6 MiB (see docs/performance.md, Reads, for the runs that chose it)."""
 MAX_WINDOW = 64 * 1024 * 1024
 """A lone reader's window stops growing here, however large the budget: 8 GETs of 8 MiB in
 flight reach a store's throughput; more would only hold memory."""
@@ -90,14 +89,14 @@ class ReadSetup:
 
 def mount_tuning(budget: ReadBudget) -> ReadTuning:
     """The prefetcher's sizes for a mount: requests of up to REQUEST bytes, and a window
-    that may grow to the prefetch part of the budget less one request (a GET's body is
-    briefly held twice while it is assembled, and that copy is not charged to the budget).
-    With the default 64 MiB that is 50 MiB, eight 6 MiB GETs in flight for a lone sequential
-    reader (the engine's default window, 32 MiB, read 1 GiB at 145 MB/s where the direct
-    download made 300; a window of the whole 56 MiB in 8 MiB GETs took the mount's peak RSS
-    past the budget + 64 MiB); with more readers each one's fair share of the budget caps
-    it."""
-    window = min(budget.prefetch_capacity - REQUEST, MAX_WINDOW)
+    that may grow to the prefetch part of the budget less two requests: what the budget does
+    not see grows with the GETs in flight (a body is briefly held twice while it is
+    assembled; each connection's buffers), and the mount's peak RSS must stay within the
+    budget + 64 MiB. With the default 64 MiB that is 44 MiB, seven 6 MiB GETs in flight for a
+    lone sequential reader (the engine's default window, 32 MiB, read 1 GiB at 145 MB/s where
+    the direct download made 300; 56 MiB in 8 MiB GETs took the peak RSS to 125-133 MiB, over
+    the 128 allowed); with more readers each one's fair share of the budget caps it."""
+    window = min(budget.prefetch_capacity - 2 * REQUEST, MAX_WINDOW)
     return replace(DEFAULT_TUNING, max_request=REQUEST,
                    max_window=max(window, 2 * REQUEST, DEFAULT_TUNING.initial_request))
 

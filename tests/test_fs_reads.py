@@ -166,7 +166,7 @@ async def test_o_rdwr_is_a_write_open_never_readable(on: Mounted) -> None:
 
 
 def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
-    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 50 * MiB  # 64 - 8 reserve - 6
+    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 44 * MiB  # 64 - 8 reserve - 12
     assert mount_tuning(ReadBudget(64 * MiB)).max_request == 6 * MiB
     assert mount_tuning(ReadBudget(8 * MiB)).max_window == 12 * MiB  # the budget caps it
     assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 64 * MiB
