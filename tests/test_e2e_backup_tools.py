@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,8 @@ def test_rdiff_backup_two_runs(mount_factory, tmp_path):
     _run([rdiff, "backup", str(source), str(target)], env, timeout=120)
     first_log = (target / "rdiff-backup-data" / "backup.log").read_bytes()
     _change(source)
+    # rdiff-backup names increments by the second and refuses a backup "not in the past"
+    time.sleep(1.1)
     _run([rdiff, "backup", str(source), str(target)], env)
     second_log = (target / "rdiff-backup-data" / "backup.log").read_bytes()
     assert second_log.startswith(first_log) and len(second_log) > len(first_log)
