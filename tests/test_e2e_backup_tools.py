@@ -105,6 +105,7 @@ def test_duplicity_full_incremental_restore(mount_factory, tmp_path):
 
     run("full", str(source), url, archive="cache-full")
     _change(source)
+    time.sleep(1.1)  # duplicity names backup sets by the second: keep the two apart
     run("incremental", str(source), url, archive="cache-incremental")
     target = tmp_path / "restored"
     run("restore", url, str(target), archive="cache-restore")
