@@ -154,3 +154,36 @@ def test_rdiff_backup_two_runs(mount_factory, tmp_path):
     restored = tmp_path / "restored"
     _run([rdiff, "restore", "--at", "now", str(target), str(restored)], env)
     _same_tree(source, restored)
+
+
+def test_rsnapshot_link_dest_three_runs(mount_factory, tmp_path):
+    """rsnapshot rotates alpha.0 -> alpha.1 -> alpha.2 by renaming directories, and with
+    ``link_dest 1`` hands rsync the previous snapshot as --link-dest: its hard links fail on
+    an object store, so rsync copies the unchanged files instead (which reads them: reads on).
+    Each snapshot is then a full, independent copy."""
+    rsnapshot = _tool("rsnapshot")
+    mount = mount_factory(*READS)
+    source = _source_tree(tmp_path / "src")
+    root = mount.path / "snaps"
+    config = tmp_path / "rsnapshot.conf"
+    lines = [
+        ("config_version", "1.2"), ("snapshot_root", f"{root}/"),
+        ("cmd_cp", shutil.which("cp")), ("cmd_rm", shutil.which("rm")),
+        ("cmd_rsync", shutil.which("rsync")), ("link_dest", "1"),
+        ("lockfile", str(tmp_path / "rsnapshot.pid")), ("retain", "alpha\t3"),
+        ("backup", f"{source}/\tlocalhost/"),
+    ]
+    config.write_text("".join(f"{key}\t{value}\n" for key, value in lines))
+    snapshots = []
+    for run in range(3):
+        if run == 1:
+            _change(source)
+        elif run == 2:
+            (source / "docs" / "third").write_text("3\n")
+        _run([rsnapshot, "-c", str(config), "alpha"])
+        snapshots.append(tmp_path / f"copy{run}")
+        shutil.copytree(source, snapshots[-1])
+    assert sorted(p.name for p in root.iterdir()) == ["alpha.0", "alpha.1", "alpha.2"]
+    for age, expected in enumerate(reversed(snapshots)):
+        # rsnapshot's rsync runs with --relative: the source's whole path is kept
+        _same_tree(expected, root / f"alpha.{age}" / "localhost" / source.relative_to("/"))
