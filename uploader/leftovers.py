@@ -15,7 +15,8 @@ PID namespace (inode of /proc/self/ns/pid), the pid, the process start time (fie
 host name. While an upload is live its owner rewrites the marker every ``REFRESH_INTERVAL``
 (``keep_fresh``, run by the uploader), so the marker's Last-Modified is a lease.
 
-**The rule** (``verdict``). At start, a mount judges each marker under its prefix:
+**The rule** (``verdict``, kept with ``Owner`` in owners.py). At start, a mount judges each
+marker under its prefix:
 
 1. same boot and same PID namespace as the judge: alive iff process P exists with start time S;
 2. another boot of the same machine (same non-empty machine id and host name): dead;
@@ -43,9 +44,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +52,20 @@ from urllib.parse import quote, unquote
 
 import trio
 
+from .owners import (  # re-exported: the liveness rule is used through this module too
+    LEGACY,
+    OWNER_V1,
+    STALE_AFTER,
+    Owner,
+    process_start,
+    this_process,
+    verdict,
+)
 from .s3 import S3Client
+
+__all__ = ["KEY_META", "MARKER_DIR", "OWNER_META", "REFRESH_INTERVAL", "STALE_AFTER", "Owner",
+           "abort_lost_creates", "clean", "forget", "keep_fresh", "marker_key", "process_start",
+           "record", "this_process", "timestamp", "verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -62,102 +74,12 @@ KEY_META = "chute-key"
 OWNER_META = "chute-owner"
 REFRESH_INTERVAL = 600.0
 """Seconds between rewrites of a live upload's marker (its lease)."""
-STALE_AFTER = 3600.0
-"""A marker whose owner cannot be checked is dead once not rewritten for this long."""
 
 _MAX_UPLOAD_ID = 1024
 _MAX_KEY_BYTES = 1024  # S3's limit on a key
 _MAX_VALUE = 3 * _MAX_KEY_BYTES + 16  # a fully quoted key, with room to spare
 _UPLOAD_ID = re.compile(rf"[!-.0-~]{{1,{_MAX_UPLOAD_ID}}}")  # printable ASCII, no "/"
-_OWNER_V2 = re.compile(
-    r"v2 boot=([0-9a-f-]{0,64}) pidns=([0-9]{0,20}) pid=([0-9]{1,10}) start=([0-9]{1,20}) "
-    r"machine=([0-9a-f]{0,64}) host=([!-~]{0,800})")
-_OWNER_V1 = re.compile(r"[!-~]{1,800}:[0-9]{1,10}")
 _MAX_REPORTED = 10_000
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who made a marker: enough to tell, on the same boot and PID namespace, if it lives."""
-
-    boot: str
-    pidns: str
-    pid: int
-    start: int
-    machine: str
-    host: str
-
-    def encode(self) -> str:
-        return (f"v2 boot={self.boot} pidns={self.pidns} pid={self.pid} start={self.start} "
-                f"machine={self.machine} host={quote(self.host, safe='')}")
-
-    @classmethod
-    def decode(cls, text: str) -> Owner | None:
-        """The owner, or None if ``text`` is not the v2 format (see ``_parse_owner``)."""
-        match = _OWNER_V2.fullmatch(text)
-        if match is None:
-            return None
-        boot, pidns, pid, start, machine, host = match.groups()
-        return cls(boot, pidns, int(pid), int(start), machine, unquote(host))
-
-
-_LEGACY = "legacy"
-"""An owner of the older ``host:pid`` format: judged by the marker's age alone."""
-
-
-def this_process() -> Owner:
-    """The owner this process writes (read from /proc; empty fields where unreadable)."""
-    pid = os.getpid()
-    if _cached is not None and _cached.pid == pid:
-        return _cached
-    return _remember(Owner(
-        boot=_read_text("/proc/sys/kernel/random/boot_id").lower(),
-        pidns=_pid_namespace(),
-        pid=pid,
-        start=process_start(pid) or 0,
-        machine=_read_text("/etc/machine-id").lower(),
-        host=socket.gethostname(),
-    ))
-
-
-_cached: Owner | None = None
-
-
-def _remember(owner: Owner) -> Owner:
-    global _cached
-    _cached = owner
-    return owner
-
-
-def process_start(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if no process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat.rsplit(b")", 1)[1].split()[19])  # fields after "(comm)" start at 3
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def verdict(owner: Owner | str, here: Owner, age: float | None) -> tuple[bool, str]:
-    """(dead, why) for a marker made by ``owner`` and last rewritten ``age`` s ago (None:
-    unknown), judged by ``here``. The rule is the module docstring's."""
-    if isinstance(owner, Owner) and owner.boot and owner.boot == here.boot:
-        if owner.pidns and owner.pidns == here.pidns:
-            start = process_start(owner.pid)
-            if start is None:
-                return True, f"process {owner.pid} has ended"
-            if start != owner.start:
-                return True, f"pid {owner.pid} now belongs to another process"
-            return False, f"process {owner.pid} is running"
-    elif (isinstance(owner, Owner) and owner.boot and here.boot and owner.machine
-          and owner.machine == here.machine and owner.host == here.host):
-        return True, "it was made before this machine last booted"
-    if age is None:
-        return False, "its owner cannot be checked and its age is unknown"
-    if age > STALE_AFTER:
-        return True, f"its owner cannot be checked and it was not renewed for {age / 60:.0f} min"
-    return False, f"its owner cannot be checked and it was renewed {age / 60:.0f} min ago"
 
 
 # -- the owner's side -------------------------------------------------------------------------
@@ -309,8 +231,8 @@ class _Judge:
         owner = Owner.decode(owner_text)
         if owner is not None:
             return key, owner
-        if _OWNER_V1.fullmatch(owner_text):
-            return key, _LEGACY
+        if OWNER_V1.fullmatch(owner_text):
+            return key, LEGACY
         return f"has an owner that is not well-formed: {owner_text[:200]!r}"
 
     async def _pending_uploads(self) -> dict[str, str]:
@@ -345,23 +267,6 @@ def timestamp(text: str) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except (ValueError, OverflowError):
         return None
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read(200).strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def _pid_namespace() -> str:
-    try:
-        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
-    except OSError:
-        return ""
-    inode = link.partition("[")[2].rstrip("]")
-    return inode if inode.isdigit() else ""
 
 
 # -- a Create whose answer was lost -----------------------------------------------------------
