@@ -32,11 +32,11 @@ from typing import Any
 import trio
 
 from chute.uploader.errors import ConfigError
-from chute.uploader.file_upload import FileUploadStatistics, UploadState
 from chute.uploader.read_budget import ReadStatistics
 from chute.uploader.retry import RetryReason
 from chute.uploader.ring import RingStatistics
 from chute.uploader.statistics import UploadTotals
+from chute.uploader.upload_status import FileUploadStatistics, UploadState
 from chute.uploader.uploader import UploaderStatistics
 
 from .listeners import serve_capped

@@ -36,10 +36,8 @@ whoever runs the upload workers); this module imports nothing that imports it.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import trio
 
@@ -47,46 +45,14 @@ from .config import UploaderConfig
 from .errors import ChuteError, ObjectExists, UploadFailed
 from .multipart import MultipartSession
 from .prefix import Prefix, plan
-from .retry import RetryReason
 from .ring import Ring, Slot
 from .slices import FileSlices
 from .statistics import UploadCounters
+from .upload_status import FileUploadStatistics, UploadState
+
+__all__ = ["FileUpload", "FileUploadStatistics", "UploadState"]
 
 log = logging.getLogger(__name__)
-
-
-class UploadState(enum.Enum):
-    OPEN = "open"
-    FINALIZING = "finalizing"
-    DONE = "done"
-    FAILED = "failed"
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True)
-class FileUploadStatistics:
-    """A snapshot of one file's upload (an entry of ``files`` in ``chute status --json``)."""
-
-    path: str
-    key: str
-    state: UploadState
-    bytes_received: int
-    """Bytes received from the writer (the file's current length)."""
-    bytes_acknowledged: int
-    """Bytes the store has acknowledged."""
-    parts_in_flight: int
-    """Sealed slices not yet acknowledged (queued or being sent)."""
-    retries: int
-    """Retried requests of this file's upload, all reasons together."""
-    seconds: float
-    """Since the file was opened, until it was finished."""
-    throughput_bps: float
-    """bytes_acknowledged / seconds."""
-    error: str | None
-    """Why the upload failed, once it has."""
-    parts_acknowledged: int
-    """Multipart parts the store has acknowledged (0 for a file sent by one PutObject)."""
-    retries_by_reason: Mapping[RetryReason, int]
 
 
 class FileUpload:

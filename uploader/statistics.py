@@ -4,7 +4,7 @@ Statistics are typed records, as trio's ``statistics()`` methods return them: ea
 keeps numbers answers ``statistics()`` with a frozen dataclass defined beside it
 (:class:`~chute.uploader.ring.RingStatistics`,
 :class:`~chute.uploader.multipart.MultipartStatistics`,
-:class:`~chute.uploader.file_upload.FileUploadStatistics`,
+:class:`~chute.uploader.upload_status.FileUploadStatistics`,
 :class:`~chute.uploader.uploader.UploaderStatistics`). A record is a snapshot: reading one
 never changes the counters, and nothing downstream patches it. Turning records into JSON is
 done once, generically, at the status socket (``chute.fs.control``).

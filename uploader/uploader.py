@@ -23,7 +23,7 @@ import trio
 
 from . import leftovers
 from .config import UploaderConfig
-from .file_upload import FileUpload, FileUploadStatistics, UploadState
+from .file_upload import FileUpload
 from .janitor import AbortJanitor
 from .multipart import MultipartSession
 from .prefix import Prefix, plan
@@ -31,6 +31,7 @@ from .retry import RetryReason
 from .ring import Ring, RingStatistics, Slot
 from .s3 import S3Client
 from .statistics import UploadCounters, UploadTotals
+from .upload_status import FileUploadStatistics, UploadState
 
 
 @dataclass(frozen=True)

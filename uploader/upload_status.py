@@ -1,0 +1,53 @@
+"""What the outside sees of one file's upload: its state and its statistics record.
+
+:class:`UploadState` is the state of file_upload.py's state machine; :class:`FileUploadStatistics`
+is the frozen snapshot ``FileUpload.statistics()`` answers (an entry of ``files`` in
+``chute status --json``). They are what the state machine's readers share (uploader.py's
+statistics, the status client in fs/control.py, which rebuilds records from JSON), so they live
+apart from how the upload runs.
+
+Invariant: a record is a snapshot (statistics.py): reading one never changes the upload, and
+nothing downstream patches it. This module imports only retry.py.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .retry import RetryReason
+
+
+class UploadState(enum.Enum):
+    OPEN = "open"
+    FINALIZING = "finalizing"
+    DONE = "done"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class FileUploadStatistics:
+    """A snapshot of one file's upload (an entry of ``files`` in ``chute status --json``)."""
+
+    path: str
+    key: str
+    state: UploadState
+    bytes_received: int
+    """Bytes received from the writer (the file's current length)."""
+    bytes_acknowledged: int
+    """Bytes the store has acknowledged."""
+    parts_in_flight: int
+    """Sealed slices not yet acknowledged (queued or being sent)."""
+    retries: int
+    """Retried requests of this file's upload, all reasons together."""
+    seconds: float
+    """Since the file was opened, until it was finished."""
+    throughput_bps: float
+    """bytes_acknowledged / seconds."""
+    error: str | None
+    """Why the upload failed, once it has."""
+    parts_acknowledged: int
+    """Multipart parts the store has acknowledged (0 for a file sent by one PutObject)."""
+    retries_by_reason: Mapping[RetryReason, int]
