@@ -31,7 +31,8 @@ What it guarantees, and why:
   (S3 gateway up, identities loaded, bucket created) and the master knows the volume server
   (so the first read or write does not meet "volume not found").
 
-Signing uses botocore directly and HTTP goes through httpx: boto3 is a test-only dependency.
+The flags weed is given are fs/store_command.py's, its log file fs/store_log.py's. Signing uses
+botocore directly and HTTP goes through httpx: boto3 is a test-only dependency.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import sysconfig
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import httpx
 from botocore.auth import S3SigV4Auth
@@ -57,13 +58,19 @@ from botocore.credentials import Credentials
 
 from chute.uploader.errors import ConfigError
 
-from . import store_credentials, store_ports, store_process, store_security
+from . import (
+    store_command,
+    store_credentials,
+    store_log,
+    store_ports,
+    store_process,
+    store_security,
+)
 from .data_dir import check_data_dir, default_data_dir
 
 log = logging.getLogger(__name__)
 
 _HOST = store_ports.HOST
-_LOG_TAIL_LINES = 15
 
 
 class EmbeddedStoreError(ConfigError):
@@ -121,7 +128,7 @@ class EmbeddedStore:
         self._ports: dict[str, int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
-        self._log_handle: IO[bytes] | None = None
+        self._log = store_log.WeedLog(self.log_file)
         self._secrets: store_security.StoreSecrets | None = None
 
         try:
@@ -177,7 +184,7 @@ class EmbeddedStore:
                     self._wait_ready(deadline, timeout)
                     break
                 except EmbeddedStoreError:
-                    tail = self._log_tail().lower()
+                    tail = self._log.tail().lower()
                     clash = self._process is not None and self._process.poll() is not None \
                         and ("address already in use" in tail or "is not available" in tail)
                     pinned_taken = f"port {self._pinned_s3_port} " in tail
@@ -250,39 +257,6 @@ class EmbeddedStore:
 
     # -- process -------------------------------------------------------------------------
 
-    def _command(self, weed: Path) -> list[str]:
-        assert self._ports is not None and self._secrets is not None
-        return [
-            str(weed), f"-config_dir={self._secrets.config_dir}", "mini",
-            f"-dir={self._weed_dir}",
-            f"-ip={_HOST}", f"-ip.bind={_HOST}",
-            f"-s3.config={self.identities_file}",
-            *(f"-{option}={port}" for option, port in self._ports.items()),
-            f"-bucket={self.bucket}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false",  # on by default: an HTTPS report to seaweedfs.com
-            "-volume.preStopSeconds=0",  # no peers to drain for: stops in ~1 s, not ~4
-            # On SIGTERM the volume server waits for every open connection to close, and now
-            # and then one stays open without a request until this read timeout (default 30 s)
-            # fires. Its peers are weed's own filer and S3 gateway on loopback sending whole
-            # chunks, so a short one costs nothing and bounds stop().
-            "-idleTimeout=3",
-            *self._local_socket_options(),
-        ]
-
-    def _local_socket_options(self) -> list[str]:
-        """The filer's and S3's Unix sockets in the private weed directory, if paths fit.
-
-        A Unix socket path has at most 107 bytes; beyond that weed's default under /tmp stays
-        (0700 by the umask, and a foreign file there makes the port unusable, see ports).
-        """
-        options = []
-        for service in ("filer", "s3"):
-            path = self._weed_dir / f"{service}.sock"
-            if len(os.fsencode(path)) <= 107:
-                options.append(f"-{service}.localSocket={path}")
-        return options
-
     def _launch(self) -> None:
         weed = find_weed()
         self._weed_dir.mkdir(mode=0o700, exist_ok=True)
@@ -299,15 +273,10 @@ class EmbeddedStore:
         except OSError as exc:
             raise EmbeddedStoreError(
                 f"cannot write the embedded store's secrets in {self.data_dir}: {exc}") from exc
-        # Keep the previous run's log: it explains why that run ended.
-        if self.log_file.exists():
-            with contextlib.suppress(OSError):
-                os.replace(self.log_file, self.log_file.with_name(self.log_file.name + ".1"))
-        fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        self._log_handle = os.fdopen(fd, "ab")
-        command = self._command(weed)
-        self._log_handle.write(("# " + " ".join(command) + "\n").encode())
-        self._log_handle.flush()
+        command = store_command.command(
+            weed, config_dir=self._secrets.config_dir, weed_dir=self._weed_dir,
+            identities_file=self.identities_file, ports=self._ports, bucket=self.bucket)
+        log_handle = self._log.open(command)
         # weed mini turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into an extra S3 identity:
         # the user's real AWS keys must not become keys to this store (nor be stored by it).
         # It falls back to S3_* when flags are empty; S3_EXTERNAL_URL changes signature checks.
@@ -316,9 +285,9 @@ class EmbeddedStore:
                if not k.startswith(("AWS_", "S3_", "WEED_"))}
         try:
             self._process = store_process.spawn(command, env=env, cwd=self._weed_dir,
-                                                stdout=self._log_handle)
+                                                stdout=log_handle)
         except OSError as exc:
-            self._close_log()
+            self._log.close()
             raise EmbeddedStoreError(f"cannot run {weed}: {exc}") from exc
         with contextlib.suppress(OSError):
             self._pid_file.write_text(f"{self._process.pid}\n")
@@ -339,7 +308,7 @@ class EmbeddedStore:
                 if code is not None:
                     raise EmbeddedStoreError(
                         f"the embedded store (weed mini) exited with status {code} while "
-                        f"starting; last lines of {self.log_file}:\n{self._log_tail()}"
+                        f"starting; last lines of {self.log_file}:\n{self._log.tail()}"
                     )
                 previous, problem = problem, self._readiness_problem(
                     client, bucket_url, master_url)
@@ -350,7 +319,7 @@ class EmbeddedStore:
                 if time.monotonic() >= deadline:
                     raise EmbeddedStoreError(
                         f"the embedded store (weed mini) was not ready within {timeout:g} s "
-                        f"({problem}); last lines of {self.log_file}:\n{self._log_tail()}"
+                        f"({problem}); last lines of {self.log_file}:\n{self._log.tail()}"
                     )
                 time.sleep(0.1)
 
@@ -391,7 +360,7 @@ class EmbeddedStore:
                     process.wait()
             with contextlib.suppress(OSError):
                 self._pid_file.unlink()
-        self._close_log()
+        self._log.close()
 
     def _reap_orphan(self, deadline: float) -> None:
         """End a weed on our directory whose chute died (holding the lock proves no live
@@ -401,22 +370,6 @@ class EmbeddedStore:
             log.warning("embedded store: an earlier weed (pid %d) still runs on %s; stopping it",
                         pid, self.data_dir)
             store_process.end(pid, kill_at=min(deadline, time.monotonic() + 15))
-
-    def _log_tail(self) -> str:
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 16384))
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError as exc:
-            return f"(cannot read the log: {exc})"
-        lines = [line for line in lines if line.strip()][-_LOG_TAIL_LINES:]
-        return "\n".join("  " + line for line in lines) or "  (empty)"
-
-    def _close_log(self) -> None:
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
 
     # -- lock ----------------------------------------------------------------------------
 
