@@ -14,20 +14,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pyfuse3
 import pytest
-import trio
 import xxhash
 
 from chute.fs.namespace import ROOT_INODE
-from chute.fs.operations import ChuteOperations
 from chute.fs.policy import MountPolicy
 from chute.uploader.checksums import HASH_TAG
-from chute.uploader.config import UploaderConfig
-from chute.uploader.uploader import Uploader
-from tests.support.memory_s3 import MemoryS3, memory_client
+from tests.support.memory_mount import Mounted, errno_of, memory_mount
 
 MiB = 1 << 20
 CTX = pyfuse3.RequestContext()
@@ -35,37 +30,10 @@ WRITE = os.O_WRONLY | os.O_TRUNC
 APPEND = os.O_WRONLY | os.O_APPEND
 
 
-@dataclass
-class Mounted:
-    ops: ChuteOperations
-    store: MemoryS3
-
-    def requests(self, operation: str) -> list:  # type: ignore[type-arg]
-        return [r for r in self.store.requests if r.operation == operation]
-
-
-async def _mounted(policy: MountPolicy | None = None) -> AsyncIterator[Mounted]:
-    store = MemoryS3()
-    client = memory_client(store)
-    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(uploader.run)
-        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt",
-                                      policy or MountPolicy()), store)
-        nursery.cancel_scope.cancel()
-    await client.aclose()
-
-
 @pytest.fixture
 async def m() -> AsyncIterator[Mounted]:
-    async for mounted in _mounted():
+    async for mounted in memory_mount():
         yield mounted
-
-
-async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(pyfuse3.FUSEError) as caught:
-        await awaitable
-    return caught.value.errno
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
@@ -239,7 +207,7 @@ async def test_unlink_while_appending_deletes_the_old_object(m: Mounted) -> None
 
 
 async def test_no_delete_refuses_unlink_while_writing() -> None:
-    async for m in _mounted(MountPolicy(no_delete=True)):
+    async for m in memory_mount(MountPolicy(no_delete=True)):
         info, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
         await m.ops.write(info.fh, 0, b"data")
         assert await errno_of(m.ops.unlink(ROOT_INODE, b"f", CTX)) == errno.EPERM

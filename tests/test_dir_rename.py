@@ -12,19 +12,15 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pyfuse3
 import pytest
-import trio
 
 from chute.fs.namespace import ROOT_INODE
-from chute.fs.operations import ChuteOperations
 from chute.fs.policy import MountPolicy
 from chute.uploader import leftovers, moves
-from chute.uploader.config import UploaderConfig
 from chute.uploader.retry import RetryPolicy
-from chute.uploader.uploader import Uploader
+from tests.support.memory_mount import Mounted, errno_of, memory_mount
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
@@ -32,35 +28,10 @@ CTX = pyfuse3.RequestContext()
 WRITE = os.O_WRONLY | os.O_TRUNC | os.O_CREAT
 
 
-@dataclass
-class Mounted:
-    ops: ChuteOperations
-    store: MemoryS3
-
-
-async def _mounted(policy: MountPolicy | None = None, *, store: MemoryS3 | None = None,
-                   prefix: str = "") -> AsyncIterator[Mounted]:
-    store = store or MemoryS3()
-    client = memory_client(store, prefix=prefix, policy=RetryPolicy(budget=5))
-    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(uploader.run)
-        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt",
-                                      policy or MountPolicy()), store)
-        nursery.cancel_scope.cancel()
-    await client.aclose()
-
-
 @pytest.fixture
 async def m() -> AsyncIterator[Mounted]:
-    async for mounted in _mounted():
+    async for mounted in memory_mount(retry_policy=RetryPolicy(budget=5)):
         yield mounted
-
-
-async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(pyfuse3.FUSEError) as caught:
-        await awaitable
-    return caught.value.errno
 
 
 async def rename(m: Mounted, old: bytes, new: bytes, flags: int = 0) -> None:
@@ -156,10 +127,11 @@ async def test_rename2_rules(m: Mounted) -> None:
 
 
 async def test_policies_hold_for_directories() -> None:
-    async for m in _mounted(MountPolicy(no_delete=True)):
+    async for m in memory_mount(MountPolicy(no_delete=True), retry_policy=RetryPolicy(budget=5)):
         plant_tree(m.store, "d")
         assert await errno_of(rename(m, b"d", b"e")) == errno.EPERM
-    async for m in _mounted(MountPolicy(no_overwrite=True)):
+    async for m in memory_mount(MountPolicy(no_overwrite=True),
+                                retry_policy=RetryPolicy(budget=5)):
         plant_tree(m.store, "d")
         m.store.put("empty/")
         assert await errno_of(rename(m, b"d", b"empty")) == errno.EEXIST
@@ -170,7 +142,7 @@ async def test_policies_hold_for_directories() -> None:
 async def test_beyond_the_limits_is_eopnotsupp_naming_the_option(caplog) -> None:
     for policy, option in ((MountPolicy(rename_dir_max_objects=4), "--rename-dir-max-objects"),
                            (MountPolicy(rename_dir_max_bytes=3000), "--rename-dir-max-bytes")):
-        async for m in _mounted(policy):
+        async for m in memory_mount(policy, retry_policy=RetryPolicy(budget=5)):
             tree = plant_tree(m.store, "d")  # 5 objects, 3005 bytes
             caplog.clear()
             assert await errno_of(rename(m, b"d", b"e")) == errno.EOPNOTSUPP

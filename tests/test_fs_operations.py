@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pyfuse3
 import pytest
@@ -22,8 +21,7 @@ from chute.fs.mountinfo import MountEntry
 from chute.fs.namespace import ROOT_INODE, Node
 from chute.fs.operations import ChuteOperations
 from chute.fs.policy import MountPolicy
-from chute.uploader.config import UploaderConfig
-from chute.uploader.uploader import Uploader
+from tests.support.memory_mount import Mounted, errno_of, memory_mount
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
@@ -31,38 +29,10 @@ CTX = pyfuse3.RequestContext()
 WRITE = os.O_WRONLY | os.O_TRUNC
 
 
-@dataclass
-class Mounted:
-    ops: ChuteOperations
-    store: MemoryS3
-
-    def ops_since(self, start: int) -> list[str]:
-        return self.store.operations()[start:]
-
-
-async def _mounted(policy: MountPolicy | None = None, *, store: MemoryS3 | None = None,
-                   prefix: str = "") -> AsyncIterator[Mounted]:
-    store = store or MemoryS3()
-    client = memory_client(store, prefix=prefix)
-    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(uploader.run)
-        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt",
-                                          policy or MountPolicy()), store)
-        nursery.cancel_scope.cancel()
-    await client.aclose()
-
-
 @pytest.fixture
 async def m() -> AsyncIterator[Mounted]:
-    async for mounted in _mounted():
+    async for mounted in memory_mount():
         yield mounted
-
-
-async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(pyfuse3.FUSEError) as caught:
-        await awaitable
-    return caught.value.errno
 
 
 async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes) -> Node:
@@ -168,7 +138,7 @@ async def test_unlink_and_rmdir(m: Mounted) -> None:
 
 
 async def test_policies() -> None:
-    async for m in _mounted(MountPolicy(no_overwrite=True, no_delete=True)):
+    async for m in memory_mount(MountPolicy(no_overwrite=True, no_delete=True)):
         node = await write_file(m.ops, ROOT_INODE, "f", b"x")
         assert await errno_of(m.ops.open(node.inode, WRITE, CTX)) == errno.EEXIST
         assert await errno_of(m.ops.unlink(ROOT_INODE, b"f", CTX)) == errno.EPERM
@@ -261,7 +231,7 @@ async def test_a_writer_exiting_0_lands_its_file(m: Mounted, monkeypatch) -> Non
 
 async def test_commit_partial_finishes_a_dying_writers_file(monkeypatch) -> None:
     _closes_seen_from(monkeypatch, [None], {CTX.pid: writer_exit.ProcessEnd(CTX.pid, "sh", 256)})
-    async for mounted in _mounted(MountPolicy(commit_partial=True)):
+    async for mounted in memory_mount(MountPolicy(commit_partial=True)):
         info, _ = await mounted.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
         await mounted.ops.write(info.fh, 0, b"abc")
         await mounted.ops.flush(info.fh)
@@ -365,7 +335,7 @@ async def test_a_failed_new_file_disappears(m: Mounted) -> None:
 
 
 async def test_no_overwrite_rename_asks_the_store_about_the_target() -> None:
-    async for m in _mounted(MountPolicy(no_overwrite=True)):
+    async for m in memory_mount(MountPolicy(no_overwrite=True)):
         await write_file(m.ops, ROOT_INODE, "f", b"x")
         m.store.put("late", b"appeared meanwhile")
         assert await errno_of(m.ops.rename(ROOT_INODE, b"f", ROOT_INODE, b"late", 0, CTX)) \
@@ -465,7 +435,7 @@ async def test_backslashes_follow_what_the_store_keeps() -> None:
     assert await store_probe.keeps_backslash(client) is False
     assert rewriting.keys() == []  # the probe left nothing behind
     await client.aclose()
-    async for m in _mounted(store=rewriting):
+    async for m in memory_mount(store=rewriting):
         m.ops.ns.keeps_backslash = False
         start = len(m.store.requests)
         assert await errno_of(m.ops.create(ROOT_INODE, b"trail\\", 0o644,
@@ -480,7 +450,7 @@ async def test_backslashes_follow_what_the_store_keeps() -> None:
     assert await store_probe.keeps_backslash(client) is True
     assert keeping.keys() == []
     await client.aclose()
-    async for m in _mounted(store=keeping):
+    async for m in memory_mount(store=keeping):
         m.ops.ns.keeps_backslash = True
         await write_file(m.ops, ROOT_INODE, "a\\b", b"kept")
         assert m.store.keys() == ["a\\b"]
@@ -500,7 +470,7 @@ async def test_a_probe_that_cannot_run_refuses_backslashes(autojump_clock) -> No
 async def test_a_commit_under_another_key_is_a_failure(caplog) -> None:
     """Should a name the store rewrites get through anyway, the key
     CompleteMultipartUpload reports is checked: not the key sent, EIO."""
-    async for m in _mounted(store=MemoryS3(rewrite_backslash=True)):
+    async for m in memory_mount(store=MemoryS3(rewrite_backslash=True)):
         m.ops.ns.keeps_backslash = True  # as if the probe had been wrong
         info, _ = await m.ops.create(ROOT_INODE, b"x\\y", 0o644, WRITE | os.O_CREAT, CTX)
         await m.ops.write(info.fh, 0, b"z" * (6 * MiB))  # more than a slice: multipart
@@ -536,7 +506,7 @@ async def test_a_name_both_file_and_directory_shows_the_directory(m: Mounted,
 async def test_a_directory_rename_checks_the_marker_key_length() -> None:
     """The new marker key (with its slash) over 1024 bytes: ENAMETOOLONG before any
     request, by the same rule as mkdir."""
-    async for m in _mounted(prefix="p/"):
+    async for m in memory_mount(prefix="p/"):
         parent = ROOT_INODE
         for level in "abc":
             parent = (await m.ops.mkdir(parent, level.encode() * 255, 0o755, CTX)).st_ino

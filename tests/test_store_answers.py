@@ -18,22 +18,19 @@ import errno
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pyfuse3
 import pytest
-import trio
 
 from chute.fs import errnos
 from chute.fs.metadata import MODE_META, MTIME_META
 from chute.fs.namespace import ROOT_INODE
 from chute.fs.operations import ChuteOperations
 from chute.uploader import untrusted
-from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import MalformedResponse, StoreError
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import S3Client
-from chute.uploader.uploader import Uploader
+from tests.support.memory_mount import Mounted, errno_of, memory_mount
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
@@ -41,22 +38,10 @@ CTX = pyfuse3.RequestContext()
 WRITE = os.O_WRONLY | os.O_TRUNC
 
 
-@dataclass
-class Mounted:
-    ops: ChuteOperations
-    store: MemoryS3
-
-
 @pytest.fixture
 async def m() -> AsyncIterator[Mounted]:
-    store = MemoryS3()
-    client = memory_client(store)
-    uploader = Uploader(UploaderConfig(slice_size=5 * MiB, ring_size=20 * MiB), client)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(uploader.run)
-        yield Mounted(ChuteOperations(uploader, client, "/nonexistent-mnt"), store)
-        nursery.cancel_scope.cancel()
-    await client.aclose()
+    async for mounted in memory_mount():
+        yield mounted
 
 
 @pytest.fixture(autouse=True)
@@ -90,12 +75,6 @@ async def listed(ops: ChuteOperations, inode: int, monkeypatch
     await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
     await ops.releasedir(fh)
     return got
-
-
-async def errno_of(awaitable) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(pyfuse3.FUSEError) as caught:
-        await awaitable
-    return caught.value.errno
 
 
 # -- no handler lets an exception end the request loop ------------------------------------------
