@@ -21,9 +21,10 @@ from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import BackwardWrite, ObjectExists, UploadFailed, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
-from chute.uploader.retry import RetryPolicy, RetryReason
+from chute.uploader.retry import RetryReason
 from chute.uploader.uploader import Uploader
-from tests.support.memory_s3 import MemoryS3, memory_client
+from tests.support.memory_s3 import MemoryS3
+from tests.support.memory_uploader import run_uploader
 
 MiB = 1 << 20
 SLICE = 5 * MiB
@@ -37,18 +38,10 @@ def store() -> MemoryS3:
 async def run(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]], *,
               slots: int = 4, **config: object) -> Uploader:
     """Run ``body`` against a running Uploader whose client talks to ``store``."""
-    client = memory_client(store, policy=RetryPolicy(budget=60))
-    uploader = Uploader(UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
-                                       **config), client)  # type: ignore[arg-type]
-    client.on_retry = lambda operation, reason, error: uploader.count_retry(operation, reason)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(uploader.run)
-            await body(uploader)
-            nursery.cancel_scope.cancel()
-    finally:
-        await client.aclose()
-    return uploader
+    return await run_uploader(
+        store, body, UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
+                                    **config),  # type: ignore[arg-type]
+        retry_budget=60, count_retries=True)
 
 
 def data_of(size: int, seed: int = 1) -> bytes:

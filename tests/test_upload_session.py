@@ -11,30 +11,22 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
-import trio
 
 from chute.uploader import slices as slices_module
 from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import FileTooLarge, UploadFailed, errno_for
 from chute.uploader.file_upload import UploadState
-from chute.uploader.retry import RetryPolicy
 from chute.uploader.uploader import Uploader
-from tests.support.memory_s3 import MemoryS3, memory_client
+from tests.support.memory_s3 import MemoryS3
+from tests.support.memory_uploader import run_uploader
 
 MiB = 1 << 20
 
 
 async def _with_uploader(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]],
                          **config: object) -> None:
-    client = memory_client(store, policy=RetryPolicy(budget=10))
-    uploader = Uploader(UploaderConfig(**config), client)  # type: ignore[arg-type]
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(uploader.run)
-            await body(uploader)
-            nursery.cancel_scope.cancel()
-    finally:
-        await client.aclose()
+    await run_uploader(store, body, UploaderConfig(**config),  # type: ignore[arg-type]
+                       retry_budget=10)
 
 
 async def test_more_than_max_parts_is_efbig(autojump_clock, monkeypatch, caplog) -> None:

@@ -1,0 +1,41 @@
+"""A running Uploader over the in-memory S3, for uploader tests that drive it directly.
+
+:func:`run_uploader` starts the uploader's workers in a nursery, runs the test's ``body``
+against it, then stops the workers and closes the client, whatever ``body`` raised. The
+store is tests/support/memory_s3.py's MemoryS3.
+
+Invariant: nothing of the uploader outlives the call (its nursery is cancelled and its client
+closed before the call returns or raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from chute.uploader.config import UploaderConfig
+from chute.uploader.retry import RetryPolicy
+from chute.uploader.uploader import Uploader
+
+from .memory_s3 import MemoryS3, memory_client
+
+
+async def run_uploader(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]],
+                       config: UploaderConfig, *, retry_budget: float,
+                       count_retries: bool = False) -> Uploader:
+    """Run ``body(uploader)`` against a running Uploader whose client talks to ``store`` with
+    a retry budget of ``retry_budget`` seconds; ``count_retries`` feeds the client's retries
+    into the uploader's statistics, as a mount does. Returns the (stopped) uploader."""
+    client = memory_client(store, policy=RetryPolicy(budget=retry_budget))
+    uploader = Uploader(config, client)
+    if count_retries:
+        client.on_retry = lambda operation, reason, error: uploader.count_retry(operation, reason)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(uploader.run)
+            await body(uploader)
+            nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    return uploader
