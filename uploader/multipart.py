@@ -30,10 +30,11 @@ Invariants it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -219,7 +220,7 @@ class MultipartSession:
             expected = multipart_etag([etag for _, etag, _ in parts])
         except ValueError:  # a store's copied part whose ETag is not an MD5 (SeaweedFS)
             expected = ""   # then a lost Complete answer cannot be recognised: an error
-        try:
+        with self._unconfirmed_reported():
             try:
                 self.etag = await self.client.complete_multipart_upload(
                     self.key, self.upload_id, parts, on_retry=self._count_commit_retry,
@@ -233,11 +234,6 @@ class MultipartSession:
                     raise
                 if not await self._is_ours(size, expected, None):
                     self._raise_refused(exc)
-        except ObjectExists:
-            raise
-        except Exception:
-            self._report_unconfirmed()
-            raise
         await self._forget_marker()
         return self.etag
 
@@ -253,7 +249,7 @@ class MultipartSession:
         }
         if self.no_clobber:
             headers["If-None-Match"] = "*"
-        try:
+        with self._unconfirmed_reported():
             try:
                 self.etag = await self.client.put_object(
                     self.key, body, headers, on_retry=self._count_commit_retry
@@ -264,11 +260,6 @@ class MultipartSession:
                     len(body), None, xxh3_128
                 ):
                     self._raise_refused(exc)
-        except ObjectExists:
-            raise
-        except Exception:
-            self._report_unconfirmed()
-            raise
         return self.etag
 
     async def fetch_range(self, source_key: str, first: int, last: int, if_match_etag: str
@@ -329,15 +320,24 @@ class MultipartSession:
             raise ObjectExists(f"{self.key} exists (--no-overwrite)") from exc
         raise exc
 
-    def _report_unconfirmed(self) -> None:
-        if self._commit_unconfirmed:
-            # Nobody can tell: the store went away with the answer. Deleting the object
-            # later could delete a successful second copy, so say it instead.
-            log.error(
-                "%s: an attempt to make the object lost its connection after it was sent, "
-                "and the store could not be asked again: the object may have landed although "
-                "the writer gets EIO; check %s or copy again", self.name, self.key,
-            )
+    @contextlib.contextmanager
+    def _unconfirmed_reported(self) -> Iterator[None]:
+        """Around a commit (Complete or PutObject): if it fails, other than by ObjectExists,
+        after an attempt whose answer was lost, say that the object may have landed."""
+        try:
+            yield
+        except ObjectExists:
+            raise
+        except Exception:
+            if self._commit_unconfirmed:
+                # Nobody can tell: the store went away with the answer. Deleting the object
+                # later could delete a successful second copy, so say it instead.
+                log.error(
+                    "%s: an attempt to make the object lost its connection after it was "
+                    "sent, and the store could not be asked again: the object may have landed "
+                    "although the writer gets EIO; check %s or copy again", self.name, self.key,
+                )
+            raise
 
     # -- abort ------------------------------------------------------------------------
 
