@@ -131,6 +131,31 @@ def test_sse_kms_headers_on_the_wire(store, mount_factory) -> None:
     assert put["content-type"] == "text/plain"
 
 
+@pytest.mark.e2e
+@requires_fuse
+def test_sse_s3_and_no_content_type(store, s3, mount_factory) -> None:
+    """--sse AES256 on Put, Create and the rename's copy, nothing on parts; with
+    --no-content-type no Content-Type is sent; SeaweedFS keeps the encryption."""
+    with FaultProxy.for_store(store) as proxy:
+        mount = mount_factory("--slice-size", "5MiB", "--ring-size", "20MiB", "--sse",
+                              "AES256", "--no-content-type", server=proxy)
+        (mount.path / "a.json").write_bytes(b"{}")
+        (mount.path / "b.tar").write_bytes(os.urandom(6 * MiB))
+        os.rename(mount.path / "b.tar", mount.path / "c.tar")
+        seen = [r for r in proxy.requests if ".chute-" not in r.target]
+        assert mount.unmount() == 0
+    sse = {"x-amz-server-side-encryption"}
+    for kind in (Kind.PUT_OBJECT, Kind.CREATE_MULTIPART_UPLOAD, Kind.COPY_OBJECT):
+        sent = [r.headers for r in seen if r.kind == kind]
+        assert sent, kind
+        assert all(options_sent(h) - {"x-amz-tagging"} == sse for h in sent), (kind, sent)
+        assert all(h["x-amz-server-side-encryption"] == "AES256" for h in sent)
+    assert all(options_sent(r.headers) == set() for r in seen if r.kind == Kind.UPLOAD_PART)
+    for name in ("a.json", "c.tar"):
+        assert s3.head_object(Bucket=BUCKET, Key=mount.key(name))["ServerSideEncryption"] \
+            == "AES256"
+
+
 def _mount_bucket(store, bucket: str, where: Path, *options: str) -> Mount:
     path = where / "mnt"
     path.mkdir()
