@@ -65,7 +65,8 @@ async def keeps_backslash(client: S3Client) -> bool:
     if kept:
         log.info("the store keeps a backslash in a key: names with one are allowed")
     else:
-        log.warning("the store does not keep a backslash in a key (it stored %r as %s): "
-                    "names with a backslash are refused (EINVAL)", key,
-                    "something else" if rewritten not in listed else repr(rewritten))
+        # The common case (SeaweedFS), not a fault: said once, at the level of the mount line.
+        log.info("the store does not keep a backslash in a key (it stored %r as %s): "
+                 "names with a backslash are refused (EINVAL)", key,
+                 "something else" if rewritten not in listed else repr(rewritten))
     return kept
