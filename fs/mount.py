@@ -35,7 +35,7 @@ from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import Bucket, S3Client
 from chute.uploader.uploader import Uploader
 
-from . import control, daemon, metrics, mountinfo, store_probe, upload_options
+from . import control, daemon, metrics, mountinfo, readahead, store_probe, upload_options
 from .operations import ChuteOperations
 from .policy import MountPolicy
 from .reads import ReadSetup
@@ -198,7 +198,8 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
         read_client.on_retry = retried
         read_client.on_request = mount_metrics.observe_request
         reads = ReadSetup(allow=True, source=read_client,
-                          budget=ReadBudget(request.policy.read_budget))
+                          budget=ReadBudget(request.policy.read_budget),
+                          on_first_open=lambda: readahead.widen(operations.mountpoint))
     listeners: list[trio.SocketListener] = []
     metrics_url = None
     if request.metrics_addr is not None:

@@ -37,6 +37,8 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    device: str = ""
+    """``major:minor`` of the mount's device (its name under /sys/class/bdi for FUSE)."""
 
 
 def parse(text: bytes) -> list[MountEntry]:
@@ -50,7 +52,7 @@ def parse(text: bytes) -> list[MountEntry]:
             continue
         fstype, source = [*right.split(b" "), b"", b""][:2]
         entries.append(MountEntry(int(fields[0]), unescape(fields[4]), unescape(fstype),
-                                  unescape(source)))
+                                  unescape(source), fields[2].decode("ascii", "replace")))
     return entries
 
 

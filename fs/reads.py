@@ -42,6 +42,7 @@ import errno
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,10 @@ class ReadSetup:
     budget: ReadBudget | None = None
     tuning: ReadTuning | None = None
     """None: :func:`mount_tuning` of the budget."""
+    on_first_open: Callable[[], object] | None = None
+    """Called once, at the first open for reading: the kernel has answered INIT by then (it
+    resets a mount's readahead when it does), and a file takes its readahead when it is
+    opened, so raising it here (readahead.py) holds for every reader, the first included."""
 
 
 def mount_tuning(budget: ReadBudget) -> ReadTuning:
@@ -125,6 +130,7 @@ class ReadHandles:
         self._cached: OrderedDict[int, str] = OrderedDict()
         """inode -> ETag the kernel may hold pages of (see the module docstring)."""
         self._refusal_logged = False
+        self._on_first_open = setup.on_first_open
         self.opened = 0
         self.refused_reads = 0
         self.stale_reads = 0
@@ -164,6 +170,9 @@ class ReadHandles:
             return self._add(ReadHandle(node, None, path)), False
         if self._nursery is None or self._source is None:
             raise Refused(errno.EIO, "%s: reads are not running on this mount", path)
+        if self._on_first_open is not None:
+            first, self._on_first_open = self._on_first_open, None
+            first()
         if node.needs_head or not node.etag or \
                 trio.current_time() - node.checked_at >= LOOKUP_TTL:
             await self.lookups.refresh(node)  # ENOENT if it has gone
