@@ -9,12 +9,13 @@ fixtures use live in ``tests/support/``, where test modules import them from.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from chute.fs.embedded_store import EmbeddedStore
+from tests.support.memory_mount import Mounted, memory_mount
 from tests.support.mounts import Mount, launch_mount, wait_until_mounted
 from tests.support.store import BUCKET, direct_client, store_env
 
@@ -82,3 +83,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unmarked:
         raise pytest.UsageError("tests that use the store or a mount must be marked e2e "
                                 "(pytestmark = pytest.mark.e2e): " + ", ".join(unmarked))
+
+
+@pytest.fixture
+async def m() -> AsyncIterator[Mounted]:
+    """An in-memory mount (tests/support/memory_mount.py) for unit tests of the fs layer."""
+    async for mounted in memory_mount():
+        yield mounted

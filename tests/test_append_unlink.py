@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
 
-import pyfuse3
-import pytest
 import xxhash
 
 from chute.fs.namespace import ROOT_INODE
 from chute.fs.policy import MountPolicy
 from chute.uploader.checksums import HASH_TAG
-from tests.support.memory_mount import Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, WRITE, Mounted, errno_of, memory_mount
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
-WRITE = os.O_WRONLY | os.O_TRUNC
 APPEND = os.O_WRONLY | os.O_APPEND
 
-
-@pytest.fixture
-async def m() -> AsyncIterator[Mounted]:
-    async for mounted in memory_mount():
-        yield mounted
 
 
 def pattern(size: int, seed: int = 0) -> bytes:

@@ -20,11 +20,10 @@ from chute.fs.namespace import ROOT_INODE
 from chute.fs.policy import MountPolicy
 from chute.uploader import leftovers, moves
 from chute.uploader.retry import RetryPolicy
-from tests.support.memory_mount import Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, Mounted, errno_of, memory_mount
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
 WRITE = os.O_WRONLY | os.O_TRUNC | os.O_CREAT
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
 
 import pyfuse3
 import pytest
@@ -21,18 +20,11 @@ from chute.fs.mountinfo import MountEntry
 from chute.fs.namespace import ROOT_INODE, Node
 from chute.fs.operations import ChuteOperations
 from chute.fs.policy import MountPolicy
-from tests.support.memory_mount import Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, WRITE, Mounted, errno_of, memory_mount
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
-WRITE = os.O_WRONLY | os.O_TRUNC
 
-
-@pytest.fixture
-async def m() -> AsyncIterator[Mounted]:
-    async for mounted in memory_mount():
-        yield mounted
 
 
 async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes) -> Node:

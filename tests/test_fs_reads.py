@@ -21,10 +21,10 @@ from chute.fs.reads import READ_FH_BASE, ReadSetup, mount_tuning
 from chute.uploader.config import UploaderConfig
 from chute.uploader.read_budget import ReadBudget
 from chute.uploader.uploader import Uploader
+from tests.support.memory_mount import CTX
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
 
 
 @dataclass

@@ -22,10 +22,10 @@ from chute.fs.operations import ChuteOperations
 from chute.fs.policy import MountPolicy
 from chute.uploader.config import UploaderConfig
 from chute.uploader.uploader import Uploader
+from tests.support.memory_mount import CTX
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
 
 
 @contextlib.asynccontextmanager

@@ -30,18 +30,11 @@ from chute.uploader import untrusted
 from chute.uploader.errors import MalformedResponse, StoreError
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.s3 import S3Client
-from tests.support.memory_mount import Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, WRITE, Mounted, errno_of
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1 << 20
-CTX = pyfuse3.RequestContext()
-WRITE = os.O_WRONLY | os.O_TRUNC
 
-
-@pytest.fixture
-async def m() -> AsyncIterator[Mounted]:
-    async for mounted in memory_mount():
-        yield mounted
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ test's mount outlives it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ from chute.uploader.uploader import Uploader
 from .memory_s3 import LoggedRequest, MemoryS3, memory_client
 
 MiB = 1 << 20
+CTX = pyfuse3.RequestContext()
+"""The request context handlers are called with (pid 0, uid 0)."""
+WRITE = os.O_WRONLY | os.O_TRUNC
+"""The flags of an open that replaces a file."""
 
 
 @dataclass
