@@ -19,6 +19,7 @@ from chute.fs.mountinfo import MountEntry, filesystem_of, mounts
 
 from .ceiling import ceiling_child
 from .common import BUCKET, GiB, KiB, MiB, fmt_size, log
+from .inplace import mode_inplace, print_inplace
 from .reads import mode_reads, print_reads, read_ceiling_child
 from .report import environment, print_header, print_report, to_json
 from .runs import Bench
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
                        help="sequential read of one object (default 4 GiB) through chute "
                             "--allow-read vs a direct parallel ranged-GET download vs rclone "
                             "mount (if installed); one run")
+    modes.add_argument("--inplace", action="store_true",
+                       help="rsync --inplace --no-whole-file of a file (default 200 MiB) with "
+                            "10 x 4 KiB changes onto its old object: chute --allow-read vs "
+                            "rclone --vfs-cache-mode writes; time and bytes; one run")
     p.add_argument("--read-budget", type=_size,
                    help="--reads: chute's --read-budget (default: chute's default)")
     p.add_argument("--size", type=_size, help="file size (default 4GiB; sweep 1GiB)")
@@ -90,6 +95,8 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
         args.sweep_slices = [8 * MiB, 16 * MiB, 32 * MiB]
         args.sweep_concurrency = [4, 8, 16]
         args.peers = False
+    if args.inplace:
+        args.size, args.runs = args.size or 200 * MiB, 1
     args.size = args.size or (256 * MiB if args.short else 4 * GiB)
     args.files = args.files or (200 if args.short else 2000)
     args.scale_sizes = [256 * MiB, GiB] if args.short else [GiB, 16 * GiB]
@@ -119,6 +126,8 @@ def disk_needed(args: argparse.Namespace) -> int:
         return int(sum(args.scale_sizes) * args.runs * 1.1)
     if args.reads:
         return int(args.size * 1.1)
+    if args.inplace:  # old + new file, two old and two new objects, rclone's cache
+        return int(args.size * 7 * 1.1)
     contenders = 9 if args.sweep else (
         2 + (args.baseline is not None) + (2 if args.peers else 0))
     return int(args.size * (1 + args.runs * contenders) * 1.1)
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
                 result = bench.mode_sweep()
             elif args.reads:
                 result = mode_reads(args, work, store, bench.check.s3, bench.mounts)
+            elif args.inplace:
+                result = mode_inplace(args, work, store, bench.check.s3)
             else:
                 result = bench.mode_file()
     except KeyboardInterrupt:
@@ -195,6 +206,13 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             log(f"work dir kept: {work}" + (f" (still mounted: {still})" if still else ""))
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if args.inplace:
+        if args.json:
+            print(json.dumps({**result, "environment": env}, indent=2))
+        else:
+            print_header(env, args, work, fs)
+            print_inplace(result)
+        return 0 if all(row["verified"] for row in result["rows"].values()) else 1
     if args.reads:
         if args.json:
             print(json.dumps(result, indent=2))
