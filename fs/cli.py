@@ -56,6 +56,7 @@ def _mount(args: argparse.Namespace) -> int:
         slice_size=args.slice_size, ring_size=args.ring_size,
         upload_concurrency=args.upload_concurrency, checksum=args.checksum,
         stall_timeout=args.stall_timeout, retry_budget=args.retry_budget,
+        patch_back=args.patch_back, patch_budget=args.patch_budget,
     )
     config.validate()
     metrics_addr = _metrics_addr(args)

@@ -27,6 +27,7 @@ from chute.uploader.config import (
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_UPLOAD_CONCURRENCY,
 )
+from chute.uploader.late_patches import DEFAULT_PATCH_BACK, DEFAULT_PATCH_BUDGET, PATCH_BACK_MODES
 from chute.uploader.moves import MAX_KEYS as MAX_MOVE_KEYS
 from chute.uploader.read_budget import DEFAULT_READ_BUDGET
 from chute.uploader.sizes import format_size, parse_size
@@ -84,6 +85,18 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_UPLOAD_CONCURRENCY})")
     stream.add_argument("--checksum", choices=("crc32c", "md5"), default="crc32c",
                         help="checksum the store verifies on every part (default crc32c)")
+    stream.add_argument("--patch-back", choices=PATCH_BACK_MODES, default=DEFAULT_PATCH_BACK,
+                        help="which uploads are made at a hidden temporary key, so that writes "
+                        "into parts already sent can land (composed server-side at close): "
+                        "auto = files opened O_RDWR or that wrote back into an earlier slice; "
+                        "always = every multipart upload (a server-side copy of each file at "
+                        f"close); never = such writes fail with EINVAL (default "
+                        f"{DEFAULT_PATCH_BACK})")
+    stream.add_argument("--patch-budget", type=_size, metavar="SIZE",
+                        default=DEFAULT_PATCH_BUDGET,
+                        help="memory for writes into parts already sent, all files together, "
+                        "beside the ring; beyond it such a write fails with ENOBUFS (default "
+                        f"{format_size(DEFAULT_PATCH_BUDGET)})")
     reliability = mount.add_argument_group("reliability")
     reliability.add_argument("--stall-timeout", type=float, metavar="SECONDS",
                              default=DEFAULT_STALL_TIMEOUT,

@@ -223,8 +223,9 @@ class Namespace:
 
     @staticmethod
     def is_reserved(parent: Node, name: str) -> bool:
-        """The mount root's marker directories (uploads', moves') are chute's, not the user's."""
-        return parent.inode == ROOT_INODE and name in (leftovers.MARKER_DIR, moves.MARKER_DIR)
+        """The mount root's marker and temporary directories are chute's, not the user's."""
+        return parent.inode == ROOT_INODE and name in (leftovers.MARKER_DIR, moves.MARKER_DIR,
+                                                       leftovers.TEMP_DIR)
 
     # -- entering and leaving -------------------------------------------------------
 

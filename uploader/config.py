@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .checksums import CHECKSUM_ALGORITHMS, ChecksumAlgorithm
 from .errors import ConfigError
+from .late_patches import DEFAULT_PATCH_BACK, DEFAULT_PATCH_BUDGET, PATCH_BACK_MODES
 from .retry import DEFAULT_BUDGET as DEFAULT_RETRY_BUDGET
 from .sizes import MiB, check_slice_size, format_size
 
@@ -24,6 +25,7 @@ UPLOAD_CONCURRENCY_RANGE = (1, 256)
 dozen no store goes faster, and 1,000,000 once left a process spinning after unmount."""
 STALL_TIMEOUT_RANGE = (0.1, 3600.0)
 RETRY_BUDGET_RANGE = (0.1, 86400.0)
+PATCH_BUDGET_RANGE = (0, 64 * 1024**3)
 MAX_WAITING_WRITERS = 448
 """Writes that may wait for a ring slot at once. The FUSE layer serves more requests than
 this at once (chute.fs.mount), so writers holding slots always get theirs served: see the
@@ -60,6 +62,10 @@ class UploaderConfig:
     """See the progress rule in ring.py."""
     max_waiting_writers: int = MAX_WAITING_WRITERS
     """Writes allowed to wait for a slot at once (see ring.py)."""
+    patch_back: str = DEFAULT_PATCH_BACK
+    """--patch-back: which uploads are made at a temporary key (late_patches.py)."""
+    patch_budget: int = DEFAULT_PATCH_BUDGET
+    """--patch-budget: bytes of late patches all files may hold in memory, beside the ring."""
 
     @property
     def slot_count(self) -> int:
@@ -82,3 +88,6 @@ class UploaderConfig:
             raise ConfigError(f"--checksum must be one of {', '.join(CHECKSUM_ALGORITHMS)}")
         check_range("--stall-timeout", self.stall_timeout, STALL_TIMEOUT_RANGE, " seconds")
         check_range("--retry-budget", self.retry_budget, RETRY_BUDGET_RANGE, " seconds")
+        if self.patch_back not in PATCH_BACK_MODES:
+            raise ConfigError(f"--patch-back must be one of {', '.join(PATCH_BACK_MODES)}")
+        check_range("--patch-budget", self.patch_budget, PATCH_BUDGET_RANGE, " bytes")

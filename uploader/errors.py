@@ -7,6 +7,8 @@ so that what ``cp`` prints is decided in one place::
     ├── RingExhausted               ENOBUFS  no ring slot can ever free: --ring-size too small
     ├── FileTooLarge                EFBIG    10,000 parts of --slice-size are written
     ├── BackwardWrite               EINVAL   a write into bytes already sent to the store
+    ├── PatchBudgetExhausted        ENOBUFS  late patches would exceed --patch-budget
+    ├── TruncateRefused             EOPNOTSUPP  shrinking into bytes already sent (no temp key)
     ├── ObjectExists                EEXIST   --no-overwrite, and the name exists (or appeared)
     ├── ObjectChanged               ESTALE   the object a reader opened was replaced mid-read
     ├── UploadFailed                EIO      the upload of this file failed; sticky per file
@@ -56,6 +58,18 @@ class BackwardWrite(ChuteError):
     """A write landed in bytes that have already left the ring for the store."""
 
     errno = errno.EINVAL
+
+
+class PatchBudgetExhausted(ChuteError):
+    """Late patches (late_patches.py) held in memory would exceed ``--patch-budget``."""
+
+    errno = errno.ENOBUFS
+
+
+class TruncateRefused(ChuteError):
+    """A shrink into bytes already sent, for an upload not made at a temporary key."""
+
+    errno = errno.EOPNOTSUPP
 
 
 class ObjectExists(ChuteError):

@@ -6,6 +6,10 @@ then fails too. The writer must not wait for it (it gets its EIO after the short
 ``JANITOR_INTERVAL`` seconds, one attempt each time: the store coming back is what makes one
 succeed. What is left when the mount stops is logged; its marker stays in the bucket, so the
 next mount of the prefix aborts it (leftovers.py).
+
+An upload at a temporary key (recompose.py) is handed here the same way when its temporary
+object could not be deleted: for such a key the object is deleted too once the abort worked
+(an abort of an upload already completed counts as done), and only then its marker.
 """
 
 from __future__ import annotations
@@ -48,10 +52,14 @@ class AbortJanitor:
                 for key, upload_id in sorted(self._orphans):
                     try:
                         await self._client.abort_multipart_upload(key, upload_id, policy=once)
+                        if leftovers.is_temp_key(self._client.bucket.prefix, key):
+                            await self._client.delete_object(key, policy=once)
                     except Exception as exc:
                         log.debug("abort of %s (%s) still failing: %s", key, upload_id, exc)
                     else:
-                        log.info("aborted leftover multipart upload of %s", key)
+                        log.info("aborted leftover multipart upload of %s%s", key,
+                                 " and deleted it" if leftovers.is_temp_key(
+                                     self._client.bucket.prefix, key) else "")
                         self._orphans.discard((key, upload_id))
                         with contextlib.suppress(Exception):
                             await leftovers.forget(self._client, upload_id)

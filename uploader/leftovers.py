@@ -37,7 +37,15 @@ A dead marker's upload is aborted only if every check holds; anything else is le
   planted marker could abort anybody's upload). A dead marker whose upload is not pending
   (completed or aborted already) is deleted.
 
-The marker directory is hidden from the mount's listing (fs/namespace.py).
+**Temporary objects** (recompose.py: ``<prefix>.chute-temp/<hex>``, ``TEMP_DIR``) are the
+uploads of files composed at close. Their marker is the upload's own, kept past the upload's
+Complete until the temporary object is deleted (``MultipartSession.keep_marker``), and
+renewed all that while. So the rule above covers them: a dead owner's marker whose upload is
+no longer pending names a temporary key, and that object is deleted before the marker; a live
+owner's is left alone.
+
+The marker directory and the temporary directory are hidden from the mount's listing
+(fs/namespace.py).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from urllib.parse import quote, unquote
 
 import trio
 
+from .object_options import TEMP_KEY_DIR, is_temp_key
 from .owners import (  # re-exported: the liveness rule is used through this module too
     LEGACY,
     OWNER_V1,
@@ -63,13 +72,15 @@ from .owners import (  # re-exported: the liveness rule is used through this mod
 )
 from .s3 import S3Client
 
-__all__ = ["KEY_META", "MARKER_DIR", "OWNER_META", "REFRESH_INTERVAL", "STALE_AFTER", "Owner",
-           "abort_lost_creates", "clean", "forget", "keep_fresh", "marker_key", "process_start",
-           "record", "this_process", "timestamp", "verdict"]
+__all__ = ["KEY_META", "MARKER_DIR", "OWNER_META", "REFRESH_INTERVAL", "STALE_AFTER", "TEMP_DIR",
+           "Owner", "abort_lost_creates", "clean", "forget", "is_temp_key", "keep_fresh",
+           "marker_key", "process_start", "record", "this_process", "timestamp", "verdict"]
 
 log = logging.getLogger(__name__)
 
 MARKER_DIR = ".chute-uploads"
+TEMP_DIR = TEMP_KEY_DIR
+"""Where temporary objects live (recompose.py), under the mount's prefix."""
 KEY_META = "chute-key"
 OWNER_META = "chute-owner"
 REFRESH_INTERVAL = 600.0
@@ -199,6 +210,9 @@ class _Judge:
         pending = await self._pending_uploads()
         listed_key = pending.get(upload_id)
         if listed_key is None:
+            if is_temp_key(self.prefix, key):
+                await self.client.delete_object(key)
+                log.warning("deleted leftover temporary object %r: %s", key, why)
             await self.client.delete_object(marker)
             log.info("deleted the marker of upload %r of %r: %s, and the upload is no longer "
                      "pending", upload_id, key, why)

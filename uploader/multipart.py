@@ -102,6 +102,9 @@ class MultipartSession:
         self._aborted = False
         self._marker = False
         """A marker for ``upload_id`` is in the bucket (leftovers.py)."""
+        self.keep_marker = False
+        """An upload at a temporary key (recompose.py) keeps its marker past Complete and
+        abort: recompose.py deletes it with the temporary object (or the janitor does)."""
         self._commit_unconfirmed = False
         """An attempt of PutObject/Complete lost its connection after it went out: the store
         may have made the object although the request finally failed."""
@@ -371,7 +374,7 @@ class MultipartSession:
 
     async def _forget_marker(self) -> None:
         """The upload was completed or aborted: its marker goes (a failure only logs)."""
-        if not self._marker:
+        if not self._marker or self.keep_marker:
             return
         self._marker = False
         assert self.upload_id is not None

@@ -29,6 +29,9 @@ Decisions:
   move markers, probes) get only SSE (non-C) and the ACL, which bucket policies commonly
   require of every PutObject. They get no storage class (a GLACIER marker could not be read
   back), no object lock (they must be deletable), no SSE-C and no tags.
+  A temporary object (``.chute-temp/``, recompose.py) holds the user's data, so it also gets
+  SSE-C on every call (and the copy-source trio when it is copied into), but is otherwise one
+  of chute's own: it must stay readable and deletable until the object is composed from it.
 - The SSE-C key is read from a file, never from argv: the file must be owned by the mounting
   user and not readable or writable by group or others (0600 or stricter), and hold exactly
   32 raw bytes or the base64 of 32 bytes (whitespace around it ignored).
@@ -75,6 +78,8 @@ MAX_EXTRA_TAGS = 9
 """S3 keeps at most 10 tags per object; chute's own hash tag is one of them."""
 OWN_KEY_DIR = ".chute-"
 """chute's bookkeeping objects live under names starting with this (leftovers, moves)."""
+TEMP_KEY_DIR = ".chute-temp"
+"""Temporary objects of uploads composed at close (recompose.py) live in this directory."""
 
 _STORAGE_CLASS_RE = re.compile(r"^[A-Z0-9_]{1,64}$")
 _TAG_CHARS_RE = re.compile(r"^[\w .:+=@/-]*$", re.UNICODE)
@@ -200,10 +205,26 @@ class ObjectOptions:
             headers["x-amz-acl"] = self.acl
         return headers
 
+    def temporary_object(self, operation: str, given: Mapping[str, str]) -> dict[str, str]:
+        """A temporary object's headers: an own object's, plus SSE-C on every call."""
+        headers = dict(given)
+        if operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
+            headers = self.own_object(given)
+        if operation in ("PutObject", "CopyObject", "CreateMultipartUpload", "UploadPart",
+                         "UploadPartCopy", "CompleteMultipartUpload", "GetObject",
+                         "HeadObject"):
+            headers.update(self._sse_c())
+        if operation in ("CopyObject", "UploadPartCopy"):
+            headers.update(self._sse_c(COPY_SOURCE_SSE_C))
+        return headers
+
     def request_headers(self, operation: str, key: str, given: Mapping[str, str], *,
-                        own: bool = False) -> Mapping[str, str]:
+                        own: bool = False, temporary: bool = False) -> Mapping[str, str]:
         """The headers to send for ``operation`` on ``key``: ``given`` plus this mount's
-        options (``own``: one of chute's bookkeeping objects, see the module docstring)."""
+        options (``own``: one of chute's bookkeeping objects; ``temporary``: a temporary
+        object; see the module docstring)."""
+        if temporary:
+            return self.temporary_object(operation, given)
         if own:
             if operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
                 return self.own_object(given)
@@ -359,3 +380,8 @@ def check(storage_class: str | None = None, sse: str | None = None,
 def is_own_key(prefix: str, key: str) -> bool:
     """Whether ``key`` is one of chute's bookkeeping objects under the mount's ``prefix``."""
     return key.startswith(prefix + OWN_KEY_DIR)
+
+
+def is_temp_key(prefix: str, key: str) -> bool:
+    """Whether ``key`` is a temporary object (recompose.py) under the mount's ``prefix``."""
+    return key.startswith(f"{prefix}{TEMP_KEY_DIR}/")

@@ -32,7 +32,7 @@ from . import s3_wire as wire
 from .bandwidth import Bandwidth, throttled
 from .credentials import CredentialSource
 from .errors import StoreError
-from .object_options import ObjectOptions, is_own_key
+from .object_options import ObjectOptions, is_own_key, is_temp_key
 from .retry import RetryPolicy, RetryReason
 from .s3_multipart import COMPLETE_READ_TIMEOUT, MultipartCalls
 from .s3_transport import SLOWEST_MOVING_LINK, chunks, real_transport, send_chunk_size
@@ -185,7 +185,8 @@ class S3Client(MultipartCalls):
         label = f"{operation} {key}" if key else operation
         if self.object_options is not None and key:
             headers = self.object_options.request_headers(
-                operation, key, headers or {}, own=is_own_key(self.bucket.prefix, key))
+                operation, key, headers or {}, own=is_own_key(self.bucket.prefix, key),
+                temporary=is_temp_key(self.bucket.prefix, key))
 
         def retried(reason: RetryReason, error: Exception) -> None:
             if on_retry is not None:
@@ -272,8 +273,8 @@ class S3Client(MultipartCalls):
         )
         return answers.commit_etag("PutObject", answer, answers.checksum_sent(headers))
 
-    async def delete_object(self, key: str) -> None:
-        await self.request("DeleteObject", "DELETE", key)
+    async def delete_object(self, key: str, *, policy: RetryPolicy | None = None) -> None:
+        await self.request("DeleteObject", "DELETE", key, policy=policy)
 
     async def copy_object(
         self, source_key: str, dest_key: str, metadata_headers: Mapping[str, str] | None,

@@ -25,8 +25,10 @@ from . import leftovers
 from .config import UploaderConfig
 from .file_upload import FileUpload
 from .janitor import AbortJanitor
+from .late_patches import LatePatches, PatchBudget
 from .multipart import MultipartSession
 from .prefix import Prefix, plan
+from .recompose import Recomposer
 from .retry import RetryReason
 from .ring import Ring, RingStatistics, Slot
 from .s3 import S3Client
@@ -60,6 +62,11 @@ class Uploader:
         self.janitor = AbortJanitor(client)
         self._read_back = trio.Semaphore(1)
         """One read-back of a patched file at a time (see MultipartSession.read_back_hash)."""
+        self.patch_budget = PatchBudget(config.patch_budget)
+        """--patch-budget: the late patches of all files (late_patches.py)."""
+        self.recomposer = Recomposer(client, self.ring, slice_size=config.slice_size,
+                                     defer=self.janitor.defer, read_back=self._read_back)
+        """Uploads made at a temporary key, and their objects composed at close."""
         self._send, self._receive = trio.open_memory_channel[tuple[FileUpload, Slot]](
             math.inf
         )
@@ -82,6 +89,12 @@ class Uploader:
         self.uploads.add(upload)
         self.counters.files_opened += 1
         return upload
+
+    def late_patches(self, path: str, *, opened_rdwr: bool = False) -> LatePatches:
+        """A file's late patches (late_patches.py), on the mount's budget and --patch-back;
+        ``opened_rdwr``: the file was opened O_RDWR (``auto`` then makes it at a temp key)."""
+        return LatePatches(path, self.patch_budget, self.config.slice_size,
+                           patch_back=self.config.patch_back, opened_rdwr=opened_rdwr)
 
     def _enqueue(self, upload: FileUpload, slot: Slot) -> None:
         self._send.send_nowait((upload, slot))
