@@ -30,10 +30,11 @@ Contract with the file upload (file_upload.py / slices.py), all calls synchronou
   from then on :attr:`enabled` is fixed.
 - ``add(offset, data)``: a write whose bytes lie (partly) in a SENT slice. The caller hands
   the whole write or only the SENT part; bytes given here override T's bytes at close.
-- ``truncate(size, into_sent=...)``: the file shrank to ``size``; ``into_sent`` says the slice
-  holding the new end is SENT (its bytes past ``size`` in T must then read as zeros should the
-  file grow again). Patch bytes at or past ``size`` are dropped whatever ``into_sent`` says.
-  Without temp-key mode a shrink into a SENT slice is :class:`TruncateRefused` (EOPNOTSUPP).
+- ``truncate(size, into_sent=True)``: the file shrank to ``size`` inside a SENT slice (its
+  bytes past ``size`` in T must then read as zeros should the file grow again); without
+  temp-key mode that is :class:`TruncateRefused` (EOPNOTSUPP). Call it with
+  ``into_sent=False`` for every other shrink of a file that has late patches (``pending``):
+  patch bytes at or past ``size`` are dropped either way, so they cannot come back.
 - ``release()``: the upload ended (done, failed, dropped): the budget gets its bytes back.
   Idempotent; recompose.py calls it too.
 
@@ -204,7 +205,7 @@ class LatePatches:
             self._data[lo:hi] = [buf]
         buf[offset - first : end - first] = data
 
-    def truncate(self, size: int, *, into_sent: bool) -> None:
+    def truncate(self, size: int, *, into_sent: bool = True) -> None:
         """The file shrank to ``size`` (see the module docstring for ``into_sent``)."""
         if into_sent and not self.decided:
             self.backward_write = True

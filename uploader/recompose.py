@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import trio
@@ -125,17 +125,19 @@ class Recomposer:
     # -- at close -----------------------------------------------------------------------
 
     async def recompose(self, temp: MultipartSession, patches: LatePatches, *, key: str,
-                        size: int, xxh3_128: str | None = None) -> Recomposed:
-        """Complete ``temp`` (created at T by :meth:`prepare`, every part acknowledged),
-        make the object at ``key`` of ``size`` bytes from it with ``patches`` applied, delete
-        T; the result. ``xxh3_128``: the file's hash if the streaming hash holds (no patch
-        changed a hashed byte), else None (then K is read back to hash it). Raises what
-        failed, after aborting K's upload and deleting T; releases ``patches`` either way."""
+                        size: int, xxh3_128: str | None = None,
+                        numbers: Collection[int] | None = None) -> Recomposed:
+        """Complete ``temp`` (created at T by :meth:`prepare`, every part acknowledged; only
+        the parts ``numbers`` if given, as ``MultipartSession.complete`` takes them), make the
+        object at ``key`` of ``size`` bytes from it with ``patches`` applied, delete T; the
+        result. ``xxh3_128``: the file's hash if the streaming hash holds (no late patch, no
+        rehash), else None (then K is read back to hash it). Raises what failed, after
+        aborting K's upload and deleting T; releases ``patches`` either way."""
         assert temp.upload_id is not None and temp.key != key, "not an upload at T"
         final = MultipartSession(self.client, key, checksum="md5", no_clobber=temp.no_clobber,
                                  name=temp.name, defer_abort=self._defer,
                                  read_back=self._read_back)
-        job = _Job(self, temp, final, patches, size)
+        job = _Job(self, temp, final, patches, size, numbers)
         try:
             temp.keep_marker = True
             return await job.run(xxh3_128)
@@ -172,8 +174,9 @@ class _Job:
     """One recomposition (state for :meth:`Recomposer.recompose`)."""
 
     def __init__(self, owner: Recomposer, temp: MultipartSession, final: MultipartSession,
-                 patches: LatePatches, size: int) -> None:
+                 patches: LatePatches, size: int, numbers: Collection[int] | None) -> None:
         self.r = owner
+        self.numbers = numbers
         self.temp = temp
         self.final = final
         self.patches = patches
@@ -184,7 +187,11 @@ class _Job:
 
     async def run(self, xxh3_128: str | None) -> Recomposed:
         temp, final, size = self.temp, self.final, self.size
-        await temp.complete(size)  # its lost-answer check knows the usual size only
+        # (the lost-answer check of T's Complete knows T's size only when it is the file's)
+        if self.numbers is None:
+            await temp.complete(size)
+        else:
+            await temp.complete(size, self.numbers)
         info = await self.r.client.head_object(temp.key)
         if info is None:
             raise FileNotFoundError(f"the temporary object {temp.key} vanished")
