@@ -4,13 +4,16 @@ A handle is one FUSE open of a file being written: its upload, and who opened it
 last-close check of openers.py). Opening with O_TRUNC (or creating) starts a new upload;
 another open of a file being written, without O_TRUNC (``truncate -s`` while a writer has it
 open, a second ``exec 3<>``), joins the same upload. An open for writing of a finished,
-non-empty object without O_TRUNC (``>>``, O_APPEND, an O_RDWR reopen) starts an upload that
-continues it (chute.uploader.prefix: the old bytes are copied server-side or fetched, the new
-ones follow; the old object stays until the close replaces it): this module only decides that
-and passes the object's key, size and ETag, asked of the store at the open. Writes at or past
-its end, and into its last partial slice, work; a write into the part copied server-side is
-EINVAL and drops the upload (the object stays as it was; rewriting the middle of an object is
-issue 17). Such an open closed without a write leaves the object as it was.
+non-empty object without O_TRUNC (``>>``, O_APPEND, ``rsync --inplace``, qemu-img's O_RDWR
+reopen) starts an upload over it
+(chute.uploader.overlay: the file is the old object overlaid with the writes; untouched parts
+are copied server-side or fetched at close, the old object stays until the close replaces it):
+this module only decides that and passes the object's key, size and ETag, asked of the store
+at the open. Writes land anywhere; a write into a slice already sent is the upload's late
+patch (EINVAL unless its upload was made at a temporary key). Such an open closed without a
+write or resize leaves the object as it was. ``truncate``/``ftruncate`` (:meth:`resize`) of
+a file being written grows it by virtual zeros or cuts it (EOPNOTSUPP for a cut into bytes
+already sent, outside temp-key mode).
 
 Opens for reading of finished objects are reads.py's (the FUSE adapter sends them there);
 one that still reaches here (O_RDONLY with O_TRUNC) fails with EACCES.
@@ -38,9 +41,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chute.uploader.errors import errno_for
+from chute.uploader.errors import BackwardWrite, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
-from chute.uploader.prefix import Prefix
+from chute.uploader.overlay import Base
 from chute.uploader.uploader import Uploader
 
 from . import metadata, mountinfo, openers, writer_exit
@@ -127,21 +130,21 @@ class HandleTable:
         await self.objects.lookups.refresh(node)  # the ETag and size the copy is pinned to
         if node.size == 0 or node.upload is not None:
             return self._start_upload(node, pid, append=append)
-        return self._start_upload(node, pid, Prefix(self.ns.key(node), node.size, node.etag),
+        return self._start_upload(node, pid, Base(self.ns.key(node), node.size, node.etag),
                                   append=append)
 
-    def _start_upload(self, node: Node, pid: int, prefix: Prefix | None = None, *,
+    def _start_upload(self, node: Node, pid: int, base: Base | None = None, *,
                       append: bool = False) -> int:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
             raise Refused(errno.EBUSY, "%r is already open for writing; chute takes one "
                           "writer per file", self.ns.path(node))
-        if prefix is None:  # a continued object keeps its mtime until it is written
+        if base is None:  # an object changed in place keeps its mtime until it is written
             node.mtime_ns = time.time_ns()
             node.mtime_explicit = False
         node.needs_head = False
         node.upload = self.uploader.open_file(
             self.ns.key(node), self.ns.path(node), metadata.chute_metadata(node),
-            no_clobber=self.objects.policy.no_overwrite, prefix=prefix)
+            no_clobber=self.objects.policy.no_overwrite, base=base)
         node.local = True
         return self._new_handle(node, pid, append)
 
@@ -170,17 +173,23 @@ class HandleTable:
         await self.get(fh).upload.wait_acknowledged()
 
     async def resize(self, node: Node, size: int) -> None:
-        """truncate: only a file being written can be extended (zero-filled)."""
+        """truncate of a file open for writing: grown (virtual zeros) or cut. A cut the
+        upload cannot take (into bytes already sent) is EOPNOTSUPP, the upload unharmed."""
         upload = node.upload
         current = upload.size if upload is not None else node.size
         if size == current:
             return
-        if upload is not None and upload.state is UploadState.OPEN and size > current:
-            await upload.write(size, b"")  # a forward gap is zero-filled in the stream
+        if upload is not None and upload.state is UploadState.OPEN:
+            try:
+                await upload.truncate(size)
+            except BackwardWrite:
+                raise Refused(errno.EOPNOTSUPP, "cannot cut %r from %d to %d bytes: that "
+                              "part of it was already sent to the store (see the log)",
+                              self.ns.path(node), current, size) from None
             return
         raise Refused(errno.EOPNOTSUPP, "cannot change the size of %r from %d to %d: chute "
-                      "streams files and can only extend one being written",
-                      self.ns.path(node), current, size)
+                      "changes the size of a file open for writing only (open it, then "
+                      "ftruncate)", self.ns.path(node), current, size)
 
     # -- closing --------------------------------------------------------------------
 

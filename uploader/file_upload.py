@@ -12,18 +12,21 @@ upload, and the file takes another slot (waiting if the ring is full: backpressu
 sealed slot creates the multipart upload; a file that never fills a slot is sent as one
 PutObject when it is finalized. Nothing is visible in the bucket before finalize succeeds.
 
-Three jobs live elsewhere: where a write lands (sequential writes, gap zero-fill, header
-patches into retained slices, the file hash in file order) is slices.py's :class:`FileSlices`;
+Three jobs live elsewhere: where a write lands (appends, writes into any slice, resizes,
+retention, the file hash in file order) is slices.py's :class:`FileSlices`;
 what is said to the store is multipart.py's :class:`MultipartSession`; the slots themselves
 are ring.py's. This module is the state machine over them. A write that :class:`FileSlices`
-refuses (EINVAL: it goes back into bytes already sent) fails the upload and aborts it, so no
-object that differs from what the writer wrote can ever appear. A file whose retained first
-slice was patched after it was hashed is hashed again at close by reading the finished object
-back from the store (logged).
+refuses (EINVAL: it goes back into bytes already sent, and the file's late patches are not
+kept) fails the upload and aborts it, so no object that differs from what the writer wrote can
+ever appear. A file whose running hash is not its content (patched after hashing, or made of
+copied parts) is hashed at close by reading the finished object back from the store (logged,
+counted in :attr:`FileUpload.bytes_fetched`).
 
-A file may continue an existing object (``prefix``, prefix.py): its old whole slices are
-copied server-side as the first parts at close, the rest is fetched into the first ring slice
-at the first write; never written, nothing is sent (:attr:`FileUpload.unchanged`). A file
+A file may start from an existing object (``base``, overlay.py): the slices no write touched
+are copied server-side or sent as zeros at close; the others went through the ring; never
+written nor resized, nothing is sent (:attr:`FileUpload.unchanged`). Each file keeps its cost:
+:attr:`FileUpload.bytes_sent`, :attr:`~FileUpload.bytes_copied`,
+:attr:`~FileUpload.bytes_fetched`, said in its finish log line and shown by ``chute status``. A file
 unlinked while open (:meth:`FileUpload.unlinked`) drops its upload at once; later writes go
 nowhere and its last close makes no object (POSIX: the data lives until the last close).
 
@@ -41,12 +44,13 @@ from collections.abc import Callable, Mapping
 
 import trio
 
+from . import overlay
 from .config import UploaderConfig
 from .errors import ChuteError, ObjectExists, UploadFailed
 from .multipart import MultipartSession
-from .prefix import Prefix, plan
+from .overlay import Base
 from .ring import Ring, Slot
-from .slices import FileSlices
+from .slices import FileSlices, LatePatchesLike
 from .statistics import UploadCounters
 from .upload_status import FileUploadStatistics, UploadState
 
@@ -63,10 +67,11 @@ class FileUpload:
                  counters: UploadCounters,
                  enqueue: Callable[[FileUpload, Slot], None],
                  on_finished: Callable[[FileUpload], None],
-                 prefix: Prefix | None = None) -> None:
+                 base: Base | None = None, late: LatePatchesLike | None = None) -> None:
         """``enqueue(upload, slot)`` hands a sealed slot to the upload workers, which call
         :meth:`send_part`; ``on_finished(upload)`` is called once, at DONE, FAILED or
-        ABORTED. ``prefix``: the existing object this file continues (prefix.py)."""
+        ABORTED. ``base``: the existing object this file starts from (overlay.py);
+        ``late``: the keeper of writes into slices already sent (default: refused)."""
         self.key = key
         self.path = path
         self.metadata = dict(metadata or {})
@@ -74,6 +79,12 @@ class FileUpload:
         self.state = UploadState.OPEN
         self.bytes_acked = 0
         """Bytes the store has acknowledged."""
+        self.bytes_sent = 0
+        """Bytes of parts (or of the PutObject) uploaded from this machine."""
+        self.bytes_copied = 0
+        """Bytes of the base copied server-side (UploadPartCopy)."""
+        self.bytes_read_back = 0
+        """Bytes of the finished object read back to hash it."""
         self.parts_in_flight = 0
         self.started = trio.current_time()
         self.finished: float | None = None
@@ -88,29 +99,33 @@ class FileUpload:
         self._counters = counters
         self._enqueue = enqueue
         self._on_finished = on_finished
-        self._plan = plan(prefix, config.slice_size)
-        self._tail_pending = self._plan.has_tail
-        """The old object's last bytes are still to be fetched into the first slice."""
-        self._written = False
+        self._base = base
+        self._changed = False
+        """Written or resized since the open."""
         self.unchanged = False
-        """Finished without a write although it continued an existing object: nothing was
-        sent, the object is the one it was (its ETag is kept)."""
+        """Finished without a change although it started from an existing object: nothing
+        was sent, the object is the one it was (its ETag is kept)."""
         self._unlinked = False
         self._unlinked_size = 0
-        self._slices = FileSlices(ring, path, self._sealed, start=self._plan.copied,
-                                  first_part=self._plan.first_part)
+        self._slices = FileSlices(ring, path, self._sealed,
+                                  base_size=base.size if base is not None else 0,
+                                  fetch=self._fetch_base, late=late)
         self._lock = trio.Lock()
         self._idle = trio.Event()
         self._idle.set()
 
     @property
     def size(self) -> int:
-        """Bytes received from the writer (the file's current length)."""
+        """The file's current length (as written, or as resized)."""
         if self._unlinked:
             return self._unlinked_size
-        if self._tail_pending:
-            return self._plan.size
         return self._slices.size
+
+    @property
+    def bytes_fetched(self) -> int:
+        """Bytes read from the store: the base's old bytes (ranged GETs) and the finished
+        object when its hash had to be computed by reading it back."""
+        return self._slices.bytes_fetched + self.bytes_read_back
 
     @property
     def unlinked_while_open(self) -> bool:
@@ -122,6 +137,13 @@ class FileUpload:
         """The metadata the object was actually created with (once Create/Put was sent)."""
         return self._session.metadata_sent
 
+    async def _fetch_base(self, first: int, last: int) -> bytes:
+        """Bytes ``first..last`` of the base, exactly the version the open saw (412 else)."""
+        assert self._base is not None
+        data = await self._session.fetch_range(self._base.key, first, last, self._base.etag)
+        self._counters.bytes_fetched += len(data)
+        return data
+
     # -- writer side ------------------------------------------------------------------
 
     async def write(self, offset: int, data: bytes | memoryview) -> int:
@@ -131,17 +153,11 @@ class FileUpload:
                 self._unlinked_size = max(self._unlinked_size, offset + len(data))
                 return len(data)
             await self._check_writable()
-            self._written = True
+            self._changed = True
             slices = self._slices
             before = slices.size
             try:
-                await self._load_prefix()
-                if offset < slices.size:
-                    slices.patch(offset, data)
-                    return len(data)
-                if offset > slices.size:
-                    await slices.zero_fill(offset - slices.size)
-                await slices.append(memoryview(data))
+                await slices.write(offset, data)
             except ChuteError as exc:
                 await self._fail(exc)
                 raise
@@ -152,6 +168,22 @@ class FileUpload:
                 self._counters.bytes_written += max(slices.size - before, 0)
             return len(data)
 
+    async def truncate(self, size: int) -> None:
+        """Change the file's length (ftruncate, ``truncate -s``): growth is zeros that are
+        never streamed; a shrink drops what lies past the end. A change the file cannot take
+        (a shrink into a slice already sent, outside temp-key mode; a size over the part
+        limit) raises its ChuteError and leaves the upload as it was."""
+        async with self._lock:
+            if self._unlinked:
+                self._unlinked_size = size
+                return
+            await self._check_writable()
+            if size == self._slices.size:
+                return
+            self._changed = True
+            if await self._slices.truncate(size):
+                await self._idle.wait()  # parts cut off settle before one is sent again
+
     async def _check_writable(self) -> None:
         """Raise UploadFailed if the upload failed (aborting it, once) or is no longer OPEN."""
         if self.error is not None:
@@ -160,16 +192,6 @@ class FileUpload:
             raise UploadFailed(f"upload of {self.path} failed: {self.error}")
         if self.state is not UploadState.OPEN:
             raise UploadFailed(f"{self.path} is already {self.state.value}; no more writes")
-
-    async def _load_prefix(self) -> None:
-        """Fetch the old object's bytes that are not copied server-side (less than one slice)
-        into the first ring slice, pinned to the ETag the open saw (prefix.py)."""
-        if not self._tail_pending:
-            return
-        self._tail_pending = False
-        data = await self._plan.fetch_tail(self._session)
-        await self._slices.append(memoryview(data))
-        self._counters.bytes_written -= len(data)  # counted as received by write()
 
     async def unlinked(self) -> None:
         """The file's name was removed while it is open: drop the upload now (its slots,
@@ -201,9 +223,7 @@ class FileUpload:
             self._ring.start_upload(slot)
             await self._session.create(self.metadata)
             await self._session.upload_part(slot.part_number, slot.data)
-            self.bytes_acked += slot.length
-            self._counters.bytes_uploaded += slot.length
-            self._counters.parts += 1
+            self._count_sent(slot.length)
         except Exception as exc:
             self._record_failure(exc)
         finally:
@@ -211,6 +231,12 @@ class FileUpload:
             self.parts_in_flight -= 1
             if self.parts_in_flight == 0:
                 self._idle.set()
+
+    def _count_sent(self, n: int, *, part: bool = True) -> None:
+        self.bytes_acked += n
+        self.bytes_sent += n
+        self._counters.bytes_uploaded += n
+        self._counters.parts += part
 
     def _record_failure(self, exc: BaseException) -> None:
         if self.error is None:
@@ -239,13 +265,12 @@ class FileUpload:
                 self.finished = trio.current_time()
                 return
             await self._check_writable()
-            if self._plan.source is not None and not self._written:
-                self._keep_unchanged(self._plan.source)
+            if self._base is not None and not self._changed:
+                self._keep_unchanged(self._base)
                 return
             self.state = UploadState.FINALIZING
             try:
-                await self._load_prefix()
-                if self._slices.fits_one_object and not self._plan.copy_ranges:
+                if self._slices.fits_one_object:
                     await self._put_whole()
                 else:
                     await self._complete()
@@ -257,60 +282,94 @@ class FileUpload:
                 raise UploadFailed(f"upload of {self.path} failed: {exc}") from exc
             self.state = UploadState.DONE
             self.finished = trio.current_time()
-            elapsed = max(self.finished - self.started, 1e-9)
-            log.info(
-                "uploaded %s: %d bytes, %d parts, %.2f s, %.1f MB/s, %d retries, xxh3-128 %s",
-                self.key, self.size, max(self._slices.parts, 1), elapsed,
-                self.size / elapsed / 1e6, sum(self._session.retries.values()), self.xxh3_128,
-            )
+            self._log_finished()
             self._on_finished(self)
 
-    def _keep_unchanged(self, prefix: Prefix) -> None:
-        """An existing object opened for writing and closed unwritten: nothing to send."""
+    def _log_finished(self) -> None:
+        assert self.finished is not None
+        elapsed = max(self.finished - self.started, 1e-9)
+        cost = ""
+        if self.bytes_copied or self.bytes_fetched:
+            cost = (f"; {self.bytes_sent} bytes sent, {self.bytes_copied} copied server-side, "
+                    f"{self.bytes_fetched} re-read")
+        log.info(
+            "uploaded %s: %d bytes, %d parts, %.2f s, %.1f MB/s, %d retries, xxh3-128 %s%s",
+            self.key, self.size, max(self._slices.count, 1), elapsed,
+            self.size / elapsed / 1e6, sum(self._session.retries.values()), self.xxh3_128,
+            cost,
+        )
+
+    def _keep_unchanged(self, base: Base) -> None:
+        """An existing object opened for writing and closed unchanged: nothing to send."""
         self._slices.release_all()
         self.unchanged = True
-        self.etag = prefix.etag
+        self.etag = base.etag
         self.state = UploadState.DONE
         self.finished = trio.current_time()
         self._on_finished(self)
 
     async def _put_whole(self) -> None:
-        """The file fits one slice (in the slot filling, or the retained first slice)."""
-        slot, self.xxh3_128 = self._slices.take_whole()
+        """The file fits one slice: one PutObject (slices cut off meanwhile are dropped)."""
+        slot, self.xxh3_128 = await self._slices.take_whole()
         try:
             body = slot.data if slot is not None else b""
             self.etag = await self._session.put(body, self.metadata, self.xxh3_128)
         finally:
             if slot is not None:
                 self._ring.release(slot)
-        self.bytes_acked = self.size
-        self._counters.bytes_uploaded += self.size
+        self._count_sent(self.size, part=False)
+        if self._slices.sealed:  # parts of slices a shrink cut off: their upload goes
+            await self._idle.wait()
+            await self._session.abort()
 
     async def _complete(self) -> None:
-        xxh3_128 = self._slices.seal_all()
-        if self._plan.copy_ranges:
-            await self._session.create(self.metadata)
-            await self._plan.copy_parts(self._session, lambda: self.error is not None)
+        slices = self._slices
+        xxh3_128 = await slices.seal_all()
+        plan = overlay.plan_untouched(slices.size, slices.base_end, self._config.slice_size,
+                                      slices.touched)
+        await self._session.create(self.metadata)
+        for k in plan.straddling:
+            await slices.seal_straddling(k)
+        failed = lambda: self.error is not None  # noqa: E731
+        if plan.copies:
+            assert self._base is not None
+            await overlay.copy_parts(plan, self._base, self._session, failed)
+            self.bytes_copied += plan.copied_bytes
+            self._counters.bytes_copied += plan.copied_bytes
+        if plan.zeros:
+            await self._send_zeros(plan, failed)
         await self._idle.wait()
         if self.error is not None:
             raise self.error
+        parts = {k + 1 for k in slices.sent} | plan.part_numbers
         self.xxh3_128 = xxh3_128
-        self.etag = await self._session.complete(self.size)
+        self.etag = await self._session.complete(self.size, parts)
         try:
-            if self._plan.copy_ranges:
-                log.info("%s: its first %d bytes were copied server-side from the object it "
-                         "continues; reading the object back to record its xxh3-128",
-                         self.path, self._plan.copied)
-            elif self._slices.rehash:
-                log.info("%s: its first slice was patched after it was hashed; reading the "
-                         "object back to record its xxh3-128", self.path)
-            if self._slices.rehash or self._plan.copy_ranges:
+            if slices.rehash:
+                log.info("%s: %s; reading the object back to record its xxh3-128", self.path,
+                         "parts of it were copied server-side from the object it replaces"
+                         if plan.copies else "it was not written in file order")
                 self.xxh3_128 = await self._session.read_back_hash(
                     self.size, self._config.slice_size)
+                self.bytes_read_back += self.size
+                self._counters.bytes_fetched += self.size
             await self._session.tag(self.xxh3_128)
         except Exception as exc:
             log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
                         self.path, exc)
+
+    async def _send_zeros(self, plan: overlay.UntouchedPlan, failed: Callable[[], bool]
+                          ) -> None:
+        """The zero parts, from one ring slot zeroed once (a few sent at a time)."""
+        slot = await self._ring.acquire(self)
+        try:
+            zeros = overlay.zeroed(slot)
+            sent = await overlay.send_zero_parts(plan, zeros, self._session, failed,
+                                                 self._config.upload_concurrency)
+            self._count_sent(sent, part=False)
+            self._counters.parts += len(plan.zeros)
+        finally:
+            self._ring.release(slot)
 
     # -- failure ----------------------------------------------------------------------
 
@@ -367,4 +426,6 @@ class FileUpload:
             throughput_bps=self.bytes_acked / elapsed,
             error=str(self.error) if self.error else None,
             parts_acknowledged=session.parts_acknowledged, retries_by_reason=session.retries,
+            bytes_sent=self.bytes_sent, bytes_copied=self.bytes_copied,
+            bytes_fetched=self.bytes_fetched,
         )

@@ -34,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -203,7 +203,7 @@ class MultipartSession:
     async def copy_part(self, part_number: int, source_key: str, first: int, last: int,
                         if_match_etag: str) -> str:
         """Copy bytes ``first..last`` of ``source_key``, exactly the version ``if_match_etag``
-        (else 412), as one part of the upload :meth:`create` made (prefix.py); its ETag. A
+        (else 412), as one part of the upload :meth:`create` made (overlay.py); its ETag. A
         session with copied parts announces no checksum algorithm at Create (Complete would
         need the copies' checksums): its sent parts carry Content-MD5 instead."""
         assert self.upload_id is not None, "create() first"
@@ -213,12 +213,17 @@ class MultipartSession:
         self._parts[part_number] = (etag, {})
         return etag
 
-    async def complete(self, size: int) -> str:
+    async def complete(self, size: int, numbers: Collection[int] | None = None) -> str:
         """Complete the upload from the parts sent, in part-number order; the ETag.
 
-        ``size`` is the file's length, to recognise the object if the answer was lost."""
+        ``size`` is the file's length, to recognise the object if the answer was lost;
+        ``numbers``: only these parts (others were cut off by a shrink), all by default."""
         assert self.upload_id is not None, "create() first"
-        parts = [(n, etag, fields) for n, (etag, fields) in sorted(self._parts.items())]
+        parts = [(n, etag, fields) for n, (etag, fields) in sorted(self._parts.items())
+                 if numbers is None or n in numbers]
+        if numbers is not None and len(parts) != len(numbers):
+            missing = sorted(set(numbers) - {n for n, _, _ in parts})
+            raise UploadFailed(f"{self.name}: parts {missing[:5]} were never acknowledged")
         try:
             expected = multipart_etag([etag for _, etag, _ in parts])
         except ValueError:  # a store's copied part whose ETag is not an MD5 (SeaweedFS)
@@ -268,7 +273,7 @@ class MultipartSession:
     async def fetch_range(self, source_key: str, first: int, last: int, if_match_etag: str
                           ) -> bytes:
         """Bytes ``first..last`` of ``source_key``, exactly the version ``if_match_etag``
-        (else 412): the tail of the object a file continues (prefix.py)."""
+        (else 412): the tail of the object a file continues (overlay.py)."""
         return await self.client.get_range(source_key, first, last, if_match=if_match_etag)
 
     # -- after the object exists ------------------------------------------------------

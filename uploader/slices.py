@@ -1,22 +1,33 @@
 """One file's slices in the ring: where each write lands, which slices are kept, file hashing.
 
-A file written through the mount is cut into slices of ``--slice-size``, one ring slot each,
-each becoming one multipart part. :class:`FileSlices` keeps the file's slots:
+A file written through the mount is cut into slices of ``--slice-size`` S; slice k covers
+``[kS, (k+1)S)`` and becomes part k + 1. The file's content is its *base* (the object an open
+without O_TRUNC found, overlay.py; none for a new file) overlaid with the writes, cut or
+zero-extended to :attr:`FileSlices.size`. Each slice is, at any moment, exactly one of:
 
-- the slot being FILLING (``current``): appends go there; a full one is RETAINED;
-- the first slice (``head``) while the ring retains it: part 1, sealed last, still writable;
-- the latest full slice (``prev``) while the ring retains it: sealed once the next is full.
+- UNTOUCHED: no write landed in it; at close it is copied from the base, sent as zeros or
+  filled from the base's end (overlay.py decides). Growth (``truncate -s``, a write far past
+  the end) makes untouched slices: zeros are virtual, never streamed through the ring.
+- MATERIALIZED: in a ring slot, writable. A slot is taken at the first write into the slice;
+  the slice's bytes past the base are zeroed then, the base's bytes it still lacks (the
+  *holes*, what no write covered) are fetched with ranged GETs pinned to the base's ETag
+  when the writer moves on (or at close). Appends at the file's end fill a fresh slot
+  sequentially: no zeroing, no GET (the streaming fast path).
+- SENT: sealed (queued, uploading or acknowledged). A later write into it is a *late
+  patch*, handed to the file's :class:`LatePatchesLike` (temp-key mode keeps it, otherwise
+  :class:`BackwardWrite`, EINVAL).
 
-A file so holds at most three slots. Writes must be sequential with three exceptions a
-filesystem user expects: a write past the end zero-fills the gap (:meth:`zero_fill`: sparse
-copies, ``truncate``), and a write back into the filling slot or into a retained slice lands
-there (:meth:`patch`: header patches, see ring.py). A write into bytes already sealed for
-upload cannot be honoured: :class:`BackwardWrite` (EINVAL).
+Retention (as the ring describes: header patches): the first slice's slot (``head``) is kept
+until close, and so are the two latest materialized slices, the one being written
+(``current``, FILLING) and the one before (``prev``, RETAINED); materializing another seals
+``prev``. Ring pressure may seal a retained slot early (:meth:`release_retained`); a retained
+slot never has holes, so it can be sealed at any moment without I/O.
 
-The xxh3-128 of the file is computed as slices are sealed, in file order: the retained first
-slice is hashed as it stands when the second one is sealed. A patch into it after that makes
-the running hash wrong, which :attr:`FileSlices.rehash` records (the object is then hashed by
-reading it back once complete, since the later slices have left the ring).
+Hashing: the xxh3-128 covers ``[0, _hashed_end)`` in file order. Sealing a slice first hashes
+what lies before it (the retained head as it stands, untouched slices past the base as
+zeros); bytes below ``_hashed_end`` that change afterwards, or an untouched slice of the base
+in the way, make the running hash useless: :attr:`FileSlices.rehash` says so, and the object
+is then hashed by reading it back once complete.
 
 Sealing hands a slot to ``on_sealed``; from there its bytes are final, and the caller sends it.
 """
@@ -24,11 +35,13 @@ Sealing hands a slot to ``on_sealed``; from there its bytes are final, and the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import xxhash
 
 from .errors import BackwardWrite, FileTooLarge
+from .overlay import slice_count
 from .ring import Ring, Slot
 from .sizes import MAX_PARTS, format_size
 
@@ -36,151 +49,324 @@ log = logging.getLogger(__name__)
 
 _ZEROS = bytes(1024 * 1024)
 
+Fetch = Callable[[int, int], Awaitable[bytes]]
+"""Bytes ``first..last`` (inclusive) of the base, pinned to its ETag."""
+
+
+class LatePatchesLike(Protocol):
+    """What a file needs of the keeper of its late patches (writes into SENT slices)."""
+
+    enabled: bool
+    """Temp-key mode: late patches are kept and applied at close."""
+
+    def add(self, offset: int, data: bytes | memoryview) -> None:
+        """Keep ``data`` at ``offset``, or raise (BackwardWrite, a budget error)."""
+
+    def truncate(self, size: int) -> None:
+        """The file was cut inside a SENT slice; raise BackwardWrite if that cannot be kept."""
+
+
+class NoLatePatches:
+    """Late patches refused: a write into bytes already sent is EINVAL (today's rule)."""
+
+    enabled = False
+    pending = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def add(self, offset: int, data: bytes | memoryview) -> None:
+        log.error(
+            "%s: write at offset %d..%d goes back into bytes already sent to the store (only "
+            "the first and the two latest written slices are kept while the ring has room); "
+            "this upload was not made at a temporary key (--patch-back): EINVAL, upload "
+            "aborted", self.path, offset, offset + len(data))
+        raise BackwardWrite(f"backward write at {offset} into sent data of {self.path}")
+
+    def truncate(self, size: int) -> None:
+        log.error("%s: cannot cut the file to %d bytes: that slice was already sent to the "
+                  "store and this upload was not made at a temporary key (--patch-back)",
+                  self.path, size)
+        raise BackwardWrite(f"truncate of {self.path} to {size} into sent data")
+
+    def release(self) -> None:
+        pass
+
+
+def _zero(view: memoryview, start: int, end: int) -> None:
+    while start < end:
+        n = min(end - start, len(_ZEROS))
+        view[start : start + n] = _ZEROS[:n]
+        start += n
+
 
 class FileSlices:
     """The ring slots of one file (the ring's RetainingOwner for them)."""
 
     def __init__(self, ring: Ring, path: str, on_sealed: Callable[[Slot], None], *,
-                 start: int = 0, first_part: int = 1) -> None:
-        """``start``/``first_part``: a file that continues an existing object (prefix.py)
-        begins at byte ``start`` with part ``first_part``; the bytes below ``start`` are
-        copied server-side and cannot be written."""
+                 base_size: int = 0, fetch: Fetch | None = None,
+                 late: LatePatchesLike | None = None) -> None:
+        """``base_size``/``fetch``: the object the file starts from (overlay.py) and how to
+        read its bytes; ``late``: the keeper of writes into sent slices."""
         self.path = path
         """For log lines (the ring names a slot's owner by it, too)."""
-        self.size = start
-        """Bytes received (the file's current length)."""
+        self.size = base_size
+        """The file's current length."""
+        self.base_end = base_size
+        """The base's bytes ``[0, base_end)`` still show (a shrink lowers it: growing again
+        shows zeros, not the old bytes)."""
         self.sealed = 0
         """Slots sealed so far; none means a small file, sent by PutObject."""
+        self.sent: dict[int, int] = {}
+        """SENT slices: index -> length sealed."""
         self.rehash = False
-        """The retained first slice changed after it was hashed: hash the object at close."""
+        """The running hash is not the file's: hash the object at close by reading it back."""
+        self.bytes_fetched = 0
+        """Bytes of the base read by ranged GETs."""
+        self.late: LatePatchesLike = late or NoLatePatches(path)
         self._ring = ring
+        self._slice = ring.slice_size
         self._on_sealed = on_sealed
+        self._fetch = fetch
         self._current: Slot | None = None
+        self._holes: list[tuple[int, int]] = []
+        """Base bytes ``current`` still lacks (offsets in the slot), in order."""
         self._head: Slot | None = None
         self._prev: Slot | None = None
-        self._head_hashed = False
-        self._start = start
-        self._first_part = first_part
-        self._next_part = first_part
-        self._sealed_end = start
-        """Bytes of the file already sealed; writes below it are refused."""
+        self._hashed_end = 0
         self._hasher = xxhash.xxh3_128()
 
     @property
-    def parts(self) -> int:
-        """Slices taken so far (each becomes one part, or the one PutObject)."""
-        return self._next_part - self._first_part
+    def touched(self) -> set[int]:
+        """Slices a write landed in (materialized or sent)."""
+        return {s.offset // self._slice for s in self._slots()} | set(self.sent)
+
+    def _slots(self) -> list[Slot]:
+        return [s for s in (self._head, self._prev, self._current) if s is not None]
+
+    def _slot_of(self, k: int) -> Slot | None:
+        offset = k * self._slice
+        for slot in (self._current, self._prev, self._head):
+            if slot is not None and slot.offset == offset:
+                return slot
+        return None
 
     # -- writes -----------------------------------------------------------------------
 
-    def patch(self, offset: int, data: bytes | memoryview) -> None:
-        """A write below the current end: allowed only inside the slot still being filled or
-        a retained slice, each taken whole (a patch spanning two slots is refused)."""
-        end = offset + len(data)
-        slot = next((s for s in (self._current, self._prev, self._head)
-                     if s is not None and s.offset <= offset
-                     and end <= s.offset + len(s.view)), None)
-        if slot is None and offset < self._start:
-            log.error(
-                "%s: write at offset %d..%d goes into the part of the existing object that "
-                "is copied server-side (its first %d bytes); chute can continue an existing "
-                "object but not rewrite its middle: EINVAL, upload aborted, the object is "
-                "untouched", self.path, offset, end, self._start,
-            )
-            raise BackwardWrite(f"write at {offset} into the existing object {self.path}")
-        if slot is None:
-            log.error(
-                "%s: write at offset %d..%d goes back into bytes already sent to the store "
-                "(sent up to %d; only the first and the latest full slice are kept, while the "
-                "ring has room); chute streams files and cannot rewrite them: EINVAL, upload "
-                "aborted", self.path, offset, end, self._sealed_end,
-            )
-            raise BackwardWrite(f"backward write at {offset} into sent data of {self.path}")
-        start = offset - slot.offset
-        slot.view[start : start + len(data)] = data
-        slot.length = max(slot.length, start + len(data))
-        self.size = max(self.size, end)
-        self._ring.touch(slot)
-        if slot is self._head and self._head_hashed:
-            self.rehash = True
-
-    async def zero_fill(self, count: int) -> None:
-        """Append ``count`` zero bytes (a write past the end)."""
-        while count:
-            n = min(count, len(_ZEROS))
-            await self.append(memoryview(_ZEROS)[:n])
-            count -= n
-
-    async def append(self, data: memoryview) -> None:
-        """Append at the end; waits for a ring slot when the filling one is full."""
-        pos = 0
-        while pos < len(data):
-            slot = self._current
-            if slot is None:
-                slot = await self._take_slot()
-            n = min(len(data) - pos, len(slot.view) - slot.length)
-            slot.view[slot.length : slot.length + n] = data[pos : pos + n]
-            slot.length += n
-            pos += n
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Land ``data`` at ``offset``; may wait for a ring slot, fetch base bytes, or hand
+        a late patch over (see the module)."""
+        cur = self._current
+        n = len(data)
+        if cur is not None and offset == self.size == cur.offset + cur.length \
+                and cur.length + n < self._slice:  # the fast path: an append inside a slot
+            cur.view[cur.length : cur.length + n] = data
+            cur.length += n
             self.size += n
-            self._ring.touch(slot)
-            if slot.length == len(slot.view):
-                self._retain(slot)
+            self._ring.touch(cur)
+            return
+        end = offset + n
+        self._check_size(end)
+        if offset > self.size:
+            self._grow(offset)
+        view = memoryview(data)
+        pos = 0
+        while pos < n:
+            at = offset + pos
+            k = at // self._slice
+            step = min(n - pos, (k + 1) * self._slice - at)
+            await self._write_slice(k, at, view[pos : pos + step])
+            pos += step
 
-    async def _take_slot(self) -> Slot:
-        if self._next_part > MAX_PARTS:  # copied parts included
-            slice_size = self._ring.slice_size
+    async def _write_slice(self, k: int, at: int, data: memoryview) -> None:
+        slot = self._slot_of(k)
+        if slot is None:
+            if k in self.sent:
+                if at + len(data) > at - at % self._slice + self.sent[k]:
+                    self._grow(at + len(data))  # refused: past a sent last slice
+                self.late.add(at, data)
+                self.rehash = True
+                self.size = max(self.size, at + len(data))
+                return
+            slot = await self._materialize(k)
+        start = at - slot.offset
+        end = start + len(data)
+        assert start <= slot.length, "a slice's slot always reaches the file's end"
+        slot.view[start:end] = data
+        if end > slot.length:
+            slot.length = end
+        self.size = max(self.size, at + len(data))
+        self._ring.touch(slot)
+        if at < self._hashed_end:
+            self.rehash = True
+        if slot is self._current:
+            if self._holes:
+                self._holes = _cut(self._holes, start, end)
+            if end == self._slice:  # the writer reached the slice's end: it moves on
+                await self._demote()
+
+    def _check_size(self, size: int) -> None:
+        limit = MAX_PARTS * self._slice
+        if size > limit:
             log.error(
                 "%s: file exceeds %s = 10,000 parts of --slice-size %s (S3's part limit); "
                 "remount with a larger --slice-size to write bigger files: EFBIG",
-                self.path, format_size(MAX_PARTS * slice_size), format_size(slice_size),
-            )
+                self.path, format_size(limit), format_size(self._slice))
             raise FileTooLarge(f"{self.path} exceeds 10,000 parts of --slice-size")
+
+    async def _materialize(self, k: int) -> Slot:
+        """Slice ``k`` gets a ring slot (the writer moved on: ``current`` is retained)."""
+        if self._current is not None:
+            await self._demote()
         slot = await self._ring.acquire(self)
-        slot.offset = self.size
-        slot.part_number = self._next_part
-        self._next_part += 1
+        low = k * self._slice
+        slot.offset = low
+        slot.part_number = k + 1
+        length = max(0, min(self._slice, self.size - low))
+        from_base = max(0, min(self._slice, self.base_end - low))
+        _zero(slot.view, from_base, length)
+        slot.length = length
+        self._holes = [(0, from_base)] if from_base else []
         self._current = slot
         return slot
 
-    def _retain(self, slot: Slot) -> None:
-        """A full slice stays in the ring, writable: the first until close, a later one until
-        the next is full (header patches; see ring.py)."""
-        if slot.part_number != self._first_part and self._prev is not None:
-            self._seal(self._prev)
+    async def _demote(self) -> None:
+        """``current`` stops being written: its holes are filled, and it is retained (the
+        first slice until close, a later one until the next is; see ring.py)."""
+        slot = self._current
+        assert slot is not None
+        if self._holes:
+            holes, self._holes = self._holes, []
+            await self._fill_holes(slot, holes)
+        if slot.offset != 0 and self._prev is not None:
+            self._seal(self._prev)  # (``current`` still known: hashed as it stands if due)
+        self._current = None
         self._ring.retain(slot)
-        if slot.part_number == self._first_part:
+        if slot.offset == 0:
             self._head = slot
         else:
             self._prev = slot
-        self._current = None
+
+    async def _fill_holes(self, slot: Slot, holes: list[tuple[int, int]]) -> None:
+        if len(holes) > 8:  # many small holes: one GET over them all, written holes kept
+            first, last = holes[0][0], holes[-1][1]
+            data = await self._get(slot, first, last)
+            for start, end in holes:
+                slot.view[start:end] = data[start - first : end - first]
+            return
+        for start, end in holes:
+            slot.view[start:end] = await self._get(slot, start, end)
+
+    async def _get(self, slot: Slot, start: int, end: int) -> bytes:
+        assert self._fetch is not None
+        data = await self._fetch(slot.offset + start, slot.offset + end - 1)
+        if len(data) != end - start:
+            raise OSError(f"{self.path}: the base answered {len(data)} bytes for a range "
+                          f"of {end - start}")
+        self.bytes_fetched += len(data)
+        return data
 
     def release_retained(self, slot: Slot) -> None:
         """The ring needs room (see ring.py): a retained slice is uploaded now."""
         assert slot is self._head or slot is self._prev
         self._seal(slot)
 
+    # -- size changes -----------------------------------------------------------------
+
+    def _grow(self, size: int) -> None:
+        """The file grows to ``size``: the slice holding the old end is zero-extended (in
+        its slot, or virtually if untouched); slices wholly past it stay untouched."""
+        old = self.size
+        k = old // self._slice
+        if old % self._slice:
+            slot = self._slot_of(k)
+            new_length = min(self._slice, size - k * self._slice)
+            if slot is not None:
+                _zero(slot.view, slot.length, new_length)
+                slot.length = new_length
+            elif k in self.sent:
+                log.error("%s: cannot grow the file past %d: its last slice was already sent "
+                          "to the store as the last part; EINVAL", self.path, old)
+                raise BackwardWrite(f"growing {self.path} past a sent last slice")
+        self.size = size
+
+    async def truncate(self, size: int) -> bool:
+        """Change the file's length (setattr size). Growth is virtual (zeros). A shrink
+        drops the slots past the end and cuts the one holding it; one that cuts a SENT
+        slice is the keeper of late patches' (``late.truncate``: BackwardWrite unless in
+        temp-key mode). Returns whether SENT slices were dropped (their uploads must settle
+        before the slice could be sent again)."""
+        if size >= self.size:
+            self._check_size(size)
+            self._grow(size)
+            return False
+        k = size // self._slice
+        cut = size - k * self._slice
+        if cut and k in self.sent and self.sent[k] > cut:
+            self.late.truncate(size)
+        for slot in self._slots():
+            if slot.offset >= size:
+                self._drop(slot)
+        slot = self._slot_of(k)
+        if slot is not None and cut:
+            slot.length = min(slot.length, cut)
+            if slot is self._current:
+                self._holes = _clip(self._holes, cut)
+        dropped = [n for n in self.sent if n * self._slice >= size]
+        for n in dropped:
+            del self.sent[n]
+        self.base_end = min(self.base_end, size)
+        self.size = size
+        if size < self._hashed_end:
+            self.rehash = True
+        return bool(dropped)
+
+    def _drop(self, slot: Slot) -> None:
+        if slot is self._current:
+            self._current, self._holes = None, []
+        elif slot is self._prev:
+            self._prev = None
+        else:
+            self._head = None
+        self._ring.release(slot)
+
     # -- sealing ----------------------------------------------------------------------
 
-    def _hash_head(self) -> None:
-        """Hash the first slice before any later one: the hash is in file order."""
-        if not self._head_hashed and self._head is not None:
-            self._hasher.update(self._head.data)
-            self._head_hashed = True
+    def _hash_to(self, offset: int, *, final: bool = False) -> None:
+        """Extend the running hash over ``[_hashed_end, offset)`` if it can (whole slices
+        only while the file is open)."""
+        while self._hashed_end < offset and not self.rehash:
+            k = self._hashed_end // self._slice
+            length = min(self._slice, self.size - k * self._slice)
+            if length < self._slice and not final:
+                return
+            slot = self._slot_of(k)
+            if slot is not None and not (slot is self._current and self._holes):
+                self._hasher.update(slot.data)
+            elif slot is None and k not in self.sent and k * self._slice >= self.base_end:
+                for start in range(0, length, len(_ZEROS)):
+                    self._hasher.update(_ZEROS[: min(len(_ZEROS), length - start)])
+            else:
+                self.rehash = True
+                return
+            self._hashed_end += length
 
     def _seal(self, slot: Slot) -> None:
         """Hand a slot to ``on_sealed``; its bytes are final from here on."""
-        self._hash_head()
+        self._hash_to(slot.offset)
+        if self._hashed_end == slot.offset and not self.rehash:
+            self._hasher.update(slot.data)  # whole, or the file's last slice
+            self._hashed_end += slot.length
+        elif self._hashed_end < slot.offset:
+            self.rehash = True
         if slot is self._head:
             self._head = None
-        else:
-            self._hasher.update(slot.data)
-        self._ring.seal(slot)
-        if slot is self._prev:
+        elif slot is self._prev:
             self._prev = None
-        if slot is self._current:
+        elif slot is self._current:
             self._current = None
-        self._sealed_end = max(self._sealed_end, slot.offset + slot.length)
+        self._ring.seal(slot)
+        self.sent[slot.offset // self._slice] = slot.length
         self.sealed += 1
         self._on_sealed(slot)
 
@@ -188,42 +374,81 @@ class FileSlices:
 
     @property
     def fits_one_object(self) -> bool:
-        """Nothing sealed, and what there is fits one slice: send it by one PutObject."""
-        current = self._current is not None and self._current.length > 0
-        return self.sealed == 0 and self._prev is None and not (self._head is not None
-                                                                and current)
+        """Nothing sealed, and the file fits one slice: send it by one PutObject."""
+        return self.sealed == 0 and self.size <= self._slice
 
-    def take_whole(self) -> tuple[Slot | None, str]:
+    async def take_whole(self) -> tuple[Slot | None, str]:
         """The one slot of a file that :attr:`fits_one_object` (None if the file is empty),
-        taken from the file for the caller to send and release, and the file's xxh3-128."""
+        taken from the file for the caller to send and release, and the file's xxh3-128.
+        An untouched first slice is made now (the base's bytes, then zeros)."""
         assert self.fits_one_object
-        if self._head is not None:
-            if self._current is not None:
-                self._ring.release(self._current)
-            slot, self._current, self._head = self._head, None, None
-            self._ring.claim(slot)
-        else:
-            slot, self._current = self._current, None
-        self._hasher.update(slot.data if slot is not None else b"")
-        return slot, self._hasher.hexdigest()
-
-    def seal_all(self) -> str:
-        """Seal what is left, the first slice last (it is part 1); the file's xxh3-128."""
-        if self._prev is not None:
-            self._seal(self._prev)
-        if self._current is not None:
-            if self._current.length:
-                self._seal(self._current)
-            else:
-                self._ring.release(self._current)
+        slot = self._slot_of(0)
+        if slot is None and self.size:
+            slot = await self._materialize(0)
+        if slot is not None:
+            if slot is self._current and self._holes:
+                holes, self._holes = self._holes, []
+                await self._fill_holes(slot, holes)
+            if slot is self._head:
+                self._head = None
+                self._ring.claim(slot)
+            else:  # the FILLING slot: handed over as it is
                 self._current = None
-        if self._head is not None:
-            self._seal(self._head)
+        for other in self._slots():
+            self._drop(other)
+        hasher = xxhash.xxh3_128(slot.data if slot is not None else b"")
+        return slot, hasher.hexdigest()
+
+    async def seal_all(self) -> str:
+        """Fill and seal what is left, in file order; the file's xxh3-128 (meaningless if
+        :attr:`rehash`). Untouched slices are the caller's (overlay.plan_untouched)."""
+        if self._current is not None and self._holes:
+            holes, self._holes = self._holes, []
+            await self._fill_holes(self._current, holes)
+        # in file order, but the first slice last (part 1 is sent last, as it always was:
+        # the hash has taken it as it stood when the second slice was sealed)
+        for slot in sorted(self._slots(), key=lambda s: (s.offset == 0, s.offset)):
+            if slot.length:
+                self._seal(slot)
+            else:
+                self._drop(slot)
+        self._hash_to(self.size, final=True)
         return self._hasher.hexdigest()
+
+    async def seal_straddling(self, k: int) -> None:
+        """Make untouched slice ``k`` now (the base's end, then zeros) and seal it."""
+        slot = await self._materialize(k)
+        holes, self._holes = self._holes, []
+        await self._fill_holes(slot, holes)
+        self.rehash = True  # made after the slices around it were hashed
+        self._seal(slot)
+
+    @property
+    def count(self) -> int:
+        """Slices of the file now."""
+        return slice_count(self.size, self._slice)
 
     def release_all(self) -> None:
         """The file failed or was abandoned: its unsealed slots go back to the ring."""
-        for slot in (self._current, self._prev, self._head):
-            if slot is not None:
-                self._ring.release(slot)
+        for slot in self._slots():
+            self._ring.release(slot)
         self._current = self._prev = self._head = None
+        self._holes = []
+
+
+def _cut(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``holes`` without ``[start, end)``."""
+    result = []
+    for a, b in holes:
+        if b <= start or a >= end:
+            result.append((a, b))
+            continue
+        if a < start:
+            result.append((a, start))
+        if b > end:
+            result.append((end, b))
+    return result
+
+
+def _clip(holes: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
+    return [(a, min(b, end)) for a, b in holes if a < end]

@@ -48,6 +48,12 @@ class UploadTotals:
     exited non-zero): no object was made (fs/writer_exit.py)."""
     retries_by_reason: Mapping[RetryReason, int]
     """Retried S3 requests per reason."""
+    bytes_copied: int = 0
+    """Bytes copied server-side from the objects files replaced (UploadPartCopy)."""
+    bytes_fetched: int = 0
+    """Bytes read back from the store by uploads: old bytes of objects being changed in
+    place (ranged GETs), and finished objects read back to hash them. (``bytes_uploaded``
+    is what was sent from this machine.)"""
 
 
 @dataclass
@@ -62,6 +68,8 @@ class UploadCounters:
     files_opened: int = 0
     files_abandoned: int = 0
     files_writer_died: int = 0
+    bytes_copied: int = 0
+    bytes_fetched: int = 0
     retries: Counter[tuple[str, RetryReason]] = field(default_factory=Counter)
     """Retries per (operation, reason)."""
 
@@ -80,4 +88,5 @@ class UploadCounters:
             retries=dict(by_operation), files_opened=self.files_opened,
             files_abandoned=self.files_abandoned,
             files_writer_died=self.files_writer_died, retries_by_reason=dict(by_reason),
+            bytes_copied=self.bytes_copied, bytes_fetched=self.bytes_fetched,
         )

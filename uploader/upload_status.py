@@ -51,3 +51,10 @@ class FileUploadStatistics:
     parts_acknowledged: int
     """Multipart parts the store has acknowledged (0 for a file sent by one PutObject)."""
     retries_by_reason: Mapping[RetryReason, int]
+    bytes_sent: int = 0
+    """The cost record: bytes of parts (or the PutObject) uploaded from this machine."""
+    bytes_copied: int = 0
+    """Bytes of the object it replaces copied server-side (UploadPartCopy)."""
+    bytes_fetched: int = 0
+    """Bytes read from the store: the old object's bytes (ranged GETs), and the finished
+    object when it had to be read back to hash it."""

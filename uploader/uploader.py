@@ -27,7 +27,7 @@ from .file_upload import FileUpload
 from .janitor import AbortJanitor
 from .late_patches import LatePatches, PatchBudget
 from .multipart import MultipartSession
-from .prefix import Prefix, plan
+from .overlay import Base
 from .recompose import Recomposer
 from .retry import RetryReason
 from .ring import Ring, RingStatistics, Slot
@@ -72,10 +72,13 @@ class Uploader:
         )
 
     def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None, *,
-                  no_clobber: bool = False, prefix: Prefix | None = None) -> FileUpload:
+                  no_clobber: bool = False, base: Base | None = None) -> FileUpload:
         """A new upload of ``path`` to ``key``; ``no_clobber``: only if the key is free;
-        ``prefix``: the existing object it continues (an append; prefix.py)."""
-        copies = bool(plan(prefix, self.config.slice_size).copy_ranges)
+        ``base``: the existing object it starts from (appends, in-place writes; overlay.py).
+
+        A file over a base of at least one slice may copy parts of it server-side: its
+        session then announces no checksum algorithm (see MultipartSession.copy_part)."""
+        copies = base is not None and base.size >= self.config.slice_size
         session = MultipartSession(
             self.client, key, checksum="md5" if copies else self.config.checksum,
             no_clobber=no_clobber,
@@ -84,7 +87,7 @@ class Uploader:
         upload = FileUpload(
             key, path, metadata, ring=self.ring, session=session, config=self.config,
             counters=self.counters, enqueue=self._enqueue, on_finished=self._finished,
-            prefix=prefix,
+            base=base,
         )
         self.uploads.add(upload)
         self.counters.files_opened += 1

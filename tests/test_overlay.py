@@ -1,0 +1,303 @@
+"""Issue 17, case 1: a file over an existing object (its *base*), written anywhere, resized.
+
+Each test runs an Uploader over the in-memory S3 (tests/support/memory_s3.py) on trio's
+virtual clock, with 5 MiB slices, and checks the object, the requests that made it (untouched
+slices copied or sent as zeros, touched ones fetched and sent, every read of the base pinned to
+its ETag) and the file's cost record (bytes sent, copied, fetched).
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+import xxhash
+
+from chute.uploader.checksums import HASH_TAG
+from chute.uploader.config import UploaderConfig
+from chute.uploader.errors import BackwardWrite, errno_for
+from chute.uploader.file_upload import FileUpload, UploadState
+from chute.uploader.leftovers import MARKER_DIR
+from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched
+from chute.uploader.uploader import Uploader
+from tests.support.memory_s3 import MemoryS3
+from tests.support.memory_uploader import run_uploader
+
+MiB = 1 << 20
+SLICE = 5 * MiB
+BLOCK = 14_480  # the block rsync chose for a 200 MiB file (/tmp/issue17-findings.md)
+
+
+@pytest.fixture
+def store() -> MemoryS3:
+    return MemoryS3()
+
+
+async def run(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]], *,
+              slots: int = 4, **config: object) -> Uploader:
+    return await run_uploader(
+        store, body, UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
+                                    **config),  # type: ignore[arg-type]
+        retry_budget=60, count_retries=True)
+
+
+def data_of(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def put_base(store: MemoryS3, key: str, body: bytes) -> Base:
+    return Base(key, len(body), store.put(key, body).etag)
+
+
+def part_numbers(store: MemoryS3, operation: str) -> list[int]:
+    return sorted(int(r.query["partNumber"]) for r in store.requests
+                  if r.operation == operation)
+
+
+def assert_nothing_left(store: MemoryS3, uploader: Uploader) -> None:
+    assert store.uploads == {}
+    assert store.keys(MARKER_DIR) == []
+    assert uploader.ring.statistics().free == len(uploader.ring.slots)
+
+
+def assert_tagged(store: MemoryS3, key: str) -> None:
+    assert store.objects[key].tags == {HASH_TAG: xxhash.xxh3_128_hexdigest(store.body(key))}
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def test_plan_groups_copies_and_zeroes_what_lies_past_the_base() -> None:
+    s = 10
+    # base of 45 bytes, file grown to 80: slices 0..3 copy (1 touched), 4 straddles, 5..7 zero
+    plan = plan_untouched(80, 45, s, {1})
+    assert plan == UntouchedPlan(copies=((1, 0, 9), (3, 20, 39)), zeros=((6, 10), (7, 10),
+                                                                         (8, 10)),
+                                 straddling=(4,))
+    assert plan.copied_bytes == 30 and plan.part_numbers == {1, 3, 5, 6, 7, 8}
+    # the file's last slice, short and inside the base, is copied with the run before it
+    assert plan_untouched(35, 40, s, set()).copies == ((1, 0, 34),)
+    assert plan_untouched(0, 40, s, set()) == UntouchedPlan()
+
+
+# -- in-place writes --------------------------------------------------------------------------
+
+
+async def test_rsync_inplace_blocks_send_only_the_slices_they_touch(autojump_clock,
+                                                                    store) -> None:
+    """Ten rsync blocks, ascending, one straddling a slice boundary, over a 60 MiB object."""
+    old = data_of(60 * MiB)
+    base = put_base(store, "big", old)
+    offsets = [0, 6 * MiB, 2 * SLICE - BLOCK // 2, 17 * MiB, 23 * MiB, 31 * MiB, 38 * MiB,
+               44 * MiB, 52 * MiB, 60 * MiB - BLOCK]
+    new = bytearray(old)
+    for i, at in enumerate(offsets):
+        new[at : at + BLOCK] = data_of(BLOCK, seed=100 + i)
+    record = []
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("big", "/big", base=base)
+        for at in offsets:
+            await upload.write(at, bytes(new[at : at + BLOCK]))
+        assert store.body("big") == old  # untouched until Complete
+        await upload.truncate(len(old))  # rsync's ftruncate to the same size
+        await upload.finalize()
+        record.append(upload.statistics())
+
+    uploader = await run(store, body)
+    assert store.body("big") == bytes(new)
+    assert_tagged(store, "big")
+    touched = {at // SLICE for at in offsets} | {(at + BLOCK - 1) // SLICE for at in offsets}
+    assert part_numbers(store, "UploadPart") == sorted(k + 1 for k in touched)
+    copies = [r for r in store.requests if r.operation == "UploadPartCopy"]
+    assert copies and all(r.headers["x-amz-copy-source-if-match"] == f'"{base.etag}"'
+                          for r in copies)
+    gets = [r for r in store.requests if r.operation == "GetObject" and r.key == "big"
+            and "if-match" in r.headers]
+    assert gets and all(r.headers["if-match"] == f'"{base.etag}"' for r in gets)
+    (stats,) = record
+    assert stats.bytes_sent == len(touched) * SLICE <= 2 * len(offsets) * SLICE
+    assert stats.bytes_copied == len(old) - len(touched) * SLICE
+    # the touched slices' old bytes, then the object read back for its hash
+    assert stats.bytes_fetched == len(touched) * SLICE - len(offsets) * BLOCK + len(old)
+    totals = uploader.statistics().totals
+    assert (totals.bytes_uploaded, totals.bytes_copied, totals.bytes_fetched) == (
+        stats.bytes_sent, stats.bytes_copied, stats.bytes_fetched)
+    assert_nothing_left(store, uploader)
+
+
+async def test_a_sequential_rewrite_from_zero_reads_nothing_back(autojump_clock,
+                                                                 store) -> None:
+    """rsync --inplace whole-file: every slice is covered by writes, none is fetched."""
+    base = put_base(store, "f", data_of(12 * MiB))
+    new = data_of(12 * MiB, seed=2)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for at in range(0, len(new), 256 * 1024):
+            await upload.write(at, new[at : at + 256 * 1024])
+        await upload.truncate(len(new))
+        await upload.finalize()
+        assert (upload.bytes_copied, upload.bytes_fetched) == (0, 0)
+
+    uploader = await run(store, body)
+    assert store.body("f") == new
+    assert_tagged(store, "f")
+    assert "GetObject" not in store.operations() and "UploadPartCopy" not in store.operations()
+    assert_nothing_left(store, uploader)
+
+
+async def test_a_write_far_past_a_base_straddles_zeroes_and_writes(autojump_clock,
+                                                                   store) -> None:
+    old = data_of(7 * MiB)
+    base = put_base(store, "f", old)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        await upload.write(21 * MiB, b"tail")
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("f") == old + bytes(14 * MiB) + b"tail"
+    assert_tagged(store, "f")
+    assert part_numbers(store, "UploadPartCopy") == [1]
+    assert part_numbers(store, "UploadPart") == [2, 3, 4, 5]  # straddling, zeros, written
+    assert_nothing_left(store, uploader)
+
+
+async def test_a_write_into_a_sent_slice_is_einval_without_temp_key(autojump_clock,
+                                                                    store) -> None:
+    base = put_base(store, "f", data_of(30 * MiB))
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for k in (1, 2, 3):  # materializing slice 3 seals slice 1
+            await upload.write(k * SLICE + 5, b"x")
+        with pytest.raises(BackwardWrite) as caught:
+            await upload.write(SLICE + 9, b"late")
+        assert errno_for(caught.value) == errno.EINVAL
+        assert upload.state is UploadState.FAILED
+
+    uploader = await run(store, body)
+    assert store.body("f") == data_of(30 * MiB)
+    assert_nothing_left(store, uploader)
+
+
+# -- resizing ---------------------------------------------------------------------------------
+
+
+async def test_ftruncate_growth_is_zero_parts_not_streamed(autojump_clock, store) -> None:
+    """qemu-img's create phase: a new file grown to its full size, then closed."""
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("img", "/img")
+        await upload.write(0, b"0123456789")
+        await upload.truncate(23 * MiB)
+        assert upload.size == 23 * MiB
+        assert uploader.ring.statistics().free == len(uploader.ring.slots) - 1
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("img") == b"0123456789" + bytes(23 * MiB - 10)
+    assert_tagged(store, "img")  # hashed in file order: zeros included, no read-back
+    assert "GetObject" not in store.operations()
+    assert part_numbers(store, "UploadPart") == [1, 2, 3, 4, 5]
+    assert_nothing_left(store, uploader)
+
+
+async def test_writes_after_growth_land_in_the_middle(autojump_clock, store) -> None:
+    """qemu-img's write phase into a grown file: sparse, ascending, never a backward write."""
+    expected = bytearray(40 * MiB)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("raw", "/raw")
+        await upload.truncate(len(expected))
+        for at, size in ((0, MiB), (10 * MiB, 2 * MiB), (33 * MiB, MiB),
+                         (40 * MiB - 65536, 65536)):
+            chunk = data_of(size, seed=at)
+            expected[at : at + size] = chunk
+            await upload.write(at, chunk)
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("raw") == bytes(expected)
+    assert_tagged(store, "raw")
+    assert "GetObject" not in store.operations()
+    assert_nothing_left(store, uploader)
+
+
+async def test_shrink_into_a_sent_slice_is_refused_and_the_upload_goes_on(autojump_clock,
+                                                                         store) -> None:
+    data = data_of(4 * SLICE + 7)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f")
+        await upload.write(0, data)  # slices 1 and 2 sent, 3 retained, 4 filling
+        await upload.wait_acknowledged()
+        with pytest.raises(BackwardWrite):
+            await upload.truncate(SLICE + 50)  # into sent slice 1
+        assert upload.state is UploadState.OPEN
+        await upload.truncate(3 * SLICE + 100)  # cuts the retained slice 3, drops 4
+        await upload.truncate(3 * SLICE)  # exactly at slice 3's start: drops it
+        await upload.truncate(3 * SLICE + 10)  # grows again: zeros, not the old bytes
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("f") == data[: 3 * SLICE] + bytes(10)
+    assert_tagged(store, "f")
+    assert_nothing_left(store, uploader)
+
+
+async def test_a_base_cut_without_writes_is_copied_or_put(autojump_clock, store) -> None:
+    old = data_of(12 * MiB)
+    base = put_base(store, "a", old)
+    base_b = put_base(store, "b", old)
+
+    async def body(uploader: Uploader) -> None:
+        a = uploader.open_file("a", "/a", base=base)
+        await a.truncate(7 * MiB)  # two copy parts, no byte through the ring
+        await a.finalize()
+        b = uploader.open_file("b", "/b", base=base_b)
+        await b.truncate(3 * MiB)  # one slice: fetched and put
+        await b.finalize()
+        assert (a.bytes_sent, a.bytes_copied) == (0, 7 * MiB)
+        assert (b.bytes_sent, b.bytes_copied) == (3 * MiB, 0)
+
+    uploader = await run(store, body)
+    assert store.body("a") == old[: 7 * MiB] and store.body("b") == old[: 3 * MiB]
+    assert_tagged(store, "a") and assert_tagged(store, "b")  # type: ignore[func-returns-value]
+    assert_nothing_left(store, uploader)
+
+
+async def test_an_unchanged_reopen_and_a_same_size_truncate_send_nothing(autojump_clock,
+                                                                         store) -> None:
+    """rsync's second run: open without O_TRUNC, ftruncate to the same size, close."""
+    base = put_base(store, "f", data_of(12 * MiB))
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        await upload.truncate(12 * MiB)
+        await upload.finalize()
+        assert upload.unchanged and upload.etag == base.etag
+
+    await run(store, body)
+    assert store.operations() == []
+
+
+@pytest.mark.parametrize("cut", [0, SLICE])
+async def test_a_file_cut_after_parts_were_sent(autojump_clock, store, cut) -> None:
+    data = data_of(3 * SLICE + 1)
+
+    async def body(uploader: Uploader) -> None:
+        upload: FileUpload = uploader.open_file("f", "/f")
+        await upload.write(0, data)  # slice 1 sent (the upload created), 0 and 2 retained
+        await upload.wait_acknowledged()
+        await upload.truncate(cut)  # drops slice 1's part: slice 0 at most is left
+        await upload.write(cut, b"!")  # and grows again by a written byte
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("f") == data[:cut] + b"!"
+    assert_tagged(store, "f")
+    assert_nothing_left(store, uploader)
