@@ -104,7 +104,8 @@ class HandleTable:
         node = self.ns.attach(self.ns.record(parent, name, False, size=0,
                                              mode=stat.S_IMODE(mode), mtime_ns=time.time_ns()))
         try:
-            return self._start_upload(node, pid, append=bool(flags & os.O_APPEND)), node
+            return self._start_upload(node, pid, append=bool(flags & os.O_APPEND),
+                                      rdwr=_rdwr(flags)), node
         except BaseException:
             self.ns.prune(node)
             raise
@@ -124,17 +125,17 @@ class HandleTable:
             self.objects.refuse_if_no_overwrite(node)
         elif not flags & os.O_TRUNC:
             raise Refused(errno.EBUSY, "%r is being finished by its last close", path)
-        append = bool(flags & os.O_APPEND)
+        append, rdwr = bool(flags & os.O_APPEND), _rdwr(flags)
         if flags & os.O_TRUNC or upload is not None or node.size == 0:
-            return self._start_upload(node, pid, append=append)
+            return self._start_upload(node, pid, append=append, rdwr=rdwr)
         await self.objects.lookups.refresh(node)  # the ETag and size the copy is pinned to
         if node.size == 0 or node.upload is not None:
-            return self._start_upload(node, pid, append=append)
+            return self._start_upload(node, pid, append=append, rdwr=rdwr)
         return self._start_upload(node, pid, Base(self.ns.key(node), node.size, node.etag),
-                                  append=append)
+                                  append=append, rdwr=rdwr)
 
     def _start_upload(self, node: Node, pid: int, base: Base | None = None, *,
-                      append: bool = False) -> int:
+                      append: bool = False, rdwr: bool = False) -> int:
         if node.upload is not None and node.upload.state is UploadState.OPEN:
             raise Refused(errno.EBUSY, "%r is already open for writing; chute takes one "
                           "writer per file", self.ns.path(node))
@@ -144,7 +145,7 @@ class HandleTable:
         node.needs_head = False
         node.upload = self.uploader.open_file(
             self.ns.key(node), self.ns.path(node), metadata.chute_metadata(node),
-            no_clobber=self.objects.policy.no_overwrite, base=base)
+            no_clobber=self.objects.policy.no_overwrite, base=base, opened_rdwr=rdwr)
         node.local = True
         return self._new_handle(node, pid, append)
 
@@ -329,6 +330,11 @@ class HandleTable:
 
     def release_dir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+
+
+def _rdwr(flags: int) -> bool:
+    """Opened O_RDWR (``--patch-back auto`` makes such a file's upload at a temporary key)."""
+    return flags & os.O_ACCMODE == os.O_RDWR
 
 
 def _chmod_or_utimens_made(node: Node) -> bool:

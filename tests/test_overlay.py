@@ -17,7 +17,7 @@ import xxhash
 
 from chute.uploader.checksums import HASH_TAG
 from chute.uploader.config import UploaderConfig
-from chute.uploader.errors import BackwardWrite, errno_for
+from chute.uploader.errors import BackwardWrite, TruncateRefused, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
 from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched
@@ -175,6 +175,7 @@ async def test_a_write_into_a_sent_slice_is_einval_without_temp_key(autojump_clo
         upload = uploader.open_file("f", "/f", base=base)
         for k in (1, 2, 3):  # materializing slice 3 seals slice 1
             await upload.write(k * SLICE + 5, b"x")
+        await upload.wait_acknowledged()  # its upload was created at the key
         with pytest.raises(BackwardWrite) as caught:
             await upload.write(SLICE + 9, b"late")
         assert errno_for(caught.value) == errno.EINVAL
@@ -182,6 +183,27 @@ async def test_a_write_into_a_sent_slice_is_einval_without_temp_key(autojump_clo
 
     uploader = await run(store, body)
     assert store.body("f") == data_of(30 * MiB)
+    assert_nothing_left(store, uploader)
+
+
+async def test_with_patch_back_always_a_late_patch_lands(autojump_clock, store) -> None:
+    """Case 2's wiring: the upload is made at a temporary key and recomposed at close."""
+    old = data_of(30 * MiB)
+    base = put_base(store, "f", old)
+    new = bytearray(old)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for at in (SLICE + 5, 2 * SLICE + 5, 3 * SLICE + 5, SLICE + 9, 29 * MiB):
+            await upload.write(at, b"xy")
+            new[at : at + 2] = b"xy"
+        await upload.finalize()
+        assert upload.bytes_copied > 0 and upload.bytes_fetched > 0
+
+    uploader = await run(store, body, patch_back="always")
+    assert store.body("f") == bytes(new)
+    assert_tagged(store, "f")
+    assert store.keys() == ["f"]
     assert_nothing_left(store, uploader)
 
 
@@ -235,8 +257,9 @@ async def test_shrink_into_a_sent_slice_is_refused_and_the_upload_goes_on(autoju
         upload = uploader.open_file("f", "/f")
         await upload.write(0, data)  # slices 1 and 2 sent, 3 retained, 4 filling
         await upload.wait_acknowledged()
-        with pytest.raises(BackwardWrite):
+        with pytest.raises(TruncateRefused) as caught:
             await upload.truncate(SLICE + 50)  # into sent slice 1
+        assert errno_for(caught.value) == errno.EOPNOTSUPP
         assert upload.state is UploadState.OPEN
         await upload.truncate(3 * SLICE + 100)  # cuts the retained slice 3, drops 4
         await upload.truncate(3 * SLICE)  # exactly at slice 3's start: drops it

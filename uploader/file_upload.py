@@ -44,15 +44,17 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from . import overlay
+from .commit import Commit
 from .config import UploaderConfig
 from .errors import ChuteError, ObjectExists, UploadFailed
+from .late_patches import LatePatches
 from .multipart import MultipartSession
 from .overlay import Base
+from .recompose import Recomposer
 from .ring import Ring, Slot
-from .slices import FileSlices, LatePatchesLike
+from .slices import FileSlices
 from .statistics import UploadCounters
-from .upload_status import FileUploadStatistics, UploadState
+from .upload_status import FileUploadStatistics, UploadCost, UploadState
 
 __all__ = ["FileUpload", "FileUploadStatistics", "UploadState"]
 
@@ -67,11 +69,13 @@ class FileUpload:
                  counters: UploadCounters,
                  enqueue: Callable[[FileUpload, Slot], None],
                  on_finished: Callable[[FileUpload], None],
-                 base: Base | None = None, late: LatePatchesLike | None = None) -> None:
+                 base: Base | None = None, late: LatePatches | None = None,
+                 recomposer: Recomposer | None = None) -> None:
         """``enqueue(upload, slot)`` hands a sealed slot to the upload workers, which call
         :meth:`send_part`; ``on_finished(upload)`` is called once, at DONE, FAILED or
         ABORTED. ``base``: the existing object this file starts from (overlay.py);
-        ``late``: the keeper of writes into slices already sent (default: refused)."""
+        ``late``: the keeper of writes into slices already sent (late_patches.py; none:
+        refused), with ``recomposer`` making an upload at a temporary key the object."""
         self.key = key
         self.path = path
         self.metadata = dict(metadata or {})
@@ -79,12 +83,8 @@ class FileUpload:
         self.state = UploadState.OPEN
         self.bytes_acked = 0
         """Bytes the store has acknowledged."""
-        self.bytes_sent = 0
-        """Bytes of parts (or of the PutObject) uploaded from this machine."""
-        self.bytes_copied = 0
-        """Bytes of the base copied server-side (UploadPartCopy)."""
-        self.bytes_read_back = 0
-        """Bytes of the finished object read back to hash it."""
+        self.cost = UploadCost()
+        """What making the object took: sent, copied server-side, read back."""
         self.parts_in_flight = 0
         self.started = trio.current_time()
         self.finished: float | None = None
@@ -100,6 +100,8 @@ class FileUpload:
         self._enqueue = enqueue
         self._on_finished = on_finished
         self._base = base
+        self._late = late
+        self._recomposer = recomposer if late is not None else None
         self._changed = False
         """Written or resized since the open."""
         self.unchanged = False
@@ -110,6 +112,10 @@ class FileUpload:
         self._slices = FileSlices(ring, path, self._sealed,
                                   base_size=base.size if base is not None else 0,
                                   fetch=self._fetch_base, late=late)
+        self._commit = Commit(path, key, slices=self._slices, session=session, ring=ring,
+                              config=config, counters=counters, cost=self.cost, base=base,
+                              late=late, recomposer=self._recomposer, create=self._create,
+                              settle=self._settle, failed=lambda: self.error is not None)
         self._lock = trio.Lock()
         self._idle = trio.Event()
         self._idle.set()
@@ -122,10 +128,20 @@ class FileUpload:
         return self._slices.size
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes of parts (or of the PutObject) uploaded from this machine."""
+        return self.cost.sent
+
+    @property
+    def bytes_copied(self) -> int:
+        """Bytes copied server-side (from the object it replaces, or its temporary one)."""
+        return self.cost.copied
+
+    @property
     def bytes_fetched(self) -> int:
-        """Bytes read from the store: the base's old bytes (ranged GETs) and the finished
-        object when its hash had to be computed by reading it back."""
-        return self._slices.bytes_fetched + self.bytes_read_back
+        """Bytes read from the store: the base's old bytes (ranged GETs), and objects read
+        back (a temporary one; the finished one to hash it)."""
+        return self._slices.bytes_fetched + self.cost.fetched
 
     @property
     def unlinked_while_open(self) -> bool:
@@ -221,9 +237,12 @@ class FileUpload:
                     UploadState.FAILED, UploadState.ABORTED):
                 return
             self._ring.start_upload(slot)
-            await self._session.create(self.metadata)
+            await self._create()
             await self._session.upload_part(slot.part_number, slot.data)
-            self._count_sent(slot.length)
+            self.bytes_acked += slot.length
+            self.cost.sent += slot.length
+            self._counters.bytes_uploaded += slot.length
+            self._counters.parts += 1
         except Exception as exc:
             self._record_failure(exc)
         finally:
@@ -232,11 +251,12 @@ class FileUpload:
             if self.parts_in_flight == 0:
                 self._idle.set()
 
-    def _count_sent(self, n: int, *, part: bool = True) -> None:
-        self.bytes_acked += n
-        self.bytes_sent += n
-        self._counters.bytes_uploaded += n
-        self._counters.parts += part
+    async def _create(self) -> None:
+        """The multipart upload, created at the first call: at a temporary key if its late
+        patches want one (recompose.py decides, at this first Create)."""
+        if self._recomposer is not None and self._late is not None:
+            self._recomposer.prepare(self._session, self._late)
+        await self._session.create(self.metadata)
 
     def _record_failure(self, exc: BaseException) -> None:
         if self.error is None:
@@ -244,6 +264,12 @@ class FileUpload:
             log.error("%s: upload failed: %s", self.path, exc)
 
     # -- completion -------------------------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Every part sent is acknowledged; raise the upload's error if it failed."""
+        await self._idle.wait()
+        if self.error is not None:
+            raise self.error
 
     async def wait_acknowledged(self) -> None:
         """fsync: wait until every sealed slice is acknowledged; report a failure."""
@@ -271,15 +297,18 @@ class FileUpload:
             self.state = UploadState.FINALIZING
             try:
                 if self._slices.fits_one_object:
-                    await self._put_whole()
+                    self.etag, self.xxh3_128 = await self._commit.put_whole(self.metadata)
                 else:
-                    await self._complete()
+                    self.etag, self.xxh3_128 = await self._commit.complete()
+                self.bytes_acked = self.size
             except ObjectExists as exc:
                 await self._fail(exc)
                 raise
             except Exception as exc:
                 await self._fail(exc)
                 raise UploadFailed(f"upload of {self.path} failed: {exc}") from exc
+            if self._late is not None:
+                self._late.release()
             self.state = UploadState.DONE
             self.finished = trio.current_time()
             self._log_finished()
@@ -289,7 +318,7 @@ class FileUpload:
         assert self.finished is not None
         elapsed = max(self.finished - self.started, 1e-9)
         cost = ""
-        if self.bytes_copied or self.bytes_fetched:
+        if self.bytes_copied or self.bytes_fetched:  # the cost of an in-place change
             cost = (f"; {self.bytes_sent} bytes sent, {self.bytes_copied} copied server-side, "
                     f"{self.bytes_fetched} re-read")
         log.info(
@@ -307,69 +336,6 @@ class FileUpload:
         self.state = UploadState.DONE
         self.finished = trio.current_time()
         self._on_finished(self)
-
-    async def _put_whole(self) -> None:
-        """The file fits one slice: one PutObject (slices cut off meanwhile are dropped)."""
-        slot, self.xxh3_128 = await self._slices.take_whole()
-        try:
-            body = slot.data if slot is not None else b""
-            self.etag = await self._session.put(body, self.metadata, self.xxh3_128)
-        finally:
-            if slot is not None:
-                self._ring.release(slot)
-        self._count_sent(self.size, part=False)
-        if self._slices.sealed:  # parts of slices a shrink cut off: their upload goes
-            await self._idle.wait()
-            await self._session.abort()
-
-    async def _complete(self) -> None:
-        slices = self._slices
-        xxh3_128 = await slices.seal_all()
-        plan = overlay.plan_untouched(slices.size, slices.base_end, self._config.slice_size,
-                                      slices.touched)
-        await self._session.create(self.metadata)
-        for k in plan.straddling:
-            await slices.seal_straddling(k)
-        failed = lambda: self.error is not None  # noqa: E731
-        if plan.copies:
-            assert self._base is not None
-            await overlay.copy_parts(plan, self._base, self._session, failed)
-            self.bytes_copied += plan.copied_bytes
-            self._counters.bytes_copied += plan.copied_bytes
-        if plan.zeros:
-            await self._send_zeros(plan, failed)
-        await self._idle.wait()
-        if self.error is not None:
-            raise self.error
-        parts = {k + 1 for k in slices.sent} | plan.part_numbers
-        self.xxh3_128 = xxh3_128
-        self.etag = await self._session.complete(self.size, parts)
-        try:
-            if slices.rehash:
-                log.info("%s: %s; reading the object back to record its xxh3-128", self.path,
-                         "parts of it were copied server-side from the object it replaces"
-                         if plan.copies else "it was not written in file order")
-                self.xxh3_128 = await self._session.read_back_hash(
-                    self.size, self._config.slice_size)
-                self.bytes_read_back += self.size
-                self._counters.bytes_fetched += self.size
-            await self._session.tag(self.xxh3_128)
-        except Exception as exc:
-            log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
-                        self.path, exc)
-
-    async def _send_zeros(self, plan: overlay.UntouchedPlan, failed: Callable[[], bool]
-                          ) -> None:
-        """The zero parts, from one ring slot zeroed once (a few sent at a time)."""
-        slot = await self._ring.acquire(self)
-        try:
-            zeros = overlay.zeroed(slot)
-            sent = await overlay.send_zero_parts(plan, zeros, self._session, failed,
-                                                 self._config.upload_concurrency)
-            self._count_sent(sent, part=False)
-            self._counters.parts += len(plan.zeros)
-        finally:
-            self._ring.release(slot)
 
     # -- failure ----------------------------------------------------------------------
 
@@ -406,6 +372,8 @@ class FileUpload:
 
     async def _discard(self) -> None:
         self._slices.release_all()
+        if self._late is not None:
+            self._late.release()
         with trio.CancelScope(shield=True):
             if self._session.upload_id is not None:
                 with trio.move_on_after(self._config.stall_timeout):

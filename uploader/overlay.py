@@ -37,7 +37,7 @@ import trio
 
 from .copy import COPY_PART_BYTES
 from .multipart import MultipartSession
-from .ring import Slot
+from .ring import Ring, Slot
 
 _ZEROS = bytes(1024 * 1024)
 
@@ -119,6 +119,33 @@ def plan_untouched(size: int, base_end: int, slice_size: int, touched: Collectio
     return UntouchedPlan(tuple(copies), tuple(zeros), tuple(straddling))
 
 
+async def send_untouched(plan: UntouchedPlan, base: Base | None, session: MultipartSession,
+                         ring: Ring, concurrency: int, failed: Callable[[], bool]
+                         ) -> tuple[int, int]:
+    """The copies, then the zero parts (from one ring slot taken for the while, zeroed once)
+    of ``plan`` (the session's upload created); bytes copied and bytes sent."""
+    if plan.copies:
+        assert base is not None
+        await copy_parts(plan, base, session, failed)
+    if not plan.zeros:
+        return plan.copied_bytes, 0
+    slot = await ring.acquire(_ZeroSender())
+    try:
+        sent = await send_zero_parts(plan, zeroed(slot), session, failed, concurrency)
+    finally:
+        ring.release(slot)
+    return plan.copied_bytes, sent
+
+
+class _ZeroSender:
+    """The owner of the slot zero parts are sent from (never retained)."""
+
+    path = "(zero parts)"
+
+    def release_retained(self, slot: Slot) -> None:  # pragma: no cover - never retained
+        raise AssertionError("a zero slot is never retained")
+
+
 async def copy_parts(plan: UntouchedPlan, base: Base, session: MultipartSession,
                      failed: Callable[[], bool]) -> None:
     """UploadPartCopy of every copied range (the session's upload created), in order, each
@@ -129,13 +156,37 @@ async def copy_parts(plan: UntouchedPlan, base: Base, session: MultipartSession,
         await session.copy_part(number, base.key, first, last, base.etag)
 
 
-def zeroed(slot: Slot) -> memoryview:
-    """The slot's whole capacity, zeroed (in 1 MiB steps: no slice-sized allocation)."""
-    view = slot.view
-    for start in range(0, len(view), len(_ZEROS)):
-        n = min(len(_ZEROS), len(view) - start)
+def zero_range(view: memoryview, start: int, end: int) -> None:
+    """Zero ``view[start:end]`` in 1 MiB steps (no slice-sized allocation)."""
+    while start < end:
+        n = min(end - start, len(_ZEROS))
         view[start : start + n] = _ZEROS[:n]
-    return view
+        start += n
+
+
+def zeroed(slot: Slot) -> memoryview:
+    """The slot's whole capacity, zeroed."""
+    zero_range(slot.view, 0, len(slot.view))
+    return slot.view
+
+
+def without(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The ranges ``holes`` (in order, disjoint) less ``[start, end)``."""
+    result = []
+    for a, b in holes:
+        if b <= start or a >= end:
+            result.append((a, b))
+            continue
+        if a < start:
+            result.append((a, start))
+        if b > end:
+            result.append((end, b))
+    return result
+
+
+def clipped(holes: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
+    """The ranges ``holes`` cut at ``end``."""
+    return [(a, min(b, end)) for a, b in holes if a < end]
 
 
 async def send_zero_parts(plan: UntouchedPlan, zeros: memoryview, session: MultipartSession,

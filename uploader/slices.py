@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import xxhash
 
 from .errors import BackwardWrite, FileTooLarge
-from .overlay import slice_count
+from .late_refused import LatePatchesLike, NoLatePatches
+from .overlay import clipped, slice_count, without, zero_range
 from .ring import Ring, Slot
 from .sizes import MAX_PARTS, format_size
 
@@ -51,53 +51,6 @@ _ZEROS = bytes(1024 * 1024)
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 """Bytes ``first..last`` (inclusive) of the base, pinned to its ETag."""
-
-
-class LatePatchesLike(Protocol):
-    """What a file needs of the keeper of its late patches (writes into SENT slices)."""
-
-    enabled: bool
-    """Temp-key mode: late patches are kept and applied at close."""
-
-    def add(self, offset: int, data: bytes | memoryview) -> None:
-        """Keep ``data`` at ``offset``, or raise (BackwardWrite, a budget error)."""
-
-    def truncate(self, size: int) -> None:
-        """The file was cut inside a SENT slice; raise BackwardWrite if that cannot be kept."""
-
-
-class NoLatePatches:
-    """Late patches refused: a write into bytes already sent is EINVAL (today's rule)."""
-
-    enabled = False
-    pending = False
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def add(self, offset: int, data: bytes | memoryview) -> None:
-        log.error(
-            "%s: write at offset %d..%d goes back into bytes already sent to the store (only "
-            "the first and the two latest written slices are kept while the ring has room); "
-            "this upload was not made at a temporary key (--patch-back): EINVAL, upload "
-            "aborted", self.path, offset, offset + len(data))
-        raise BackwardWrite(f"backward write at {offset} into sent data of {self.path}")
-
-    def truncate(self, size: int) -> None:
-        log.error("%s: cannot cut the file to %d bytes: that slice was already sent to the "
-                  "store and this upload was not made at a temporary key (--patch-back)",
-                  self.path, size)
-        raise BackwardWrite(f"truncate of {self.path} to {size} into sent data")
-
-    def release(self) -> None:
-        pass
-
-
-def _zero(view: memoryview, start: int, end: int) -> None:
-    while start < end:
-        n = min(end - start, len(_ZEROS))
-        view[start : start + n] = _ZEROS[:n]
-        start += n
 
 
 class FileSlices:
@@ -188,7 +141,11 @@ class FileSlices:
                 self.rehash = True
                 self.size = max(self.size, at + len(data))
                 return
+            if self._current is not None and at < self._current.offset:
+                self.late.note_backward_write()
             slot = await self._materialize(k)
+        elif slot is not self._current:
+            self.late.note_backward_write()  # back into a retained slice (a header patch)
         start = at - slot.offset
         end = start + len(data)
         assert start <= slot.length, "a slice's slot always reaches the file's end"
@@ -201,7 +158,7 @@ class FileSlices:
             self.rehash = True
         if slot is self._current:
             if self._holes:
-                self._holes = _cut(self._holes, start, end)
+                self._holes = without(self._holes, start, end)
             if end == self._slice:  # the writer reached the slice's end: it moves on
                 await self._demote()
 
@@ -224,7 +181,7 @@ class FileSlices:
         slot.part_number = k + 1
         length = max(0, min(self._slice, self.size - low))
         from_base = max(0, min(self._slice, self.base_end - low))
-        _zero(slot.view, from_base, length)
+        zero_range(slot.view, from_base, length)
         slot.length = length
         self._holes = [(0, from_base)] if from_base else []
         self._current = slot
@@ -282,7 +239,7 @@ class FileSlices:
             slot = self._slot_of(k)
             new_length = min(self._slice, size - k * self._slice)
             if slot is not None:
-                _zero(slot.view, slot.length, new_length)
+                zero_range(slot.view, slot.length, new_length)
                 slot.length = new_length
             elif k in self.sent:
                 log.error("%s: cannot grow the file past %d: its last slice was already sent "
@@ -302,8 +259,7 @@ class FileSlices:
             return False
         k = size // self._slice
         cut = size - k * self._slice
-        if cut and k in self.sent and self.sent[k] > cut:
-            self.late.truncate(size)
+        self.late.truncate(size, into_sent=bool(cut) and self.sent.get(k, 0) > cut)
         for slot in self._slots():
             if slot.offset >= size:
                 self._drop(slot)
@@ -311,7 +267,7 @@ class FileSlices:
         if slot is not None and cut:
             slot.length = min(slot.length, cut)
             if slot is self._current:
-                self._holes = _clip(self._holes, cut)
+                self._holes = clipped(self._holes, cut)
         dropped = [n for n in self.sent if n * self._slice >= size]
         for n in dropped:
             del self.sent[n]
@@ -374,8 +330,8 @@ class FileSlices:
 
     @property
     def fits_one_object(self) -> bool:
-        """Nothing sealed, and the file fits one slice: send it by one PutObject."""
-        return self.sealed == 0 and self.size <= self._slice
+        """Nothing sealed and the file fits one slice, or it is empty: one PutObject."""
+        return self.size == 0 or (self.sealed == 0 and self.size <= self._slice)
 
     async def take_whole(self) -> tuple[Slot | None, str]:
         """The one slot of a file that :attr:`fits_one_object` (None if the file is empty),
@@ -435,20 +391,3 @@ class FileSlices:
         self._current = self._prev = self._head = None
         self._holes = []
 
-
-def _cut(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    """``holes`` without ``[start, end)``."""
-    result = []
-    for a, b in holes:
-        if b <= start or a >= end:
-            result.append((a, b))
-            continue
-        if a < start:
-            result.append((a, start))
-        if b > end:
-            result.append((end, b))
-    return result
-
-
-def _clip(holes: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
-    return [(a, min(b, end)) for a, b in holes if a < end]

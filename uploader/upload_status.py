@@ -19,6 +19,21 @@ from dataclasses import dataclass
 from .retry import RetryReason
 
 
+@dataclass
+class UploadCost:
+    """One file's cost record, kept while it is made (mutable, the file upload's own; its
+    snapshot is in :class:`FileUploadStatistics`)."""
+
+    sent: int = 0
+    """Bytes of parts (or of the PutObject) uploaded from this machine."""
+    copied: int = 0
+    """Bytes copied server-side (UploadPartCopy of the object it replaces, or of its
+    temporary object)."""
+    fetched: int = 0
+    """Bytes read back from the store (of a temporary object, or the finished object to hash
+    it); the old object's bytes fetched into slices are counted by slices.py."""
+
+
 class UploadState(enum.Enum):
     OPEN = "open"
     FINALIZING = "finalizing"

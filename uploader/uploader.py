@@ -72,9 +72,12 @@ class Uploader:
         )
 
     def open_file(self, key: str, path: str, metadata: dict[str, str] | None = None, *,
-                  no_clobber: bool = False, base: Base | None = None) -> FileUpload:
+                  no_clobber: bool = False, base: Base | None = None,
+                  opened_rdwr: bool = False) -> FileUpload:
         """A new upload of ``path`` to ``key``; ``no_clobber``: only if the key is free;
-        ``base``: the existing object it starts from (appends, in-place writes; overlay.py).
+        ``base``: the existing object it starts from (appends, in-place writes; overlay.py);
+        ``opened_rdwr``: opened O_RDWR (``--patch-back auto`` then makes it at a temporary
+        key, so that writes far back can land: late_patches.py).
 
         A file over a base of at least one slice may copy parts of it server-side: its
         session then announces no checksum algorithm (see MultipartSession.copy_part)."""
@@ -87,7 +90,8 @@ class Uploader:
         upload = FileUpload(
             key, path, metadata, ring=self.ring, session=session, config=self.config,
             counters=self.counters, enqueue=self._enqueue, on_finished=self._finished,
-            base=base,
+            base=base, late=self.late_patches(path, opened_rdwr=opened_rdwr),
+            recomposer=self.recomposer,
         )
         self.uploads.add(upload)
         self.counters.files_opened += 1
