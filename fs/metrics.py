@@ -78,6 +78,10 @@ class _UploaderCollector(Collector):
             ("chute_bytes_written", "Bytes received from writers", totals.bytes_written),
             ("chute_bytes_uploaded", "Bytes acknowledged by the store", totals.bytes_uploaded),
             ("chute_parts_uploaded", "Multipart parts acknowledged by the store", totals.parts),
+            ("chute_bytes_copied", "Bytes copied server-side from objects changed in place",
+             totals.bytes_copied),
+            ("chute_bytes_fetched", "Bytes uploads read back from the store (old bytes of "
+             "objects changed in place, objects read back to hash them)", totals.bytes_fetched),
             ("chute_files_opened", "Files opened for writing", totals.files_opened),
             ("chute_files_uploaded", "Files whose object is complete", totals.files_done),
             ("chute_upload_failures", "Uploads that failed (the writer got an error)",

@@ -114,6 +114,9 @@ def _files(status: MountStatus, width: int) -> RenderableType:
             f"received {format_size(received)} · acknowledged {format_size(acked)} · "
             f"{f.parts_in_flight} parts in flight · {_rate(f.throughput_bps)} · "
             f"{_duration(f.seconds)} elapsed · {f.retries} retries"
+            + (f" · sent {format_size(f.bytes_sent)}, copied server-side "
+               f"{format_size(f.bytes_copied)}, re-read {format_size(f.bytes_fetched)}"
+               if f.bytes_copied or f.bytes_fetched else "")
             + (f" · {printable(f.error)}" if f.error else "")
         ), (0, 0, 0, 2)))
     return Group(*blocks)
@@ -126,6 +129,9 @@ def _totals(status: MountStatus) -> RenderableType:
         f"since mount: {totals.files_done} files uploaded, "
         f"{format_size(totals.bytes_uploaded)} acknowledged in {totals.parts} parts, "
         f"{totals.failures} failures, retries: {retries or 'none'}"
+        + (f"; in-place changes: {format_size(totals.bytes_copied)} copied server-side, "
+           f"{format_size(totals.bytes_fetched)} re-read"
+           if totals.bytes_copied or totals.bytes_fetched else "")
     )
 
 
@@ -154,7 +160,10 @@ def print_once(snapshot: dict, *, as_json: bool) -> None:
     for f in status.files:
         print(f"  {printable(f.path)}: received {format_size(f.bytes_received)}, acknowledged "
               f"{format_size(f.bytes_acknowledged)}, {f.parts_in_flight} parts in flight, "
-              f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}")
+              f"{f.throughput_bps / 1e6:.1f} MB/s, {f.retries} retries, {f.state.value}"
+              + (f"; sent {format_size(f.bytes_sent)}, copied server-side "
+                 f"{format_size(f.bytes_copied)}, re-read {format_size(f.bytes_fetched)}"
+                 if f.bytes_copied or f.bytes_fetched else ""))
     if not status.files:
         print("  no file is being written")
     if status.reads is not None:

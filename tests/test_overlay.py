@@ -324,3 +324,26 @@ async def test_a_file_cut_after_parts_were_sent(autojump_clock, store, cut) -> N
     assert store.body("f") == data[:cut] + b"!"
     assert_tagged(store, "f")
     assert_nothing_left(store, uploader)
+
+
+def test_chute_status_shows_the_cost_of_an_in_place_change(capsys) -> None:
+    from chute.fs.watch import print_once
+
+    snapshot = {
+        "mountpoint": "/mnt/x", "pid": 1, "remote": "s3://b/p/", "endpoint_url": None,
+        "metrics_url": None,
+        "ring": {"slots": 4, "slice_size": SLICE, "free": 3, "filling": 1, "sealed": 0,
+                 "uploading": 0, "retained": 0, "writers_waiting": 0, "blocked_seconds": 0.0},
+        "files": [{"path": "big", "key": "p/big", "state": "finalizing",
+                   "bytes_received": 60 * MiB, "parts_acknowledged": 10,
+                   "bytes_acknowledged": 50 * MiB, "parts_in_flight": 0,
+                   "throughput_bps": 0.0, "retries": 0, "seconds": 1.0, "error": None,
+                   "retries_by_reason": {}, "bytes_sent": 10 * MiB,
+                   "bytes_copied": 50 * MiB, "bytes_fetched": 70 * MiB}],
+        "totals": {"bytes_written": 10, "files_done": 0, "bytes_uploaded": 0, "parts": 0,
+                   "failures": 0, "retries": {}, "files_opened": 1, "files_abandoned": 0,
+                   "files_writer_died": 0, "retries_by_reason": {}, "bytes_copied": 50 * MiB,
+                   "bytes_fetched": 70 * MiB},
+    }
+    print_once(snapshot, as_json=False)
+    assert "sent 10 MiB, copied server-side 50 MiB, re-read 70 MiB" in capsys.readouterr().out
