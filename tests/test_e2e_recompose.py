@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -416,3 +418,31 @@ def test_store_failing_in_a_phase_leaves_the_old_object_and_no_temporary(
         assert sha256_object(s3, key) == sha256_file(old)
         _assert_clean(s3, mount)
         mount.unmount()
+
+
+# -- bench.py --inplace -----------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def test_bench_inplace_mode_runs_verifies_and_cleans_up(tmp_path: Path) -> None:
+    """``bench.py --inplace`` end to end at 64 MiB (its own store, chute and, if installed,
+    rclone --vfs-cache-mode writes): every object matches its file, chute sent at most
+    10 x 2 slices, and nothing is left mounted or on disk. No speed is asserted."""
+    from chute.fs.mountinfo import mounts
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--inplace", "--size", "64MiB", "--slice-size", "5MiB",
+         "--work-dir", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    assert report["mode"] == "inplace" and report["size"] == 64 * MiB
+    chute = report["rows"]["chute"]
+    assert chute["verified"] and chute["sent"] <= 10 * 2 * SLICE and chute["copied"] > 0
+    assert chute["disk_writes"] < MiB
+    if "rclone" in report["rows"]:
+        assert report["rows"]["rclone"]["verified"]
+    assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
+    assert list(tmp_path.iterdir()) == []
