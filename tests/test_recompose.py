@@ -443,3 +443,16 @@ def test_temporary_objects_get_sse_c_but_no_storage_class_lock_or_tags() -> None
         assert "x-amz-server-side-encryption-customer-key" in headers
     copy = options.request_headers("UploadPartCopy", "k", {}, own=True, temporary=True)
     assert "x-amz-copy-source-server-side-encryption-customer-key" in copy
+
+
+async def test_the_uploader_owns_one_budget_and_makes_each_files_patches(client) -> None:
+    from chute.uploader.uploader import Uploader
+
+    uploader = Uploader(UploaderConfig(slice_size=S, ring_size=4 * S, patch_back="never",
+                                       patch_budget=12345), client)
+    first = uploader.late_patches("/a", opened_rdwr=True)
+    second = uploader.late_patches("/b")
+    assert uploader.patch_budget.limit == 12345
+    assert (first.patch_back, first.opened_rdwr, second.opened_rdwr) == ("never", True, False)
+    assert not first.decide()
+    assert uploader.recomposer.ring is uploader.ring
