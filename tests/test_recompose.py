@@ -231,7 +231,8 @@ async def test_recompose_copies_untouched_slices_and_resends_patched_ones(
     for offset, change in changes:
         patches.add(offset, change)
     assert store.body(KEY) == OLD  # nothing visible yet
-    result = await mount.recomposer.recompose(temp, patches, key=KEY, size=len(data))
+    result = await mount.recomposer.recompose(temp, patches, key=KEY, size=len(data),
+                                              xxh3_128="the stream's, of T")
     want = patched(data, *changes)
     assert store.body(KEY) == want
     assert store.objects[KEY].etag == result.etag

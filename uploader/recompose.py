@@ -137,6 +137,8 @@ class Recomposer:
         final = MultipartSession(self.client, key, checksum="md5", no_clobber=temp.no_clobber,
                                  name=temp.name, defer_abort=self._defer,
                                  read_back=self._read_back)
+        if patches.pending:
+            xxh3_128 = None  # the stream hashed T's bytes, not the patched ones
         job = _Job(self, temp, final, patches, size, numbers)
         try:
             temp.keep_marker = True
