@@ -18,6 +18,8 @@ import errno
 import hashlib
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +28,7 @@ import pytest
 
 from chute.fs.embedded_store import EmbeddedStore
 from chute.uploader.leftovers import TEMP_DIR
-from tests.support.faultproxy import Fault, FaultProxy, Kind, Status
+from tests.support.faultproxy import Fault, FaultProxy, Kind, StallRequest, Status
 from tests.support.mounts import requires_fuse
 from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object
 
@@ -138,3 +140,51 @@ def test_patch_budget_exhausted_is_enobufs_and_leaves_the_old_object(
     assert "--patch-budget" in log
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == OLD
     assert left == [], left
+
+
+WRITER = """
+import os, random, sys
+path, size, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = random.Random(5).randbytes(size)
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+for offset in range(0, size, 1 << 20):
+    os.pwrite(fd, data[offset : offset + (1 << 20)], offset)
+os.pwrite(fd, b"PATCHED!", at)
+os.close(fd)
+"""
+
+
+@pytest.mark.e2e
+@requires_fuse
+def test_a_mount_killed_mid_recompose_leaves_a_temporary_the_next_mount_deletes(
+        proxy: FaultProxy, mount_factory: Any, s3: Any) -> None:
+    """SIGKILL while the object's Complete hangs (T complete, K's upload pending): T and both
+    markers stay; the next mount of the prefix deletes T and aborts K's upload, and the old
+    object is what it was."""
+    mount = mount_factory(*OPTIONS, server=proxy)
+    key = mount.key("f.bin")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=OLD)
+    proxy.set_scenario(StallRequest(120, kind=Kind.COMPLETE_MULTIPART_UPLOAD, after=1))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mount.path / "f.bin"),
+                               str(SIZE), str(PATCH_AT)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (proxy.log and [k for k in object_keys(s3, mount.prefix)
+                                  if f"/{TEMP_DIR}/" in f"/{k}"]):
+            assert time.monotonic() < deadline, mount.log()
+            time.sleep(0.2)
+        mount.proc.kill()
+        mount.proc.wait(10)
+    finally:
+        writer.kill()
+        writer.wait(10)
+    proxy.set_scenario(None)
+    assert leftovers_of(s3, mount.prefix), "T and the markers should be there after a crash"
+    mount.unmount()
+    again = mount_factory(*OPTIONS, prefix=mount.prefix)
+    left = settle(s3, mount.prefix, seconds=20)
+    log = again.log()
+    assert again.unmount() == 0, log
+    assert left == [], f"left behind: {left}\n{log}"
+    assert "deleted leftover temporary object" in log, log
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == OLD
