@@ -224,8 +224,7 @@ class Namespace:
     @staticmethod
     def is_reserved(parent: Node, name: str) -> bool:
         """The mount root's marker and temporary directories are chute's, not the user's."""
-        return parent.inode == ROOT_INODE and name in (leftovers.MARKER_DIR, moves.MARKER_DIR,
-                                                       leftovers.TEMP_DIR)
+        return parent.inode == ROOT_INODE and name in (*leftovers.OWN_DIRS, moves.MARKER_DIR)
 
     # -- entering and leaving -------------------------------------------------------
 

@@ -72,15 +72,18 @@ from .owners import (  # re-exported: the liveness rule is used through this mod
 )
 from .s3 import S3Client
 
-__all__ = ["KEY_META", "MARKER_DIR", "OWNER_META", "REFRESH_INTERVAL", "STALE_AFTER", "TEMP_DIR",
-           "Owner", "abort_lost_creates", "clean", "forget", "is_temp_key", "keep_fresh",
-           "marker_key", "process_start", "record", "this_process", "timestamp", "verdict"]
+__all__ = ["KEY_META", "MARKER_DIR", "OWNER_META", "OWN_DIRS", "REFRESH_INTERVAL", "STALE_AFTER",
+           "TEMP_DIR", "Owner", "abort_lost_creates", "clean", "forget", "is_temp_key",
+           "keep_fresh", "marker_key", "process_start", "record", "this_process", "timestamp",
+           "verdict"]
 
 log = logging.getLogger(__name__)
 
 MARKER_DIR = ".chute-uploads"
 TEMP_DIR = TEMP_KEY_DIR
 """Where temporary objects live (recompose.py), under the mount's prefix."""
+OWN_DIRS = (MARKER_DIR, TEMP_DIR)
+"""This module's directories at the mount's root: hidden from its listing (fs/namespace.py)."""
 KEY_META = "chute-key"
 OWNER_META = "chute-owner"
 REFRESH_INTERVAL = 600.0
