@@ -131,8 +131,7 @@ def test_rsync_inplace_delta_sends_only_the_changed_slices(mount_factory, store,
                                                             tmp_path: Path) -> None:
     """200 MiB object, 10 scattered 4 KiB changes: rsync --inplace --no-whole-file (reads on:
     rsync reads the basis) leaves the object exact having sent at most 10 x 2 slices; a second
-    run transfers nothing, and a forced third run (-I: every block matches, only lseeks and a
-    same-size ftruncate) sends nothing and leaves the object as it was."""
+    run transfers nothing."""
     rsync = _tool("rsync")
     old = random_file(tmp_path / "old.bin", 200 * MiB, seed=17)
     src = tmp_path / "src"
@@ -167,15 +166,29 @@ def test_rsync_inplace_delta_sends_only_the_changed_slices(mount_factory, store,
                       str(mount.path / "disk.img")])
         assert "Number of regular files transferred: 0" in again.stdout, again.stdout
         assert _body_bytes(proxy.requests[before:]) == 0
+        _assert_clean(s3, mount)
+        mount.unmount()
 
+
+def test_rsync_with_every_block_matching_sends_nothing(mount_factory, store, s3,
+                                                        tmp_path: Path) -> None:
+    """rsync -I --inplace --no-whole-file onto an identical object: the receiver opens it
+    O_WRONLY without O_TRUNC, lseeks over every block, ftruncates to the same size and closes:
+    nothing is sent and the object keeps its ETag."""
+    rsync = _tool("rsync")
+    same = random_file(tmp_path / "same.bin", 30 * MiB + 7, seed=19)
+    with FaultProxy.for_store(store) as proxy:
+        mount = mount_factory(*READS, server=proxy)
+        key = mount.key("same.bin")
+        _put_base(s3, key, same)
         etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
         before = len(proxy.requests)
-        forced = _run([rsync, "-I", "--inplace", "--no-whole-file", "--stats", str(new),
-                       str(mount.path / "disk.img")])
+        forced = _run([rsync, "-I", "--inplace", "--no-whole-file", "--stats", str(same),
+                       str(mount.path / "same.bin")])
         assert re.search(r"Literal data: 0 bytes", forced.stdout), forced.stdout
         assert _body_bytes(proxy.requests[before:]) == 0
+        assert _count(proxy.requests[before:], Kind.UPLOAD_PART_COPY) == 0
         assert s3.head_object(Bucket=BUCKET, Key=key)["ETag"] == etag
-        assert sha256_object(s3, key) == sha256_file(new)
         _assert_clean(s3, mount)
         mount.unmount()
 
