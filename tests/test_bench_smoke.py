@@ -99,3 +99,45 @@ def test_reads_mode_json(tmp_path: Path) -> None:
     assert report["read_budget"] == 64 << 20
     assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_link_mode_json(tmp_path: Path) -> None:
+    """--link (issue 19): every contender through the same modelled link; the link caps the
+    big file's rate, no contender beats one round trip per small file, and the requests that
+    crossed it are counted by operation."""
+    rtt, mbit, files = 0.02, 100, 10
+    result = run_bench("--link", "--link-points", f"{rtt * 1000:g}ms/{mbit}Mbit",
+                       "--size", "32MiB", "--files", str(files), "--json", work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    [point] = report["points"]
+    assert point["rtt_s"] == rtt and point["rate_bytes_per_s"] == mbit * 1e6 / 8
+    assert {"direct", "chute"} <= set(point["big"])
+    assert {"curl", "chute"} <= set(point["small"])
+    for name, cell in point["big"].items():
+        assert cell["verified"], name
+        assert cell["mbps"] <= mbit / 8 * 1.05, (name, cell["mbps"])
+        assert cell["requests"]["UploadPart"] == 2, (name, cell["requests"])
+    for name, cell in point["small"].items():
+        assert cell["verified"], name
+        assert cell["seconds"] >= files * rtt * 0.95, (name, cell["seconds"])
+        assert cell["requests"]["PutObject"] >= files, (name, cell["requests"])
+    assert point["small"]["curl"]["requests"] == {"PutObject": files, "connections": 1}
+    assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writers_mode_json(tmp_path: Path) -> None:
+    """--writers (issue 19): parallel writers into one mount (xargs -P cp, N big cp, tar and
+    rsync at once), every object verified."""
+    result = run_bench("--writers", "--writer-counts", "2", "--size", "32MiB", "--files", "20",
+                       "--json", work=tmp_path)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    report = json.loads(result.stdout)
+    chute = {(c["case"], c["writers"]): c for c in report["cases"] if c["contender"] == "chute"}
+    assert set(chute) == {("small", 2), ("big", 2), ("mixed", 2)}
+    assert chute["small", 2]["files"] == 20 and chute["mixed", 2]["files"] == 40
+    assert chute["big", 2]["bytes"] == 2 * 32 << 20
+    assert all(c["verified"] and c["files_per_s"] > 0 for c in report["cases"])
+    assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
+    assert list(tmp_path.iterdir()) == []

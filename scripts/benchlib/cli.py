@@ -17,6 +17,7 @@ from typing import Any
 
 from chute.fs.mountinfo import MountEntry, filesystem_of, mounts
 
+from . import links, writers
 from .ceiling import ceiling_child
 from .common import BUCKET, GiB, KiB, MiB, fmt_size, log
 from .inplace import mode_inplace, print_inplace
@@ -53,6 +54,14 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
                        help="rsync --inplace --no-whole-file of a file (default 200 MiB) with "
                             "10 x 4 KiB changes onto its old object: chute --allow-read vs "
                             "rclone --vfs-cache-mode writes; time and bytes; one run")
+    modes.add_argument("--writers", action="store_true",
+                       help="parallel writers (1,2,4,8): xargs -P N cp of small files, N cp of "
+                            "big files, tar and rsync at once; chute beside rclone mount")
+    modes.add_argument("--link", action="store_true",
+                       help="every contender through a modelled link (delay each way, rate "
+                            "cap) at several RTT/rate points; requests per file counted")
+    links.add_arguments(p)
+    writers.add_arguments(p)
     p.add_argument("--read-budget", type=_size,
                    help="--reads: chute's --read-budget (default: chute's default)")
     p.add_argument("--size", type=_size, help="file size (default 4GiB; sweep 1GiB)")
@@ -95,6 +104,16 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
         args.sweep_slices = [8 * MiB, 16 * MiB, 32 * MiB]
         args.sweep_concurrency = [4, 8, 16]
         args.peers = False
+    if args.link or args.writers:
+        args.size = args.size or 256 * MiB
+        args.files = args.files or (200 if args.link else 256)
+        args.runs, args.peers = 1, False
+        args.writer_counts = [int(n) for n in args.writer_counts.split(",")]
+        try:
+            args.link_points = links.parse_points(args.link_points, _size(args.link_window),
+                                                   not args.link_no_slow_start)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            p.error(str(exc))
     if args.inplace:
         args.size, args.runs = args.size or 200 * MiB, 1
     args.size = args.size or (256 * MiB if args.short else 4 * GiB)
@@ -128,6 +147,11 @@ def disk_needed(args: argparse.Namespace) -> int:
         return int(args.size * 1.1)
     if args.inplace:  # old + new file, two old and two new objects, rclone's cache
         return int(args.size * 7 * 1.1)
+    if args.link:
+        return int(args.size * (1 + 3 * len(args.link_points)) * 1.1) + 100 * MiB
+    if args.writers:
+        return int((args.size * (1 + 2 * sum(args.writer_counts))
+                    + args.files * 300 * KiB * (1 + 2 * (len(args.writer_counts) + 2))) * 1.1)
     contenders = 9 if args.sweep else (
         2 + (args.baseline is not None) + (2 if args.peers else 0))
     return int(args.size * (1 + args.runs * contenders) * 1.1)
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     if fs.fstype in ("tmpfs", "ramfs"):
         log(f"WARNING: {work} is on {fs.fstype}: the store's data would live in RAM; "
             "use --work-dir on a real disk")
-    env = environment(args.peers)
+    env = environment(args.peers or args.link or args.writers)
     bench = Bench(args, work)
     result: dict[str, Any] | None = None
     try:
@@ -191,6 +215,13 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
                 result = mode_reads(args, work, store, bench.check.s3, bench.mounts)
             elif args.inplace:
                 result = mode_inplace(args, work, store, bench.check.s3)
+            elif args.writers:
+                result = writers.mode_writers(bench)
+            elif args.link:
+                with links.LinkProxy(store, args.link_points[0]) as proxy:
+                    link_bench = Bench(args, work)
+                    link_bench.attach(proxy, bench.check.s3)
+                    result = links.mode_link(bench, link_bench, proxy)
             else:
                 result = bench.mode_file()
     except KeyboardInterrupt:
@@ -206,6 +237,14 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             log(f"work dir kept: {work}" + (f" (still mounted: {still})" if still else ""))
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if args.writers or args.link:
+        mode = writers if args.writers else links
+        if args.json:
+            print(json.dumps({**mode.to_json(result), "environment": env}, indent=2))
+        else:
+            print_header(env, args, work, fs)
+            mode.print_result(result)
+        return 0 if mode.verified(result) else 1
     if args.inplace:
         if args.json:
             print(json.dumps({**result, "environment": env}, indent=2))
