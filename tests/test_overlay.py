@@ -347,3 +347,95 @@ def test_chute_status_shows_the_cost_of_an_in_place_change(capsys) -> None:
     }
     print_once(snapshot, as_json=False)
     assert "sent 10 MiB, copied server-side 50 MiB, re-read 70 MiB" in capsys.readouterr().out
+
+
+# -- retention and ring pressure --------------------------------------------------------------
+
+
+async def test_a_write_across_a_slice_boundary_and_back_into_the_retained_one(autojump_clock,
+                                                                            store) -> None:
+    """A write spanning two slices lands in both; one back into the slice before (retained,
+    not yet sent) lands too: header patches, as zip makes them."""
+    old = data_of(20 * MiB)
+    base = put_base(store, "f", old)
+    new = bytearray(old)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for at, size in ((2 * SLICE - 100, 300), (2 * SLICE + 500, 10), (2 * SLICE - 50, 8)):
+            chunk = data_of(size, seed=at)
+            new[at : at + size] = chunk
+            await upload.write(at, chunk)
+        await upload.finalize()
+
+    # (--patch-back never: under auto, the write back into slice 1 before the upload's
+    # Create would make it at a temporary key, composed by copies at close)
+    uploader = await run(store, body, patch_back="never")
+    assert store.body("f") == bytes(new)
+    assert part_numbers(store, "UploadPart") == [2, 3]
+    assert part_numbers(store, "UploadPartCopy") == [1, 4]
+    assert_tagged(store, "f")
+    assert_nothing_left(store, uploader)
+
+
+async def test_ring_pressure_seals_retained_in_place_slices(autojump_clock, store) -> None:
+    """Two files changed in place on a ring of four slots: retention yields to pressure
+    (ring.py), the retained slots are complete (their holes filled) and sealed as they are."""
+    olds = {name: data_of(30 * MiB, seed=i) for i, name in enumerate(("a", "b"))}
+    bases = {name: put_base(store, name, body) for name, body in olds.items()}
+    news = {name: bytearray(body) for name, body in olds.items()}
+
+    async def body(uploader: Uploader) -> None:
+        uploads = {n: uploader.open_file(n, f"/{n}", base=b) for n, b in bases.items()}
+        for k in range(6):
+            for name, upload in uploads.items():
+                at = k * SLICE + 1000 * k
+                news[name][at : at + 3] = b"abc"
+                await upload.write(at, b"abc")
+        for upload in uploads.values():
+            await upload.finalize()
+
+    uploader = await run(store, body, slots=4, upload_concurrency=2)
+    for name in olds:
+        assert store.body(name) == bytes(news[name])
+        assert_tagged(store, name)
+    assert_nothing_left(store, uploader)
+
+
+async def test_growing_past_a_sent_short_last_slice_is_refused(autojump_clock, store) -> None:
+    """The file's short last slice was sealed (the writer went back to earlier slices); the
+    file cannot grow past that part any more: EINVAL, nothing made."""
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f")
+        await upload.truncate(3 * SLICE + 10)
+        await upload.write(3 * SLICE + 5, b"end")  # slice 3, short: the file's last
+        await upload.write(SLICE, b"one")  # slice 1: slice 3 is retained
+        await upload.write(2 * SLICE, b"two")  # slice 2: slice 3 is sealed, as it is
+        await upload.wait_acknowledged()
+        with pytest.raises(BackwardWrite):
+            await upload.write(4 * SLICE, b"past")
+
+    uploader = await run(store, body)
+    assert store.keys() == []
+    assert_nothing_left(store, uploader)
+
+
+async def test_in_temp_key_mode_a_shrink_into_a_sent_slice_lands(autojump_clock,
+                                                                 store) -> None:
+    """--patch-back always: a cut inside a sent slice, then growth and a write past the cut:
+    the bytes between read as zeros, not as the old ones."""
+    data = data_of(4 * SLICE + 7)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f")
+        await upload.write(0, data)  # slices 1 and 2 sent
+        await upload.wait_acknowledged()
+        await upload.truncate(SLICE + 50)  # into sent slice 1
+        await upload.write(SLICE + 100, b"after")
+        await upload.finalize()
+
+    uploader = await run(store, body, patch_back="always")
+    assert store.body("f") == data[: SLICE + 50] + bytes(50) + b"after"
+    assert_tagged(store, "f")
+    assert store.keys() == ["f"]
+    assert_nothing_left(store, uploader)
