@@ -17,12 +17,12 @@ import xxhash
 
 from chute.uploader.checksums import HASH_TAG
 from chute.uploader.config import UploaderConfig
-from chute.uploader.errors import BackwardWrite, TruncateRefused, errno_for
+from chute.uploader.errors import BackwardWrite, TruncateRefused, UploadFailed, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
 from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched
 from chute.uploader.uploader import Uploader
-from tests.support.memory_s3 import MemoryS3
+from tests.support.memory_s3 import LoggedRequest, MemoryS3
 from tests.support.memory_uploader import run_uploader
 
 MiB = 1 << 20
@@ -438,4 +438,39 @@ async def test_in_temp_key_mode_a_shrink_into_a_sent_slice_lands(autojump_clock,
     assert store.body("f") == data[: SLICE + 50] + bytes(50) + b"after"
     assert_tagged(store, "f")
     assert store.keys() == ["f"]
+    assert_nothing_left(store, uploader)
+
+
+# -- failures leave the old object ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["GetObject", "UploadPartCopy", "UploadPart",
+                                   "CompleteMultipartUpload"])
+async def test_a_failure_in_any_phase_leaves_the_old_object(autojump_clock, store,
+                                                            phase) -> None:
+    """A grown, patched object: the old bytes' GET, a copy, a zero part or the Complete
+    refused for good: the writer gets an error, the old object is as it was, nothing left."""
+    old = data_of(12 * MiB)
+    base = put_base(store, "f", old)
+
+    def zero_part(request: LoggedRequest) -> bool:
+        return request.operation == "UploadPart" and request.query["partNumber"] == "5"
+
+    store.fail_next(zero_part if phase == "UploadPart" else phase, code="AccessDenied")
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        try:
+            await upload.write(6 * MiB, b"patch")  # slice 1: fetched when it is sealed
+            await upload.truncate(30 * MiB)  # slices 3..5: zero parts
+            await upload.finalize()
+        except (UploadFailed, BackwardWrite) as exc:  # (BackwardWrite: not expected)
+            assert not isinstance(exc, BackwardWrite)
+        else:
+            raise AssertionError("the upload did not fail")
+        assert upload.state is UploadState.FAILED
+
+    uploader = await run(store, body)
+    assert store.body("f") == old and store.objects["f"].etag == base.etag
+    assert phase in store.operations()
     assert_nothing_left(store, uploader)
