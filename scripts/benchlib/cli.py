@@ -109,6 +109,7 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
         args.files = args.files or (200 if args.link else 256)
         args.runs, args.peers = 1, False
         args.writer_counts = [int(n) for n in args.writer_counts.split(",")]
+        args.link_concurrency = [int(n) for n in args.link_concurrency.split(",") if n]
         try:
             args.link_points = links.parse_points(args.link_points, _size(args.link_window),
                                                    not args.link_no_slow_start)

@@ -101,8 +101,8 @@ def mode_link(bench: Bench, link_bench: Bench, proxy: LinkProxy) -> dict[str, An
             sources[size].write_file(bench.work / f"link-{size}.bin", {a.slice_size},
                                      sha=a.verify_full)
         data = sources[size]
-        small = model.rate is not None or all(
-            p.rtt != model.rtt for p in a.link_points[:a.link_points.index(model)])
+        small = not a.link_big_only and (model.rate is not None or all(
+            p.rtt != model.rtt for p in a.link_points[:a.link_points.index(model)]))
         point: dict[str, Any] = {"model": model, "size": size, "big": {}, "small": {}}
         counted: dict[str, int] = {}
 
@@ -133,6 +133,14 @@ def mode_link(bench: Bench, link_bench: Bench, proxy: LinkProxy) -> dict[str, An
                                                                    a.slice_size),
                 around=around)
             record("big", name, run)
+        for conc in a.link_concurrency:
+            run = mounted_run(
+                link_bench, "chute", f"link-big-c{conc}",
+                lambda mnt, data=data: [f"cp {q(data.path)} {q(mnt / 'f')}"], data.size, 1,
+                lambda run_id, data=data: bench.check.check_object(f"{run_id}/f", data,
+                                                                   a.slice_size),
+                around=around, concurrency=conc)
+            record("big", f"chute c{conc}", run)
         if not small:
             points.append(point)
             continue
@@ -292,6 +300,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-window", default="4MiB", metavar="SIZE",
                    help="--link: the most one TCP connection has in flight (default 4MiB, "
                         "Linux's default tcp_wmem maximum)")
+    p.add_argument("--link-concurrency", default="", metavar="LIST",
+                   help="--link: the big file also into chute mounts with these upload "
+                        "concurrencies (rows 'chute cN'), e.g. 4,16")
+    p.add_argument("--link-big-only", action="store_true",
+                   help="--link: the big file only (no small files)")
     p.add_argument("--link-no-slow-start", action="store_true",
                    help="--link: every connection's window open at once (no slow start, "
                         "also none after idle)")

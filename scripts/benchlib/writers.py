@@ -44,16 +44,18 @@ Verify = Callable[[str], tuple[bool, str]]
 def mounted_run(bench: Bench, contender: str, label: str,
                 commands: Callable[[Path], list[str]], nbytes: int, files: int,
                 verify: Verify, prepare: Callable[[Path], None] | None = None,
-                around: Callable[[bool], None] | None = None) -> Run:
+                around: Callable[[bool], None] | None = None,
+                concurrency: int | None = None) -> Run:
     """A fresh mount of ``contender``; ``prepare(mountpoint)`` untimed; then every shell
     command of ``commands(mountpoint)`` started at once and waited for, timed, with the
     mount's and the store's CPU sampled around them (``around(True)`` just before the
-    clock starts, ``around(False)`` just after it stops); unmount, verify, empty the prefix."""
+    clock starts, ``around(False)`` just after it stops); unmount, verify, empty the prefix.
+    ``concurrency``: the mount's upload concurrency, if not ``--upload-concurrency``."""
     a = bench.args
     run_id = bench.next_id(f"{label}-{contender}")
     mountpoint = bench.work / f"mnt-{run_id}"
     mount = bench.mounts.of(contender, mountpoint, run_id, a.slice_size, a.ring_size,
-                            a.upload_concurrency)
+                            concurrency or a.upload_concurrency)
     with mount:
         if prepare is not None:
             prepare(mountpoint)
