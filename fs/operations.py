@@ -188,7 +188,7 @@ class ChuteOperations(pyfuse3.Operations):
             self.reads.forget_cache(node)
             return _file_info(await self.handles.open(node, flags, ctx.pid))
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         async with errors_as_errno("read"):  # the reader's errors name the object
             if self.reads.owns(fh):
                 return await self.reads.read(fh, off, size)

@@ -51,6 +51,7 @@ import trio
 from chute.uploader.errors import ObjectChanged
 from chute.uploader.prefetch import DEFAULT_TUNING, ObjectReader, RangeSource, ReadTuning
 from chute.uploader.read_budget import ReadBudget, ReadStatistics
+from chute.uploader.read_buffers import BufferPool
 
 from .lookups import LOOKUP_TTL
 from .namespace import Namespace, Node
@@ -65,8 +66,8 @@ READ_FH_BASE = 1 << 48
 """File handles of read handles start here (handles.py counts up from 1)."""
 REQUEST = 6 * 1024 * 1024
 """The largest GET of a mount's readers (the engine's default is 8 MiB): with 6 MiB, seven
-GETs fit the default budget's window, and the uncharged copy of a body being assembled is
-6 MiB (see docs/performance.md, Reads, for the runs that chose it)."""
+GETs fit the default budget's window (see docs/performance.md, Reads, for the runs that
+chose it; 8 MiB GETs in a 40 MiB window measured the same within the noise)."""
 MAX_WINDOW = 64 * 1024 * 1024
 """A lone reader's window stops growing here, however large the budget: 8 GETs of 8 MiB in
 flight reach a store's throughput; more would only hold memory."""
@@ -94,9 +95,9 @@ class ReadSetup:
 
 def mount_tuning(budget: ReadBudget) -> ReadTuning:
     """The prefetcher's sizes for a mount: requests of up to REQUEST bytes, and a window
-    that may grow to the prefetch part of the budget less two requests: what the budget does
-    not see grows with the GETs in flight (a body is briefly held twice while it is
-    assembled; each connection's buffers), and the mount's peak RSS must stay within the
+    that may grow to the prefetch part of the budget less two requests: the budget does not
+    see the idle receive buffers the readers' pool keeps (two requests' worth, see
+    ReadHandles) nor each connection's buffers, and the mount's peak RSS must stay within the
     budget + 64 MiB. With the default 64 MiB that is 44 MiB, seven 6 MiB GETs in flight for a
     lone sequential reader (the engine's default window, 32 MiB, read 1 GiB at 145 MB/s where
     the direct download made 300; 56 MiB in 8 MiB GETs took the peak RSS to 125-133 MiB, over
@@ -124,6 +125,9 @@ class ReadHandles:
         self._source = setup.source
         self._budget = setup.budget if setup.budget is not None else ReadBudget()
         self._tuning = setup.tuning or mount_tuning(self._budget)
+        self._buffers = BufferPool(2 * self._tuning.max_request)
+        """The readers' receive buffers (read_buffers.py): GET bodies land in reused memory
+        and read() replies are views of it, not copies."""
         self._nursery: trio.Nursery | None = None
         self._handles: dict[int, ReadHandle] = {}
         self._next_fh = READ_FH_BASE
@@ -181,7 +185,7 @@ class ReadHandles:
                               "last close has returned", path)
         reader = ObjectReader(self._source, self._budget, key=self.ns.key(node),
                               size=node.size, etag=node.etag, nursery=self._nursery,
-                              tuning=self._tuning)
+                              tuning=self._tuning, buffers=self._buffers)
         keep = self._keep_cache(node, node.etag)
         self.opened += 1
         return self._add(ReadHandle(node, reader, path)), keep
@@ -215,7 +219,9 @@ class ReadHandles:
             raise Refused(errno.EBADF)
         return handle
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """The bytes for a READ; a view valid until the handle's next read or release (the
+        FUSE adapter replies with it at once: ObjectReader.read_view)."""
         handle = self.get(fh)
         if handle.reader is None:
             self.refused_reads += 1
@@ -226,7 +232,7 @@ class ReadHandles:
                               "read finished objects", handle.path)
             raise Refused(errno.EACCES)
         try:
-            return await handle.reader.read(offset, size)
+            return await handle.reader.read_view(offset, size)
         except ObjectChanged:
             self.stale_reads += 1
             handle.node.needs_head = True  # the next stat asks the store what it holds now
@@ -248,6 +254,8 @@ class ReadHandles:
                 await handle.reader.aclose()
         finally:
             self.ns.release(handle.node)
+            if not self._handles:
+                self._buffers.clear()  # nobody reads: the idle buffers go back to the system
 
     def statistics(self) -> ReadStatistics:
         return self._budget.statistics()

@@ -74,7 +74,7 @@ async def read_all(m: Mounted, name: str, flags: int = os.O_RDONLY
                    ) -> tuple[bytes, pyfuse3.FileInfo]:
     info = await m.ops.open(await inode_of(m, name), flags, CTX)
     try:
-        return await m.ops.read(info.fh, 0, 1 << 30), info
+        return bytes(await m.ops.read(info.fh, 0, 1 << 30)), info  # as pyfuse3 replies at once
     finally:
         await m.ops.flush(info.fh)
         await m.ops.release(info.fh)

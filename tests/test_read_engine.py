@@ -40,12 +40,13 @@ class SlowStore:
         self.peak_in_flight = 0
 
     async def get_range(self, key: str, first: int, last: int, *,
-                        if_match: str | None = None) -> bytes:
+                        if_match: str | None = None,
+                        into: memoryview | None = None) -> bytes | memoryview:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             await trio.sleep(self.latency + (last - first + 1) / self.rate)
-            return await self.client.get_range(key, first, last, if_match=if_match)
+            return await self.client.get_range(key, first, last, if_match=if_match, into=into)
         finally:
             self.in_flight -= 1
 

@@ -31,6 +31,11 @@ jump.
 Retries, stall detection and credential reloads are the S3 client's (one policy per mount).
 All GETs run as tasks in a nursery the reader's owner provides; each chunk has its own cancel
 scope, and :meth:`ObjectReader.aclose` cancels them all and returns every byte of budget.
+
+Copies (a mount's reader, given a :class:`BufferPool`): each prefetched GET reads its body
+into a reused buffer, and :meth:`ObjectReader.read_view` hands out a view of it, valid until
+the reader's next read, close or reclaim (read_buffers.Lending); :meth:`~ObjectReader.read`
+returns a copy. A buffer is never reused while a GET may still write into it.
 """
 
 from __future__ import annotations
@@ -40,51 +45,17 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
 from .errors import ChuteError, ObjectChanged, StoreError
 from .read_budget import ReadBudget
+from .read_buffers import BufferPool, Lending
+from .read_tuning import DEFAULT_TUNING, RangeSource, ReadTuning
+
+__all__ = ["DEFAULT_TUNING", "ObjectReader", "RangeSource", "ReadTuning", "open_reader"]
 
 log = logging.getLogger(__name__)
-
-KiB = 1024
-MiB = 1024 * KiB
-
-
-@dataclass(frozen=True)
-class ReadTuning:
-    """The prefetch policy's sizes (bytes). The defaults are the mount's."""
-
-    initial_request: int = 512 * KiB
-    """First request of a sequential run: four kernel reads (128 KiB), so a reader that stops
-    early (a `file`, a header probe) costs little, and a small file is one GET."""
-    max_request: int = 8 * MiB
-    """Requests stop growing here: the size at which one GET reaches a store's per-connection
-    throughput (mountpoint-s3 and the AWS CRT use 8 MiB parts; chute's default slice is too)."""
-    min_request: int = 128 * KiB
-    """A read-ahead refused by the budget is retried at half the size down to this."""
-    max_window: int = 32 * MiB
-    """Bytes fetched ahead of a sequential reader at most: four 8 MiB GETs in flight, and two
-    readers at full speed within the default 64 MiB budget (less its demand reserve)."""
-    random_extra: int = 64 * KiB
-    """Fetched past a non-sequential read, for the small forward reads that often follow."""
-    keep_behind: int = 256 * KiB
-    """Chunks ending this far behind the reader are kept: the kernel's readahead may deliver
-    reads up to 256 KiB out of order (mountpoint-s3 keeps 1 MiB for the same reason)."""
-    sequential_slack: int = 1 * MiB
-    """A read starting up to this far past the previous one still counts as sequential."""
-
-
-DEFAULT_TUNING = ReadTuning()
-
-
-class RangeSource(Protocol):
-    """What the reader needs from the store: :meth:`S3Client.get_range`."""
-
-    async def get_range(self, key: str, first: int, last: int, *,
-                        if_match: str | None = None) -> bytes: ...
 
 
 @dataclass(eq=False)
@@ -96,7 +67,10 @@ class _Chunk:
     charged: int
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
+    buffer: bytearray | None = None
+    """The pooled buffer ``data`` is a view of (None: ``data`` is its own bytes)."""
+    dropped: bool = False
     error: Exception | None = None
     served_to: int = 0
     """Highest offset served from this chunk, to count what a drop discards unread."""
@@ -112,7 +86,8 @@ class ObjectReader:
     """
 
     def __init__(self, source: RangeSource, budget: ReadBudget, *, key: str, size: int,
-                 etag: str, nursery: trio.Nursery, tuning: ReadTuning = DEFAULT_TUNING) -> None:
+                 etag: str, nursery: trio.Nursery, tuning: ReadTuning = DEFAULT_TUNING,
+                 buffers: BufferPool | None = None) -> None:
         self.key = key
         self.size = size
         self.etag = etag
@@ -121,6 +96,9 @@ class ObjectReader:
         self._nursery = nursery
         self._tuning = tuning
         self._chunks: deque[_Chunk] = deque()
+        self._buffers = buffers
+        """Where prefetched GETs take their receive buffers (None: each body is new bytes)."""
+        self._lending = Lending(buffers)
         self._window_end = 0
         """Where the next request starts; the chunks cover [_window_start, _window_end)."""
         self._position: int | None = None
@@ -150,6 +128,12 @@ class ObjectReader:
 
         Raises ObjectChanged (ESTALE) if the object was replaced since the reader was opened,
         the S3 client's error (EIO) if the store failed past the retry budget."""
+        return bytes(await self.read_view(offset, size))
+
+    async def read_view(self, offset: int, size: int) -> bytes | memoryview:
+        """As :meth:`read`, without copying: the bytes may be a view of the reader's own
+        buffer, valid only until this reader's next read, :meth:`aclose` or reclaim (the
+        FUSE reply is written from it before anything else runs)."""
         if offset < 0 or size < 0:
             raise ValueError(f"read({offset}, {size})")
         self._check_open()
@@ -158,6 +142,7 @@ class ObjectReader:
             return b""
         async with self._lock:
             self._check_open()
+            self._lending.release()
             try:
                 data = await self._read(offset, end)
                 self.last_read = trio.current_time()
@@ -255,16 +240,25 @@ class ObjectReader:
 
     async def _fetch(self, chunk: _Chunk) -> None:
         """The task of one chunk: its GET, with errors kept for the read that needs them."""
+        buffer = self._buffers.take(chunk.end - chunk.start) if self._buffers else None
         try:
             with chunk.scope:
                 self._budget.note_request()
-                data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
-                                                    if_match=self.etag)
-                chunk.data = data
+                if buffer is None:
+                    data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
+                                                        if_match=self.etag)
+                else:
+                    data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
+                                                        if_match=self.etag,
+                                                        into=memoryview(buffer))
                 self._budget.note_fetched(len(data))
+                if not chunk.dropped:
+                    chunk.data, chunk.buffer, buffer = data, buffer, None
         except Exception as exc:
             chunk.error = exc
         finally:
+            if buffer is not None and self._buffers is not None:
+                self._buffers.give(buffer)  # no GET writes into it any more, none read it
             chunk.done.set()
 
     async def _serve(self, offset: int, end: int) -> bytes:
@@ -282,9 +276,11 @@ class ObjectReader:
                 raise ChuteError(f"read of {self.key} after its reader was closed")
             first = max(offset, chunk.start) - chunk.start
             last = min(end, chunk.end) - chunk.start
-            parts.append(chunk.data[first:last])
+            parts.append((memoryview(chunk.data)[first:last], chunk.buffer))
             chunk.served_to = max(chunk.served_to, chunk.start + last)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            return self._lending.lend(*parts[0])
+        return b"".join(view for view, _ in parts)
 
     async def _demand(self, offset: int, end: int) -> bytes:
         """Bytes ``[offset, end)`` fetched now from the demand reserve, not kept."""
@@ -326,6 +322,7 @@ class ObjectReader:
         """For the budget: drop the window; a read continuing where the last one ended is
         still sequential (the window restarts there, empty). The bytes released."""
         charged = sum(chunk.charged for chunk in self._chunks)
+        self._lending.release()  # idle: its last read's reply was written long ago
         self._drop_all()
         if self._position is not None:
             self._window_end = self._position
@@ -352,7 +349,9 @@ class ObjectReader:
             if chunk.cut or chunk.start >= keep_from or chunk.data is None:
                 continue
             cut = keep_from - chunk.start
-            chunk.data = chunk.data[cut:]
+            chunk.data = bytes(chunk.data[cut:])
+            self._lending.recycle(chunk.buffer)
+            chunk.buffer = None
             chunk.start = keep_from
             chunk.served_to = max(chunk.served_to, chunk.start)
             chunk.charged -= cut
@@ -365,11 +364,15 @@ class ObjectReader:
 
     def _drop(self, chunk: _Chunk) -> None:
         chunk.scope.cancel()
+        chunk.dropped = True  # a GET still under way gives its buffer back itself
         if chunk.charged:
             self._budget.release(chunk.charged)
             chunk.charged = 0
         if chunk.data is not None:
             self._budget.note_discarded(chunk.end - chunk.served_to)
+            chunk.data = None
+            self._lending.recycle(chunk.buffer)
+            chunk.buffer = None
 
     async def aclose(self) -> None:
         """Cancel every GET in flight and return all budget; reads after this fail."""
@@ -377,19 +380,20 @@ class ObjectReader:
             return
         self._closed = True
         self._drop_all()
+        self._lending.release()
         self._budget.unregister(self)
         await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
 async def open_reader(source: RangeSource, budget: ReadBudget, *, key: str, size: int,
-                      etag: str, tuning: ReadTuning = DEFAULT_TUNING
-                      ) -> AsyncIterator[ObjectReader]:
+                      etag: str, tuning: ReadTuning = DEFAULT_TUNING,
+                      buffers: BufferPool | None = None) -> AsyncIterator[ObjectReader]:
     """An :class:`ObjectReader` with a nursery of its own, closed on exit (scripts, tests).
     A mount passes its own nursery to ObjectReader instead: a handle outlives any one call."""
     async with trio.open_nursery() as nursery:
         reader = ObjectReader(source, budget, key=key, size=size, etag=etag, nursery=nursery,
-                              tuning=tuning)
+                              tuning=tuning, buffers=buffers)
         try:
             yield reader
         finally:

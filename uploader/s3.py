@@ -109,6 +109,7 @@ class S3Client(MultipartCalls):
         read_timeout: float | None,
         progress: Callable[[int], object] | None,
         max_body: int,
+        into: memoryview | None = None,
     ) -> Answer:
         credentials = await self.credentials.get()
         request = botocore.awsrequest.AWSRequest(
@@ -139,7 +140,7 @@ class S3Client(MultipartCalls):
         try:
             response = await self._http.handle_async_request(request)
             try:
-                body = await wire.read_body(operation, method, response, max_body)
+                body = await wire.read_body(operation, method, response, max_body, into)
             finally:
                 await response.aclose()
         except Exception as exc:
@@ -172,10 +173,12 @@ class S3Client(MultipartCalls):
         on_retry: Callable[[RetryReason], object] | None = None,
         policy: RetryPolicy | None = None,
         max_body: int = wire.SMALL_BODY_MAX,
+        into: memoryview | None = None,
     ) -> Answer:
         """Send one S3 request, retried per the policy; raise StoreError on an error answer.
 
-        At most ``max_body`` bytes of an answer are held (s3_wire.read_body).
+        At most ``max_body`` bytes of an answer are held (s3_wire.read_body); with ``into``,
+        a successful answer's body is read into that buffer (each attempt from its start).
 
         ``on_retry(reason)`` is told about each retry of this request (besides the client's
         own ``on_retry`` hook), e.g. to note that an answer may have been lost.
@@ -198,7 +201,7 @@ class S3Client(MultipartCalls):
             label,
             lambda: self._send_once(
                 operation, method, url, headers or {}, body, sign_payload=sign_payload,
-                read_timeout=read_timeout, progress=progress, max_body=max_body,
+                read_timeout=read_timeout, progress=progress, max_body=max_body, into=into,
             ),
             on_retry=retried,
             on_credential_error=self.credentials.reload,
@@ -248,16 +251,21 @@ class S3Client(MultipartCalls):
         return answers.object_info(key, answer)
 
     async def get_range(self, key: str, first: int, last: int, *,
-                        if_match: str | None = None) -> bytes:
+                        if_match: str | None = None,
+                        into: memoryview | None = None) -> bytes | memoryview:
         """Bytes ``first..last`` (inclusive) of the object; a short answer is an error.
 
         ``if_match`` (an ETag) makes the store refuse with 412 PreconditionFailed, a
-        StoreError, if the object is no longer that version: a reader never mixes two."""
+        StoreError, if the object is no longer that version: a reader never mixes two.
+        ``into``: a buffer of exactly ``last - first + 1`` bytes the body is read into
+        (read_buffers.py); the answer is then that buffer, not a new ``bytes``."""
+        if into is not None and len(into) != last - first + 1:
+            raise ValueError(f"a buffer of {len(into)} bytes for {last - first + 1}")
         headers = {"Range": f"bytes={first}-{last}"}
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
         answer = await self.request("GetObject", "GET", key, headers=headers,
-                                    max_body=last - first + 1)
+                                    max_body=last - first + 1, into=into)
         if len(answer.body) != last - first + 1:
             raise StoreError("GetObject", answer.status, "ShortRead",
                              f"asked {last - first + 1} bytes, got {len(answer.body)}")

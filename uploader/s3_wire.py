@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import quote
 
+import httpcore
 import httpx
 
 from .errors import ChuteError, MalformedResponse, Stalled, StoreUnreachable
@@ -39,6 +40,13 @@ memory one page takes; a page with more is refused."""
 SMALL_BODY_MAX = 64 * KiB
 """The largest body read from an answer that should have none or a tiny one (PutObject,
 UploadPart, Delete, HEAD, tagging)."""
+RECEIVE_SIZE = 256 * KiB
+"""The most one socket read takes. httpcore reads 64 KiB at a time (its class constant
+``READ_NUM_BYTES``), and each piece passes through h11 and httpx as Python calls: for a GET
+body that per-piece work, not the bytes, was most of the client's CPU. 256 KiB pieces took
+the CPU of a 1 GiB parallel download from 1.5-1.6 to 1.0-1.3 s (docs/performance.md, Reads).
+A small answer costs nothing more: a read returns what has arrived."""
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RECEIVE_SIZE
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ class Answer:
 
     status: int
     headers: Mapping[str, str]
-    body: bytes
+    body: bytes | memoryview
+    """``bytes``; a view of the caller's buffer for a GetObject read ``into`` one."""
 
     @property
     def request_id(self) -> str:
@@ -148,8 +157,14 @@ def complete_body(parts: list[tuple[int, str, Mapping[str, str]]]) -> bytes:
 # -- answer bodies ----------------------------------------------------------------------------
 
 
-async def read_body(operation: str, method: str, response: httpx.Response, limit: int) -> bytes:
+async def read_body(operation: str, method: str, response: httpx.Response, limit: int,
+                    into: memoryview | None = None) -> bytes | memoryview:
     """The answer's body, read a chunk at a time, never more than ``limit`` bytes held.
+
+    ``into`` (a GetObject's receive buffer, read_buffers.py): a successful answer's body is
+    copied straight into it as it arrives, instead of being kept in pieces and joined into
+    a new ``bytes`` (a second copy of every byte, into memory not yet mapped); the result is
+    the filled part of ``into``. ``limit`` is then at most ``len(into)``.
 
     An error answer (status >= 300) is cut to ERROR_BODY_MAX, whatever ``limit`` the call's
     success allows; any other answer longer than
@@ -167,6 +182,8 @@ async def read_body(operation: str, method: str, response: httpx.Response, limit
                                 f"than the {limit} chute reads for {operation}")
     if method == "HEAD":
         return b""
+    if into is not None and status < 300:
+        return await _read_into(operation, status, response, min(limit, len(into)), into)
     chunks: list[bytes] = []
     size = 0
     async for chunk in cast(AsyncIterable[bytes], response.stream):
@@ -179,6 +196,19 @@ async def read_body(operation: str, method: str, response: httpx.Response, limit
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+async def _read_into(operation: str, status: int, response: httpx.Response, limit: int,
+                     into: memoryview) -> memoryview:
+    size = 0
+    async for chunk in cast(AsyncIterable[bytes], response.stream):
+        end = size + len(chunk)
+        if end > limit:
+            raise MalformedResponse(operation, status, f"the answer is more than the {limit} "
+                                    f"bytes chute reads for {operation}; not read further")
+        into[size:end] = chunk
+        size = end
+    return into[:size]
 
 
 # -- transport failures -----------------------------------------------------------------------

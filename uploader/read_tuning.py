@@ -1,0 +1,50 @@
+"""What a prefetcher (prefetch.py) is tuned by and what it reads from.
+
+:class:`ReadTuning` holds the prefetch policy's sizes, whose meaning prefetch.py's docstring
+gives; a mount's own values come from ``chute.fs.reads.mount_tuning``. :class:`RangeSource`
+is the one store call a reader makes (:meth:`chute.uploader.s3.S3Client.get_range`), so tests
+can put a slow or counting store in front of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class ReadTuning:
+    """The prefetch policy's sizes (bytes). The defaults are the mount's."""
+
+    initial_request: int = 512 * KiB
+    """First request of a sequential run: four kernel reads (128 KiB), so a reader that stops
+    early (a `file`, a header probe) costs little, and a small file is one GET."""
+    max_request: int = 8 * MiB
+    """Requests stop growing here: the size at which one GET reaches a store's per-connection
+    throughput (mountpoint-s3 and the AWS CRT use 8 MiB parts; chute's default slice is too)."""
+    min_request: int = 128 * KiB
+    """A read-ahead refused by the budget is retried at half the size down to this."""
+    max_window: int = 32 * MiB
+    """Bytes fetched ahead of a sequential reader at most: four 8 MiB GETs in flight, and two
+    readers at full speed within the default 64 MiB budget (less its demand reserve)."""
+    random_extra: int = 64 * KiB
+    """Fetched past a non-sequential read, for the small forward reads that often follow."""
+    keep_behind: int = 256 * KiB
+    """Chunks ending this far behind the reader are kept: the kernel's readahead may deliver
+    reads up to 256 KiB out of order (mountpoint-s3 keeps 1 MiB for the same reason)."""
+    sequential_slack: int = 1 * MiB
+    """A read starting up to this far past the previous one still counts as sequential."""
+
+
+DEFAULT_TUNING = ReadTuning()
+
+
+class RangeSource(Protocol):
+    """What the reader needs from the store: :meth:`S3Client.get_range`."""
+
+    async def get_range(self, key: str, first: int, last: int, *,
+                        if_match: str | None = None,
+                        into: memoryview | None = None) -> bytes | memoryview: ...
