@@ -474,3 +474,26 @@ async def test_a_failure_in_any_phase_leaves_the_old_object(autojump_clock, stor
     assert store.body("f") == old and store.objects["f"].etag == base.etag
     assert phase in store.operations()
     assert_nothing_left(store, uploader)
+
+
+async def test_a_wide_sparse_gap_is_not_hashed_on_the_event_loop(autojump_clock, store,
+                                                                  monkeypatch) -> None:
+    """Zeros between written slices are hashed inline only up to ZERO_HASH_INLINE; past
+    that the object is read back at close for its hash (and the tag is still right)."""
+    from chute.uploader import slices
+
+    monkeypatch.setattr(slices, "ZERO_HASH_INLINE", 2 * SLICE)
+    expected = bytearray(9 * SLICE)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f")
+        for at in (0, 4 * SLICE + 1, 6 * SLICE + 2, 8 * SLICE + 3):  # gaps of 3, 1, 1 slices
+            expected[at : at + 4] = b"data"
+            await upload.write(at, b"data")
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("f") == bytes(expected).rstrip(b"\0")
+    assert_tagged(store, "f")
+    assert "GetObject" in store.operations()  # read back: the first gap was too wide
+    assert_nothing_left(store, uploader)

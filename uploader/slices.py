@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import trio
 import xxhash
 
 from .errors import BackwardWrite, FileTooLarge
@@ -48,6 +49,8 @@ from .sizes import MAX_PARTS, format_size
 log = logging.getLogger(__name__)
 
 _ZEROS = bytes(1024 * 1024)
+ZERO_HASH_INLINE = 256 * 1024 * 1024
+"""Most bytes of zeros (untouched slices past the base) hashed on the event loop at once."""
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 """Bytes ``first..last`` (inclusive) of the base, pinned to its ETag."""
@@ -183,8 +186,7 @@ class FileSlices:
         from_base = max(0, min(self._slice, self.base_end - low))
         zero_range(slot.view, from_base, length)
         slot.length = length
-        self._holes = [(0, from_base)] if from_base else []
-        self._current = slot
+        self._holes, self._current = [(0, from_base)] if from_base else [], slot
         return slot
 
     async def _demote(self) -> None:
@@ -199,10 +201,7 @@ class FileSlices:
             self._seal(self._prev)  # (``current`` still known: hashed as it stands if due)
         self._current = None
         self._ring.retain(slot)
-        if slot.offset == 0:
-            self._head = slot
-        else:
-            self._prev = slot
+        self._head, self._prev = (slot, self._prev) if slot.offset == 0 else (self._head, slot)
 
     async def _fill_holes(self, slot: Slot, holes: list[tuple[int, int]]) -> None:
         if len(holes) > 8:  # many small holes: one GET over them all, written holes kept
@@ -215,7 +214,7 @@ class FileSlices:
             slot.view[start:end] = await self._get(slot, start, end)
 
     async def _get(self, slot: Slot, start: int, end: int) -> bytes:
-        assert self._fetch is not None
+        assert self._fetch is not None  # (only a slice of the base has holes)
         data = await self._fetch(slot.offset + start, slot.offset + end - 1)
         if len(data) != end - start:
             raise OSError(f"{self.path}: the base answered {len(data)} bytes for a range "
@@ -224,7 +223,7 @@ class FileSlices:
         return data
 
     def release_retained(self, slot: Slot) -> None:
-        """The ring needs room (see ring.py): a retained slice is uploaded now."""
+        """The ring needs room (ring.py): a retained slice is uploaded now."""
         assert slot is self._head or slot is self._prev
         self._seal(slot)
 
@@ -250,11 +249,10 @@ class FileSlices:
         self.size = size
 
     async def truncate(self, size: int) -> bool:
-        """Change the file's length (setattr size). Growth is virtual (zeros). A shrink
-        drops the slots past the end and cuts the one holding it; one that cuts a SENT
-        slice is the keeper of late patches' (``late.truncate``: BackwardWrite unless in
-        temp-key mode). Returns whether SENT slices were dropped (their uploads must settle
-        before the slice could be sent again)."""
+        """Change the file's length: growth is virtual (zeros); a shrink drops the slots past
+        the end, cuts the one holding it, and tells the keeper of late patches (which refuses
+        a cut into a SENT slice outside temp-key mode). Whether SENT slices were dropped
+        (their uploads must settle before one could be sent again)."""
         if size >= self.size:
             self._check_size(size)
             self._grow(size)
@@ -280,19 +278,26 @@ class FileSlices:
         return bool(dropped)
 
     def _drop(self, slot: Slot) -> None:
+        self._forget(slot)
+        self._ring.release(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        """``slot`` is no longer one of the file's (dropped, sealed or handed over)."""
         if slot is self._current:
             self._current, self._holes = None, []
         elif slot is self._prev:
             self._prev = None
-        else:
+        elif slot is self._head:
             self._head = None
-        self._ring.release(slot)
 
     # -- sealing ----------------------------------------------------------------------
 
     def _hash_to(self, offset: int, *, final: bool = False) -> None:
         """Extend the running hash over ``[_hashed_end, offset)`` if it can (whole slices
-        only while the file is open)."""
+        only while the file is open, and then at most ZERO_HASH_INLINE bytes of zeros: a
+        sparse gap of gigabytes would hold the event loop; past that the object is read
+        back at close instead)."""
+        zeros_left = None if final else ZERO_HASH_INLINE
         while self._hashed_end < offset and not self.rehash:
             k = self._hashed_end // self._slice
             length = min(self._slice, self.size - k * self._slice)
@@ -302,6 +307,11 @@ class FileSlices:
             if slot is not None and not (slot is self._current and self._holes):
                 self._hasher.update(slot.data)
             elif slot is None and k not in self.sent and k * self._slice >= self.base_end:
+                if zeros_left is not None:
+                    if zeros_left < length:
+                        self.rehash = True
+                        return
+                    zeros_left -= length
                 for start in range(0, length, len(_ZEROS)):
                     self._hasher.update(_ZEROS[: min(len(_ZEROS), length - start)])
             else:
@@ -317,12 +327,7 @@ class FileSlices:
             self._hashed_end += slot.length
         elif self._hashed_end < slot.offset:
             self.rehash = True
-        if slot is self._head:
-            self._head = None
-        elif slot is self._prev:
-            self._prev = None
-        elif slot is self._current:
-            self._current = None
+        self._forget(slot)
         self._ring.seal(slot)
         self.sent[slot.offset // self._slice] = slot.length
         self.sealed += 1
@@ -348,10 +353,8 @@ class FileSlices:
                 holes, self._holes = self._holes, []
                 await self._fill_holes(slot, holes)
             if slot is self._head:
-                self._head = None
-                self._ring.claim(slot)
-            else:  # the FILLING slot: handed over as it is
-                self._current = None
+                self._ring.claim(slot)  # (the FILLING slot is handed over as it is)
+            self._forget(slot)
         for other in self._slots():
             self._drop(other)
         hasher = xxhash.xxh3_128(slot.data if slot is not None else b"")
@@ -370,7 +373,8 @@ class FileSlices:
                 self._seal(slot)
             else:
                 self._drop(slot)
-        self._hash_to(self.size, final=True)
+        # nothing is retained now (no other task seals a slot of this file): off the loop
+        await trio.to_thread.run_sync(lambda: self._hash_to(self.size, final=True))
         return self._hasher.hexdigest()
 
     async def seal_straddling(self, k: int) -> None:
