@@ -55,6 +55,11 @@ Modes:
     python scripts/bench.py --reads             # sequential read of a 4 GiB object: chute
                                                 # --allow-read vs a direct ranged-GET download
                                                 # vs rclone mount (if on PATH); 1 run
+    python scripts/bench.py --inplace           # rsync --inplace --no-whole-file of a 200 MiB
+                                                # file with 10 x 4 KiB changes onto its old
+                                                # object: chute --allow-read vs rclone
+                                                # --vfs-cache-mode writes, time and bytes sent
+                                                # / copied / fetched (counting relay); 1 run
     python scripts/bench.py --json              # machine output on stdout (progress: stderr)
     python scripts/bench.py --small-files --baseline ../old   # before/after in one run
 
