@@ -497,3 +497,26 @@ async def test_a_wide_sparse_gap_is_not_hashed_on_the_event_loop(autojump_clock,
     assert_tagged(store, "f")
     assert "GetObject" in store.operations()  # read back: the first gap was too wide
     assert_nothing_left(store, uploader)
+
+
+async def test_a_small_base_grown_then_cut_back_is_one_put(autojump_clock, store) -> None:
+    """Parts were sent, then the file was cut to less than a slice of its old bytes: one
+    PutObject of them (no copy part in an upload that announced a checksum), the multipart
+    upload aborted."""
+    old = data_of(MiB)
+    base = put_base(store, "f", old)
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for k in (2, 3, 4):  # slice 2 sealed and sent
+            await upload.write(k * SLICE, b"far")
+        await upload.wait_acknowledged()
+        await upload.truncate(MiB // 2)
+        await upload.finalize()
+
+    uploader = await run(store, body)
+    assert store.body("f") == old[: MiB // 2]
+    assert_tagged(store, "f")
+    assert "AbortMultipartUpload" in store.operations()
+    assert "UploadPartCopy" not in store.operations()
+    assert_nothing_left(store, uploader)

@@ -2,8 +2,9 @@
 
 At the last close a file upload (file_upload.py) hands its slices here:
 
-- a file that fits one slice (and has no part sent, or is empty) is one PutObject of that
-  slot (an untouched first slice is made from the base first);
+- a file that fits one slice whose part was not sent is one PutObject of that slot (an
+  untouched first slice is made from the base first; parts a shrink cut off are aborted with
+  their upload);
 - otherwise every materialized slice is sealed, the untouched slices are copied from the base
   or sent as zero parts (overlay.py decides, :func:`overlay.send_untouched` sends), and the
   upload is completed with exactly the parts of the file's slices, in order (parts a shrink
@@ -59,7 +60,7 @@ class Commit:
 
     async def put_whole(self, metadata: Mapping[str, str]) -> tuple[str, str]:
         """The file fits one slice: one PutObject; its ETag and xxh3-128."""
-        if self._slices.sealed:  # emptied after parts were sent: their upload goes first
+        if self._slices.sealed:  # cut after parts were sent: their upload goes first
             await self._settle()
             await self._session.abort()
             self._session.key = self.key  # (it may have been made at a temporary key)

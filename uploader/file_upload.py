@@ -14,8 +14,9 @@ PutObject when it is finalized. Nothing is visible in the bucket before finalize
 
 Three jobs live elsewhere: where a write lands (appends, writes into any slice, resizes,
 retention, the file hash in file order) is slices.py's :class:`FileSlices`;
-what is said to the store is multipart.py's :class:`MultipartSession`; the slots themselves
-are ring.py's. This module is the state machine over them. A write that :class:`FileSlices`
+what is said to the store is multipart.py's :class:`MultipartSession` (and how the object is
+made at close, commit.py's :class:`Commit`); the slots themselves are ring.py's. This module
+is the state machine over them. A write that :class:`FileSlices`
 refuses (EINVAL: it goes back into bytes already sent, and the file's late patches are not
 kept) fails the upload and aborts it, so no object that differs from what the writer wrote can
 ever appear. A file whose running hash is not its content (patched after hashing, or made of

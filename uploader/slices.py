@@ -337,8 +337,9 @@ class FileSlices:
 
     @property
     def fits_one_object(self) -> bool:
-        """Nothing sealed and the file fits one slice, or it is empty: one PutObject."""
-        return self.size == 0 or (self.sealed == 0 and self.size <= self._slice)
+        """The file fits one slice whose part was not sent: one PutObject (parts of slices
+        cut off by a shrink are dropped with their upload)."""
+        return self.size <= self._slice and 0 not in self.sent
 
     async def take_whole(self) -> tuple[Slot | None, str]:
         """The one slot of a file that :attr:`fits_one_object` (None if the file is empty),
