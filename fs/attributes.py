@@ -1,9 +1,10 @@
 """What stat and statfs show: a node's attributes in pyfuse3's records.
 
-A file being written shows its upload's current size; a file known only from a listing
-(mode and mtime unknown until a HEAD) and one being written are not cached by the kernel
-(timeouts 0), so the next stat comes back and sees the stored values. Everything else is
-cached for LOOKUP_TTL. Owner is the mounting user (S3 has no owners).
+A file being written shows its upload's current size. A file known only from a listing
+(mode and mtime unknown until a HEAD) is not cached by the kernel (timeouts 0), so the next
+stat comes back and sees the stored values; the name of a file being written is not cached
+either (a failed upload's name goes at once), its attributes are. Everything else is cached
+for LOOKUP_TTL. Owner is the mounting user (S3 has no owners).
 
 pyfuse3's attributes are C integers: a Python int beyond 64 bits raises OverflowError. What
 the store said is clamped where it is read (metadata.py, chute.uploader.untrusted); sizes and
@@ -48,9 +49,11 @@ def entry(node: Node, uid: int, gid: int) -> pyfuse3.EntryAttributes:
     attrs.st_blksize = BLKSIZE
     attrs.st_blocks = (attrs.st_size + 511) // 512
     attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = clamp(node.mtime_ns)
-    volatile = node.upload is not None or node.needs_head
-    attrs.attr_timeout = 0 if volatile else LOOKUP_TTL
-    attrs.entry_timeout = 0 if volatile else LOOKUP_TTL
+    # A file being written: the kernel keeps its size and mtime itself (each WRITE makes it
+    # ask again), so its attributes are cached like any other's: this spares `cp` two
+    # GETATTRs per file. Its name is not: if the upload fails, the name must be gone at once.
+    attrs.attr_timeout = 0 if node.needs_head and node.upload is None else LOOKUP_TTL
+    attrs.entry_timeout = 0 if node.upload is not None or node.needs_head else LOOKUP_TTL
     return attrs
 
 
