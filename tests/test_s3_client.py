@@ -30,6 +30,7 @@ from chute.uploader.errors import (
 )
 from chute.uploader.retry import RetryPolicy, RetryReason
 from chute.uploader.s3 import S3Client
+from chute.uploader.s3_http import ConnectionPool
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 MiB = 1024 * 1024
@@ -73,7 +74,7 @@ async def test_transport_is_injected_or_real(store: MemoryS3) -> None:
     injected = memory_client(store)
     assert injected._http is store.transport
     real = S3Client(injected.bucket, StaticCredentials("a", "b"), RetryPolicy())
-    assert isinstance(real._http, httpx.AsyncHTTPTransport)
+    assert isinstance(real._http, ConnectionPool)
     await real.aclose()
     await injected.aclose()
 

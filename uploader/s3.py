@@ -21,9 +21,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
-import botocore.auth
-import botocore.awsrequest
-import botocore.config
 import httpx
 import trio
 
@@ -35,17 +32,21 @@ from .errors import StoreError
 from .object_options import ObjectOptions, is_own_key, is_temp_key
 from .retry import RetryPolicy, RetryReason
 from .s3_multipart import COMPLETE_READ_TIMEOUT, MultipartCalls
-from .s3_transport import SLOWEST_MOVING_LINK, chunks, real_transport, send_chunk_size
+from .s3_signing import Signer
+from .s3_transport import (
+    SLOWEST_MOVING_LINK,
+    Transport,
+    chunks,
+    exchange,
+    real_transport,
+    send_chunk_size,
+)
 from .s3_wire import Answer, Bucket, Listing, ObjectInfo, PendingUpload
 
 __all__ = ["SLOWEST_MOVING_LINK", "Answer", "Bucket", "Listing", "ObjectInfo", "PendingUpload",
            "S3Client", "send_chunk_size"]
 
 log = logging.getLogger(__name__)
-
-_UNSIGNED = botocore.config.Config(s3={"payload_signing_enabled": False})
-_SIGNED = botocore.config.Config(s3={"payload_signing_enabled": True})
-
 
 RetryHook = Callable[[str, RetryReason, Exception], object]
 """``S3Client.on_retry``: told ``(operation, reason, error)`` about every retry."""
@@ -76,6 +77,7 @@ class S3Client(MultipartCalls):
         self.policy = policy
         self.stall_timeout = stall_timeout
         self._send_chunk = send_chunk_size(stall_timeout)
+        self._signer = Signer(bucket.region)
         self.on_retry = on_retry
         """Told ``(operation, reason, error)`` about every retry (the mount's counters)."""
         self.on_request: Callable[[str, float, int | None], object] | None = None
@@ -85,7 +87,8 @@ class S3Client(MultipartCalls):
         # (cookies, redirects, auth flows, base URLs, default headers), and they cost
         # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
         # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
-        self._http = transport if transport is not None else real_transport(max_connections)
+        self._http: Transport = (transport if transport is not None
+                                 else real_transport(max_connections))
         self.object_options: ObjectOptions | None = None
         """The mount's upload options (object_options.py), added to every request's headers
         as that call needs them; None: none."""
@@ -112,33 +115,27 @@ class S3Client(MultipartCalls):
         into: memoryview | None = None,
     ) -> Answer:
         credentials = await self.credentials.get()
-        request = botocore.awsrequest.AWSRequest(
-            method=method, url=url, headers=dict(headers), data=bytes(body) if sign_payload
-            else b"",
-        )
-        request.context["client_config"] = _SIGNED if sign_payload else _UNSIGNED
-        botocore.auth.S3SigV4Auth(credentials, "s3", self.bucket.region).add_auth(request)
-        send_headers = dict(request.headers.items())
+        send_headers = self._signer.headers(credentials, method, url, headers, body,
+                                            sign_payload)
         send_headers["Content-Length"] = str(len(body))
         # Per socket operation, so only a stall trips it; waiting for a pooled connection
         # behind other slow transfers is not a stall.
         read_seconds = max(read_timeout or 0, self.stall_timeout)
-        timeout = httpx.Timeout(self.stall_timeout, read=read_seconds, pool=None)
-        content: bytes | AsyncIterator[memoryview]
+        content: bytes | memoryview | AsyncIterator[memoryview]
         if self.bandwidth is not None and body and operation in ("PutObject", "UploadPart"):
             content = throttled(self.bandwidth, memoryview(body), self._send_chunk, progress)
         elif isinstance(body, memoryview) and len(body) > self._send_chunk:
             content = chunks(body, self._send_chunk, progress)
         else:
-            content = bytes(body)
+            content = body
         if method in ("GET", "HEAD", "DELETE") and not body:
             send_headers.pop("Content-Length")
             content = b""
-        request = httpx.Request(method, url, headers=send_headers, content=content,
-                                extensions={"timeout": timeout.as_dict()})
         started = trio.current_time()
         try:
-            response = await self._http.handle_async_request(request)
+            response = await exchange(self._http, method, url, send_headers, content,
+                                      stall_timeout=self.stall_timeout,
+                                      read_timeout=read_seconds)
             try:
                 body = await wire.read_body(operation, method, response, max_body, into)
             finally:

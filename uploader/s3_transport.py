@@ -1,17 +1,25 @@
-"""How request bodies go out on the socket, so that only a stall trips a timeout.
+"""How a request reaches the store, so that only a stall trips a timeout.
 
-There are no whole-request timeouts: httpx's connect/read/write timeouts apply to each socket
+There are no whole-request timeouts: the connect/read/write timeouts apply to each socket
 operation (the stall timeout), and a body goes out in chunks each of which a link moving at
 SLOWEST_MOVING_LINK sends within it, over sockets whose send queue is kept short
 (TCP_NOTSENT_LOWAT), so each chunk's send is a real progress tick on the wire.
+
+The real transport is chute's own HTTP/1.1 connection pool (s3_http.py: a fraction of the
+CPU per request of httpx's transport, measured there); an injected one (the tests' in-memory
+S3 on ``httpx.MockTransport``) is any httpx transport. :func:`exchange` sends through
+either and hands back what both answer with: ``status_code``, ``headers`` (lower-cased
+names), ``stream`` and ``aclose()``.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import httpx
+
+from .s3_http import ConnectionPool, socket_options
 
 SLOWEST_MOVING_LINK = 8 * 1024
 """Bytes per second below which a transfer counts as stalled. A body goes out in chunks,
@@ -48,12 +56,28 @@ async def chunks(body: memoryview, size: int, progress: Callable[[int], object] 
             progress(len(chunk))
 
 
-def real_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
-    """httpx's connection pool, with TCP_NOTSENT_LOWAT on every socket (see _NOTSENT_LOWAT)."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    socket_options = []
-    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-        socket_options.append((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT))
-    return httpx.AsyncHTTPTransport(limits=limits, socket_options=socket_options)
+Transport = ConnectionPool | httpx.AsyncBaseTransport
+"""What an S3Client sends through: the real pool, or an injected httpx transport."""
+
+
+def real_transport(max_connections: int) -> ConnectionPool:
+    """chute's connection pool, with TCP_NOTSENT_LOWAT on every socket (see _NOTSENT_LOWAT)."""
+    return ConnectionPool(max_connections, socket_options=socket_options(_NOTSENT_LOWAT))
+
+
+async def exchange(transport: Transport, method: str, url: str, headers: Mapping[str, str],
+                   content: bytes | memoryview | AsyncIterator[memoryview], *,
+                   stall_timeout: float, read_timeout: float) -> Any:
+    """Send one request; its answer, head read, body still to be read from ``stream``
+    (then ``aclose()``). Connect and send wait at most ``stall_timeout`` per socket
+    operation, receiving ``read_timeout``; waiting for a pooled connection is not timed."""
+    if isinstance(transport, ConnectionPool):
+        return await transport.request(method, url, headers, content,
+                                       connect_timeout=stall_timeout,
+                                       write_timeout=stall_timeout, read_timeout=read_timeout)
+    timeout = httpx.Timeout(stall_timeout, read=read_timeout, pool=None)
+    if isinstance(content, memoryview):
+        content = bytes(content)  # httpx would iterate a memoryview's ints
+    request = httpx.Request(method, url, headers=headers, content=content,
+                            extensions={"timeout": timeout.as_dict()})
+    return await transport.handle_async_request(request)
