@@ -520,3 +520,46 @@ async def test_a_small_base_grown_then_cut_back_is_one_put(autojump_clock, store
     assert "AbortMultipartUpload" in store.operations()
     assert "UploadPartCopy" not in store.operations()
     assert_nothing_left(store, uploader)
+
+
+# -- through the FUSE handlers (fs/handles.py) ------------------------------------------------
+
+
+async def test_the_handlers_serve_rsync_and_refuse_a_cut_into_sent_bytes(m) -> None:
+    """rsync --inplace's receiver (open O_WRONLY|O_CREAT without O_TRUNC, whole blocks at
+    ascending offsets, ftruncate to the same size) and a setattr size that would cut into
+    bytes already sent (EOPNOTSUPP: the file goes on)."""
+    import os
+
+    from chute.fs.errnos import errors_as_errno
+    from chute.fs.namespace import ROOT_INODE
+    from tests.support.memory_mount import CTX, WRITE, errno_of
+
+    old = data_of(12 * MiB)
+    m.store.put("big", old)
+    inode = (await m.ops.lookup(ROOT_INODE, b"big", CTX)).st_ino
+    fh = (await m.ops.open(inode, os.O_WRONLY | os.O_CREAT, CTX)).fh
+    new = bytearray(old)
+    for at in (MiB, 7 * MiB):
+        new[at : at + BLOCK] = data_of(BLOCK, seed=at)
+        await m.ops.write(fh, at, bytes(new[at : at + BLOCK]))
+    handles = m.ops.handles
+    await handles.resize(m.ops.ns.node(inode), len(old))
+    await m.ops.flush(fh)
+    await m.ops.release(fh)
+    assert m.store.body("big") == bytes(new)
+
+    info, attrs = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    data = data_of(4 * SLICE + 7)
+    await m.ops.write(info.fh, 0, data)  # slices 1 and 2 sent
+    await m.ops.fsync(info.fh, False)
+
+    async def cut() -> None:
+        async with errors_as_errno("setattr"):
+            await handles.resize(m.ops.ns.node(attrs.st_ino), SLICE + 50)
+
+    assert await errno_of(cut()) == errno.EOPNOTSUPP
+    await handles.resize(m.ops.ns.node(attrs.st_ino), 3 * SLICE)  # a cut at a retained slice
+    await m.ops.flush(info.fh)
+    await m.ops.release(info.fh)
+    assert m.store.body("f") == data[: 3 * SLICE]
