@@ -166,9 +166,10 @@ async def test_o_rdwr_is_a_write_open_never_readable(on: Mounted) -> None:
 
 
 def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
-    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 44 * MiB  # 64 - 8 reserve - 12
-    assert mount_tuning(ReadBudget(64 * MiB)).max_request == 6 * MiB
-    assert mount_tuning(ReadBudget(8 * MiB)).max_window == 12 * MiB  # the budget caps it
+    assert mount_tuning(ReadBudget(64 * MiB)).max_window == 40 * MiB  # 64 - 8 reserve - 16
+    assert mount_tuning(ReadBudget(64 * MiB)).max_request == 8 * MiB
+    assert mount_tuning(ReadBudget(64 * MiB)).align == 8 * MiB  # GETs on 8 MiB boundaries
+    assert mount_tuning(ReadBudget(8 * MiB)).max_window == 16 * MiB  # the budget caps it
     assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 64 * MiB
 
 

@@ -447,3 +447,21 @@ async def test_tuning_is_respected(store: MemoryS3, client: S3Client,
     sizes = [size for _, size in sorted(get_ranges(store))]
     assert sizes[:3] == [64 * KiB, 128 * KiB, 256 * KiB] and max(sizes) == 256 * KiB
     assert budget.statistics().peak_in_use <= 1 * MiB
+
+
+async def test_aligned_requests_fall_on_block_boundaries(
+        store: MemoryS3, client: S3Client, autojump_clock: object) -> None:
+    tuning = ReadTuning(max_request=2 * MiB, max_window=8 * MiB, align=2 * MiB)
+    body = body_of(21 * MiB + 5)
+    etag = store.put("obj", body).etag
+    async with open_reader(SlowStore(client), ReadBudget(), key="obj", size=len(body),
+                           etag=etag, tuning=tuning) as reader:
+        assert await read_all(reader, step=1 * MiB) == body
+        assert await reader.read(7 * MiB - 100, 200) == body[7 * MiB - 100:7 * MiB + 100]
+    ranges = get_ranges(store)
+    sequential = sorted(ranges[:-1])
+    # The growing requests stop at the first boundary; from there each GET is one block.
+    assert [size for _, size in sequential[:3]] == [1 * MiB, 1 * MiB, 2 * MiB]
+    assert all(first % (2 * MiB) == 0 and size == 2 * MiB for first, size in sequential[2:-1])
+    assert sum(size for _, size in sequential) == len(body)
+    assert ranges[-1] == (7 * MiB - 100, 200 + tuning.random_extra)  # a seek: as asked

@@ -19,7 +19,8 @@ jump.
   request ahead of it if the window has room. Each request sent while sequential doubles
   the next one's size, from ``initial_request`` up to ``max_request``; the window is capped
   by ``max_window`` and by the reader's fair share of the budget, so a sequential reader
-  settles at about ``max_window / max_request`` GETs in flight.
+  settles at about ``max_window / max_request`` GETs in flight. With ``align``, they never
+  cross a multiple of it: a mount's GETs fall on the store's own block boundaries.
 - A read outside the window is a seek: the window is dropped (its GETs cancelled, its budget
   returned) and the read is fetched as asked plus ``random_extra``, with the next sequential
   request back at ``initial_request``.
@@ -32,10 +33,9 @@ Retries, stall detection and credential reloads are the S3 client's (one policy 
 All GETs run as tasks in a nursery the reader's owner provides; each chunk has its own cancel
 scope, and :meth:`ObjectReader.aclose` cancels them all and returns every byte of budget.
 
-Copies (a mount's reader, given a :class:`BufferPool`): each prefetched GET reads its body
-into a reused buffer, and :meth:`ObjectReader.read_view` hands out a view of it, valid until
-the reader's next read, close or reclaim (read_buffers.Lending); :meth:`~ObjectReader.read`
-returns a copy. A buffer is never reused while a GET may still write into it.
+Copies: given a :class:`BufferPool`, a prefetched GET reads its body into a reused buffer and
+:meth:`ObjectReader.read_view` returns a view of it (read_buffers.py says for how long it
+holds); :meth:`~ObjectReader.read` returns a copy.
 """
 
 from __future__ import annotations
@@ -68,14 +68,11 @@ class _Chunk:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | memoryview | None = None
-    buffer: bytearray | None = None
-    """The pooled buffer ``data`` is a view of (None: ``data`` is its own bytes)."""
+    buffer: bytearray | None = None  # the pooled buffer ``data`` shows (None: its own bytes)
     dropped: bool = False
     error: Exception | None = None
-    served_to: int = 0
-    """Highest offset served from this chunk, to count what a drop discards unread."""
-    cut: bool = False
-    """Cut down to its last ``keep_behind`` bytes once the reader had passed it."""
+    served_to: int = 0  # the highest offset served, to count what a drop discards unread
+    cut: bool = False  # cut down to its last ``keep_behind`` bytes once the reader passed it
 
 
 class ObjectReader:
@@ -131,9 +128,8 @@ class ObjectReader:
         return bytes(await self.read_view(offset, size))
 
     async def read_view(self, offset: int, size: int) -> bytes | memoryview:
-        """As :meth:`read`, without copying: the bytes may be a view of the reader's own
-        buffer, valid only until this reader's next read, :meth:`aclose` or reclaim (the
-        FUSE reply is written from it before anything else runs)."""
+        """As :meth:`read`, but maybe a view of the reader's buffer, valid until its next
+        read, :meth:`aclose` or reclaim (a FUSE reply is written from it at once)."""
         if offset < 0 or size < 0:
             raise ValueError(f"read({offset}, {size})")
         self._check_open()
@@ -163,7 +159,7 @@ class ObjectReader:
         if self._closed:
             raise ChuteError(f"read of {self.key} after its reader was closed")
 
-    async def _read(self, offset: int, end: int) -> bytes:
+    async def _read(self, offset: int, end: int) -> bytes | memoryview:
         sequential = self._classify(offset)
         self._trim(offset)
         covered = self._cover(end, sequential)
@@ -173,8 +169,7 @@ class ObjectReader:
         if offset < covered:
             parts.append(await self._serve(offset, min(end, covered)))
         if covered < end:
-            # The budget could not cover the read: fetch the rest on demand. Those bytes are
-            # not kept, so the window restarts, empty, where this read ends.
+            # Not covered (budget): the rest on demand, not kept; the window restarts here.
             parts.append(await self._demand(max(offset, covered), end))
             self._drop_all()
             self._window_end = end
@@ -201,10 +196,11 @@ class ObjectReader:
             need = min(end - self._window_end, tuning.max_request)
             want = self._next_request if sequential else need + tuning.random_extra
             want = min(max(need, min(want, tuning.max_request)), self.size - self._window_end)
-            sent = self._send(want, least=need)
+            size = self._aligned(want) if sequential else want
+            sent = self._send(size, least=min(need, size))
             if not sent:
                 break
-            if sequential:
+            if sequential and size == want:
                 self._grow(sent)
         return self._window_end
 
@@ -214,12 +210,22 @@ class ObjectReader:
         if remaining <= 0:
             return
         limit = min(self._tuning.max_window, self._budget.fair_share())
-        size = min(self._next_request, limit, remaining)
-        if size <= 0 or self._window_end - self._window_start + size > limit:
+        want = min(self._next_request, limit, remaining)
+        if want <= 0 or self._window_end - self._window_start + want > limit:
             return
+        size = self._aligned(want)
         sent = self._send(size, least=min(size, self._tuning.min_request))
-        if sent:
+        if sent and size == want:
             self._grow(sent)
+
+    def _aligned(self, size: int) -> int:
+        """A sequential request of ``size`` cut short where it would cross a multiple of
+        ``align``; such a filler does not grow the next request."""
+        align = self._tuning.align
+        if align <= 0:
+            return size
+        start = self._window_end
+        return min(size, (start // align + 1) * align - start)
 
     def _grow(self, sent: int) -> None:
         self._next_request = min(self._tuning.max_request, 2 * sent)
@@ -244,13 +250,9 @@ class ObjectReader:
         try:
             with chunk.scope:
                 self._budget.note_request()
-                if buffer is None:
-                    data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
-                                                        if_match=self.etag)
-                else:
-                    data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
-                                                        if_match=self.etag,
-                                                        into=memoryview(buffer))
+                into = {} if buffer is None else {"into": memoryview(buffer)}
+                data = await self._source.get_range(self.key, chunk.start, chunk.end - 1,
+                                                    if_match=self.etag, **into)
                 self._budget.note_fetched(len(data))
                 if not chunk.dropped:
                     chunk.data, chunk.buffer, buffer = data, buffer, None
@@ -261,7 +263,7 @@ class ObjectReader:
                 self._buffers.give(buffer)  # no GET writes into it any more, none read it
             chunk.done.set()
 
-    async def _serve(self, offset: int, end: int) -> bytes:
+    async def _serve(self, offset: int, end: int) -> bytes | memoryview:
         """Bytes ``[offset, end)`` from the window's chunks, waiting for those in flight."""
         parts = []
         for chunk in list(self._chunks):
@@ -389,8 +391,8 @@ class ObjectReader:
 async def open_reader(source: RangeSource, budget: ReadBudget, *, key: str, size: int,
                       etag: str, tuning: ReadTuning = DEFAULT_TUNING,
                       buffers: BufferPool | None = None) -> AsyncIterator[ObjectReader]:
-    """An :class:`ObjectReader` with a nursery of its own, closed on exit (scripts, tests).
-    A mount passes its own nursery to ObjectReader instead: a handle outlives any one call."""
+    """An ObjectReader with a nursery of its own, closed on exit (scripts, tests; a mount
+    passes its own nursery: a handle outlives any one call)."""
     async with trio.open_nursery() as nursery:
         reader = ObjectReader(source, budget, key=key, size=size, etag=etag, nursery=nursery,
                               tuning=tuning, buffers=buffers)

