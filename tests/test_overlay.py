@@ -402,22 +402,43 @@ async def test_ring_pressure_seals_retained_in_place_slices(autojump_clock, stor
     assert_nothing_left(store, uploader)
 
 
-async def test_growing_past_a_sent_short_last_slice_is_refused(autojump_clock, store) -> None:
-    """The file's short last slice was sealed (the writer went back to earlier slices); the
-    file cannot grow past that part any more: EINVAL, nothing made."""
+async def test_the_short_last_slice_is_kept_while_the_writer_goes_back(autojump_clock,
+                                                                      store) -> None:
+    """The file's short last slice, retained while the writer materializes earlier slices,
+    is not sealed (the slice demoted instead is whole), so the file can still grow."""
+    expected = bytearray(4 * SLICE + 4)
+
     async def body(uploader: Uploader) -> None:
         upload = uploader.open_file("f", "/f")
         await upload.truncate(3 * SLICE + 10)
-        await upload.write(3 * SLICE + 5, b"end")  # slice 3, short: the file's last
-        await upload.write(SLICE, b"one")  # slice 1: slice 3 is retained
-        await upload.write(2 * SLICE, b"two")  # slice 2: slice 3 is sealed, as it is
-        await upload.wait_acknowledged()
-        with pytest.raises(BackwardWrite):
-            await upload.write(4 * SLICE, b"past")
+        for at, data in ((3 * SLICE + 5, b"end"), (SLICE, b"one"), (2 * SLICE, b"two"),
+                         (4 * SLICE, b"past")):
+            await upload.write(at, data)
+            expected[at : at + len(data)] = data
+        await upload.finalize()
 
-    uploader = await run(store, body)
-    assert store.keys() == []
+    uploader = await run(store, body, patch_back="never")
+    assert store.body("f") == bytes(expected)
+    assert_tagged(store, "f")
     assert_nothing_left(store, uploader)
+
+
+async def test_growing_past_a_short_last_slice_sealed_by_pressure_is_refused(autojump_clock
+                                                                             ) -> None:
+    """Ring pressure sealed the file's short last slice: the file cannot grow past that
+    part any more (a part but the last must be whole): BackwardWrite, EINVAL."""
+    from chute.uploader.ring import Ring, SlotState
+    from chute.uploader.slices import FileSlices
+
+    ring = Ring(4, SLICE)
+    slices = FileSlices(ring, "/f", lambda slot: None)
+    await slices.truncate(3 * SLICE + 10)
+    await slices.write(3 * SLICE + 5, b"end")
+    await slices.write(SLICE, b"one")  # slice 3 (short, the last) is retained
+    (short,) = [s for s in ring.held_by(slices) if s.state is SlotState.RETAINED]
+    slices.release_retained(short)
+    with pytest.raises(BackwardWrite):
+        await slices.write(4 * SLICE, b"past")
 
 
 async def test_in_temp_key_mode_a_shrink_into_a_sent_slice_lands(autojump_clock,
@@ -563,3 +584,57 @@ async def test_the_handlers_serve_rsync_and_refuse_a_cut_into_sent_bytes(m) -> N
     await m.ops.flush(info.fh)
     await m.ops.release(info.fh)
     assert m.store.body("f") == data[: 3 * SLICE]
+
+
+# -- a model check ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch_back", ["always", "never"])
+@pytest.mark.parametrize("seed", range(8))  # (120 seeds x 2 passed once: 2.5 min)
+async def test_random_writes_and_resizes_match_a_plain_file(autojump_clock, store, seed,
+                                                            patch_back) -> None:
+    """Random writes (anywhere, up to two slices long) and resizes over a random base: the
+    object equals the same operations applied to a bytearray, and its tag is its hash. With
+    --patch-back never a write into a sent slice or a cut into one may be refused: then the
+    old object is as it was (or there is none) and nothing is left."""
+    rng = random.Random(seed)
+    old = data_of(rng.choice([0, 3 * MiB, 12 * MiB + 5, 27 * MiB]), seed=seed)
+    base = put_base(store, "f", old) if old else None
+    model = bytearray(old)
+    refused: list[BaseException] = []
+
+    async def body(uploader: Uploader) -> None:
+        upload = uploader.open_file("f", "/f", base=base)
+        for _ in range(25):
+            if rng.random() < 0.2:
+                size = rng.randrange(0, 40 * MiB)
+                try:
+                    await upload.truncate(size)
+                except TruncateRefused:
+                    assert patch_back == "never"
+                    continue
+                model[size:] = b""
+                model.extend(bytes(size - len(model)))
+                continue
+            at = rng.randrange(0, 40 * MiB)
+            chunk = rng.randbytes(rng.choice([1, 100, 4096, MiB, 2 * SLICE]))
+            try:
+                await upload.write(at, chunk)
+            except BackwardWrite as exc:
+                assert patch_back == "never"
+                refused.append(exc)
+                return
+            model.extend(bytes(max(0, at - len(model))))
+            model[at : at + len(chunk)] = chunk
+            assert upload.size == len(model)
+        await upload.finalize()
+
+    uploader = await run(store, body, slots=rng.choice([4, 6]), patch_back=patch_back,
+                         patch_budget=64 * MiB)
+    if refused:
+        assert store.keys() == (["f"] if old else []) and (not old or store.body("f") == old)
+    else:
+        assert store.body("f") == bytes(model)
+        assert_tagged(store, "f")
+        assert store.keys() == ["f"]
+    assert_nothing_left(store, uploader)

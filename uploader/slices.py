@@ -17,11 +17,11 @@ zero-extended to :attr:`FileSlices.size`. Each slice is, at any moment, exactly 
   patch*, handed to the file's :class:`LatePatchesLike` (temp-key mode keeps it, otherwise
   :class:`BackwardWrite`, EINVAL).
 
-Retention (as the ring describes: header patches): the first slice's slot (``head``) is kept
-until close, and so are the two latest materialized slices, the one being written
-(``current``, FILLING) and the one before (``prev``, RETAINED); materializing another seals
-``prev``. Ring pressure may seal a retained slot early (:meth:`release_retained`); a retained
-slot never has holes, so it can be sealed at any moment without I/O.
+Retention (as ring.py describes: header patches): ``head``, the first slice's slot, is kept
+until close, and so are the latest two materialized, ``current`` (FILLING, being written)
+and ``prev`` (RETAINED); materializing another seals ``prev`` (or, if ``prev`` is the file's
+short last slice, which may still grow, the whole one demoted). Ring pressure may seal a
+retained slot early (:meth:`release_retained`); it never has holes: no I/O to seal it.
 
 Hashing: the xxh3-128 covers ``[0, _hashed_end)`` in file order. Sealing a slice first hashes
 what lies before it (the retained head as it stands, untouched slices past the base as
@@ -110,8 +110,7 @@ class FileSlices:
     # -- writes -----------------------------------------------------------------------
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Land ``data`` at ``offset``; may wait for a ring slot, fetch base bytes, or hand
-        a late patch over (see the module)."""
+        """Land ``data`` at ``offset`` (may wait for a slot, fetch, hand a late patch over)."""
         cur = self._current
         n = len(data)
         if cur is not None and offset == self.size == cur.offset + cur.length \
@@ -166,12 +165,10 @@ class FileSlices:
                 await self._demote()
 
     def _check_size(self, size: int) -> None:
-        limit = MAX_PARTS * self._slice
-        if size > limit:
-            log.error(
-                "%s: file exceeds %s = 10,000 parts of --slice-size %s (S3's part limit); "
-                "remount with a larger --slice-size to write bigger files: EFBIG",
-                self.path, format_size(limit), format_size(self._slice))
+        if size > (limit := MAX_PARTS * self._slice):
+            log.error("%s: file exceeds %s = 10,000 parts of --slice-size %s (S3's part "
+                      "limit); remount with a larger --slice-size to write bigger files: "
+                      "EFBIG", self.path, format_size(limit), format_size(self._slice))
             raise FileTooLarge(f"{self.path} exceeds 10,000 parts of --slice-size")
 
     async def _materialize(self, k: int) -> Slot:
@@ -190,15 +187,18 @@ class FileSlices:
         return slot
 
     async def _demote(self) -> None:
-        """``current`` stops being written: its holes are filled, and it is retained (the
-        first slice until close, a later one until the next is; see ring.py)."""
+        """``current`` stops being written: its holes filled, it is retained (see module)."""
         slot = self._current
         assert slot is not None
         if self._holes:
             holes, self._holes = self._holes, []
             await self._fill_holes(slot, holes)
-        if slot.offset != 0 and self._prev is not None:
-            self._seal(self._prev)  # (``current`` still known: hashed as it stands if due)
+        prev = self._prev
+        if slot.offset != 0 and prev is not None:
+            if prev.length < self._slice and prev.offset + prev.length == self.size:
+                self._seal(slot)  # ``prev`` is the file's short last slice: it may grow yet
+                return  # (sent now, it could not: a part but the last must be whole)
+            self._seal(prev)  # (``current`` still known: hashed as it stands if due)
         self._current = None
         self._ring.retain(slot)
         self._head, self._prev = (slot, self._prev) if slot.offset == 0 else (self._head, slot)
@@ -387,8 +387,7 @@ class FileSlices:
         self._seal(slot)
 
     @property
-    def count(self) -> int:
-        """Slices of the file now."""
+    def count(self) -> int:  # slices of the file now
         return slice_count(self.size, self._slice)
 
     def release_all(self) -> None:
