@@ -20,7 +20,7 @@ from chute.fs.mountinfo import MountEntry
 
 from .common import KiB, MiB, fmt_size
 from .data import generator_name
-from .results import floor_bound, print_ratios, print_table, ratios
+from .results import cpu_ms_per_file, floor_bound, print_ratios, print_table, ratios
 from .sampling import proc_number
 
 
@@ -106,6 +106,9 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"cp -r of {result['files']} files ({fmt_size(result['bytes'])}, 4 KiB-1 MiB), "
               f"median of {result['runs']} run(s)")
         print_table(result["rows"], files=True)
+        print("CPU per file  " + "  ".join(f"{name} {ms:.2f} ms" for name, ms in
+                                           cpu_ms_per_file(result["rows"]).items())
+              + "  (the mount's, or curl's for the store floor; median)")
         print()
         print_ratios(result["rows"])
         bound = floor_bound(result["rows"])
@@ -149,6 +152,8 @@ def to_json(result: dict[str, Any], env: dict[str, Any], args: argparse.Namespac
     out["rows"] = [row.summary() for row in result["rows"]]
     out["ratios"] = ratios(result["rows"])
     out["floors"] = floor_bound(result["rows"])
+    if result["mode"] == "small-files":
+        out["cpu_ms_per_file"] = cpu_ms_per_file(result["rows"])
     out["environment"] = env
     out["work_dir"] = {"path": str(work), "fstype": fs.fstype, "source": fs.source}
     out["settings"] = {"slice_size": args.slice_size, "ring_size": args.ring_size,

@@ -98,6 +98,13 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     return out
 
 
+def cpu_ms_per_file(rows: list[Row]) -> dict[str, float]:
+    """--small-files: each contender's CPU per file in ms, median over its runs (the mount
+    process's; curl's for the store floor). Issue 19's first target is chute's."""
+    return {r.name: statistics.median(run.cpu / run.files * 1000 for run in r.runs)
+            for r in rows if r.runs}
+
+
 def floor_bound(rows: list[Row]) -> dict[str, float]:
     """What the two floors allow together: a mount that waits for each file's PUT (as close()
     must) spends at least the FUSE floor's time plus the store floor's time per file."""
