@@ -1,11 +1,11 @@
-"""A small S3 client on httpx + trio, signing with botocore: only the calls chute makes.
+"""A small S3 client on trio, signing with botocore's SigV4: only the calls chute makes.
 
 Why not boto3: it is synchronous, and running each part upload in a worker thread would put
 a thread per part in flight and copy each part into a new bytes object. This client streams a
 part straight out of its ring slot (a memoryview) and runs on the trio event loop.
 
 Every call goes through :class:`RetryPolicy` (one policy for the whole mount). There are no
-whole-request timeouts: httpx's connect/read/write timeouts apply to each socket operation,
+whole-request timeouts: the connect/read/write timeouts apply to each socket operation,
 so they fire only when a transfer makes no progress for ``stall_timeout`` seconds. A slow
 but moving upload is never cancelled. Bodies are sent in chunks that a link moving at 8 KiB/s
 sends within the stall timeout (SLOWEST_MOVING_LINK), so each chunk's send is a progress tick.
@@ -83,10 +83,10 @@ class S3Client(MultipartCalls):
         self.on_request: Callable[[str, float, int | None], object] | None = None
         """Told ``(operation, seconds, HTTP status or None)`` after every attempt that got an
         answer or a transport error (the mount's latency histogram); not on cancellation."""
-        # The transport, not an AsyncClient: chute needs none of the client's layers
-        # (cookies, redirects, auth flows, base URLs, default headers), and they cost
-        # 10-25% of the CPU of a small PUT, measured (see README, Performance). Tests inject
-        # their own (an in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
+        # chute's own connection pool (s3_http.py), not httpx: an AsyncClient's layers and
+        # httpx's transport (httpcore, h11) cost two thirds of the CPU of a small PUT,
+        # measured (docs/performance.md, Small files). Tests inject an httpx transport (an
+        # in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
         self._http: Transport = (transport if transport is not None
                                  else real_transport(max_connections))
         self.object_options: ObjectOptions | None = None
