@@ -175,11 +175,14 @@ class MultipartSession:
                 )
             return upload_id
 
-    async def upload_part(self, part_number: int, body: memoryview | bytes) -> str:
+    async def upload_part(self, part_number: int, body: memoryview | bytes,
+                          headers: dict[str, str] | None = None) -> str:
         """Send one part of the upload :meth:`create` made; its ETag. NoSuchUpload before
-        :meth:`abort` means the store lost the upload: :class:`UploadSessionLost`."""
+        :meth:`abort` means the store lost the upload: :class:`UploadSessionLost`.
+        ``headers``: the body's checksum headers if known (zero parts: overlay.py)."""
         assert self.upload_id is not None, "create() first"
-        headers = await body_headers_off_loop(self.checksum, body)
+        if headers is None:
+            headers = await body_headers_off_loop(self.checksum, body)
         try:
             etag = await self.client.upload_part(
                 self.key, self.upload_id, part_number, body, headers,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .checksums import body_headers_off_loop
 from .copy import COPY_PART_BYTES
 from .multipart import MultipartSession
 from .ring import Ring, Slot
@@ -195,12 +196,16 @@ async def send_zero_parts(plan: UntouchedPlan, zeros: memoryview, session: Multi
     a time); the bytes sent. The first failure ends the others and is raised."""
     pending = list(plan.zeros)
     sent = 0
+    checksums: dict[int, dict[str, str]] = {}  # one per length: zeros are zeros
 
     async def sender() -> None:
         nonlocal sent
         while pending and not failed():
             number, length = pending.pop(0)
-            await session.upload_part(number, zeros[:length])
+            if length not in checksums:
+                checksums[length] = await body_headers_off_loop(session.checksum,
+                                                                zeros[:length])
+            await session.upload_part(number, zeros[:length], dict(checksums[length]))
             sent += length
 
     async with trio.open_nursery() as nursery:
