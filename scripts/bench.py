@@ -60,6 +60,13 @@ Modes:
                                                 # object: chute --allow-read vs rclone
                                                 # --vfs-cache-mode writes, time and bytes sent
                                                 # / copied / fetched (counting relay); 1 run
+    python scripts/bench.py --writers           # 1/2/4/8 parallel writers: xargs -P N cp of
+                                                # 256 small files, N cp of 256 MiB, tar and
+                                                # rsync at once; chute beside rclone mount
+    python scripts/bench.py --link              # every contender through one modelled link
+                                                # (delay each way, rate cap, TCP windows) at
+                                                # 2 ms/1 Gbit, 40 ms/200 Mbit, 100 ms/50 Mbit,
+                                                # 100 ms/no cap; requests per file counted
     python scripts/bench.py --json              # machine output on stdout (progress: stderr)
     python scripts/bench.py --small-files --baseline ../old   # before/after in one run
 
