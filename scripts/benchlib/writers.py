@@ -186,7 +186,9 @@ def print_result(result: dict[str, Any]) -> None:
           f"{result['files']} files ({fmt_size(result['tree_bytes'])}, 4 KiB-1 MiB); big: N "
           f"cp of a {fmt_size(result['size'])} file at once; mixed: tar -x and rsync -r of "
           f"the tree at once. Cells: files/s, MB/s, mount CPU s (! = not verified)")
-    print(f"{'case':<8}{'N':>3}" + "".join(f"{n + ' files/s  MB/s  CPU':>26}" for n in names)
+    print(f"{'':<11}" + "".join(f"  {n:^24}" for n in names))
+    print(f"{'case':<8}{'N':>3}" + "".join(f"  {'files/s':>8} {'MB/s':>7} {'CPU':>5}  "
+                                          for _ in names)
           + ("   chute/rclone" if "rclone" in names else ""))
     for case, counts in (("small", result["writer_counts"]), ("big", result["writer_counts"]),
                          ("mixed", [2])):
