@@ -11,6 +11,11 @@ module, each importing only those listed before it:
 - ``ceiling``: the direct multipart upload, run in a child process;
 - ``report``: environment, tables, JSON;
 - ``runs``: ``Bench``: each run (mount, copy, sample, verify, clean up) and each mode;
+- ``link``: a network link modelled in a relay (delay each way, shared rate cap, TCP windows
+  with slow start) that counts the S3 requests crossing it;
+- ``writers``: ``--writers`` (parallel writers), and ``mounted_run``, the timed run of
+  commands started together in a fresh mount;
+- ``links``: ``--link``: every contender through the link at each point;
 - ``cli``: options, disk check, the run with its cleanup.
 
 Mounts are found through ``chute.fs.mountinfo`` (the one reader of /proc/self/mountinfo).
