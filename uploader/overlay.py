@@ -30,6 +30,7 @@ its session (multipart.py) and slices (slices.py).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -172,17 +173,19 @@ def zeroed(slot: Slot) -> memoryview:
 
 
 def without(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    """The ranges ``holes`` (in order, disjoint) less ``[start, end)``."""
-    result = []
-    for a, b in holes:
-        if b <= start or a >= end:
-            result.append((a, b))
-            continue
-        if a < start:
-            result.append((a, start))
-        if b > end:
-            result.append((end, b))
-    return result
+    """The ranges ``holes`` (in order, disjoint) less ``[start, end)``; changed in place, in
+    O(log n) plus the shift (a slice may take thousands of small writes)."""
+    first = bisect.bisect_right(holes, start, key=lambda h: h[1])  # first ending past start
+    last = bisect.bisect_left(holes, end, key=lambda h: h[0])  # first starting at/after end
+    if first >= last:
+        return holes
+    pieces = []
+    if holes[first][0] < start:
+        pieces.append((holes[first][0], start))
+    if holes[last - 1][1] > end:
+        pieces.append((end, holes[last - 1][1]))
+    holes[first:last] = pieces
+    return holes
 
 
 def clipped(holes: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
