@@ -14,7 +14,9 @@ The model, per direction (client to store, store to client), shared by every con
 and per connection and direction, TCP's windows without losses:
 
 - at most ``window`` bytes unacknowledged (default 4 MiB, Linux's default ``tcp_wmem``
-  maximum), an acknowledgement coming back ``rtt / 2`` after its byte arrived;
+  maximum), an acknowledgement coming back ``rtt / 2`` after its byte was delivered (so a
+  receiver slower than the link, such as a busy store, holds the window shut as TCP's
+  receive window would);
 - **slow start**: the congestion window opens at 10 segments and grows by every byte
   acknowledged (doubling per round trip) up to ``window``, and falls back to 10 segments
   after an idle spell longer than the retransmission timeout (``rtt`` + 200 ms), as Linux
@@ -104,8 +106,9 @@ class Direction:
 
 
 class Window:
-    """One connection's send window in one direction: bytes in flight until acknowledged,
-    a congestion window that opens as acknowledgements come (slow start), up to ``limit``."""
+    """One connection's send window in one direction: bytes in flight until acknowledged
+    (``acked``: a byte was delivered, its acknowledgement due at ``at``), a congestion
+    window that opens as acknowledgements come (slow start), up to ``limit``."""
 
     def __init__(self, model: LinkModel) -> None:
         self.limit = model.window
@@ -116,6 +119,7 @@ class Window:
         self.acks: collections.deque[tuple[float, int]] = collections.deque()
         self.in_flight = 0
         self.last_sent = -math.inf
+        self._acked = trio.Event()
 
     def _collect(self, now: float) -> None:
         while self.acks and self.acks[0][0] <= now:
@@ -132,12 +136,19 @@ class Window:
                 self.cwnd = min(self.cwnd, self.initial)
             if self.cwnd > self.in_flight:
                 return self.cwnd - self.in_flight
-            await trio.sleep_until(self.acks[0][0])
+            if self.acks:
+                await trio.sleep_until(self.acks[0][0])
+            else:  # nothing delivered yet: wait for the first delivery
+                self._acked = trio.Event()
+                await self._acked.wait()
 
-    def sent(self, nbytes: int, acked_at: float) -> None:
+    def sent(self, nbytes: int) -> None:
         self.in_flight += nbytes
-        self.acks.append((acked_at, nbytes))
         self.last_sent = trio.current_time()
+
+    def acked(self, nbytes: int, at: float) -> None:
+        self.acks.append((at, nbytes))
+        self._acked.set()
 
 
 class Sender:
@@ -156,7 +167,7 @@ class Sender:
             room = await self.window.room()
             piece, view = bytes(view[:room]), view[room:]
             arrival = await self.direction.send(len(piece))
-            self.window.sent(len(piece), arrival + self.direction.delay)
+            self.window.sent(len(piece))
             self._send.send_nowait((arrival, piece))
 
     def close(self) -> None:
@@ -167,6 +178,7 @@ class Sender:
             async for arrival, piece in self._receive:
                 await trio.sleep_until(arrival)
                 await self.stream.send_all(piece)
+                self.window.acked(len(piece), trio.current_time() + self.direction.delay)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await self.stream.send_eof()
 
