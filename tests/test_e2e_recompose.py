@@ -36,7 +36,7 @@ import pytest
 from tests.support.faultproxy import FaultProxy, Kind, Seen, access_denied
 from tests.support.files import random_file, sha256_file
 from tests.support.mounts import requires_fuse
-from tests.support.observe import wait_for
+from tests.support.observe import status, wait_for
 from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
@@ -160,6 +160,9 @@ def test_rsync_inplace_delta_sends_only_the_changed_slices(mount_factory, store,
         assert line, mount.log()[-3000:]
         assert int(line.group(1)) == sent
         assert int(line.group(2)) + sent >= 200 * MiB
+        totals = status(mount.path)["totals"]  # chute status: the mount-wide cost
+        assert (totals["bytes_copied"], totals["bytes_fetched"]) == \
+            (int(line.group(2)), int(line.group(3)))
 
         before = len(proxy.requests)
         again = _run([rsync, "-t", "--inplace", "--no-whole-file", "--stats", str(new),
