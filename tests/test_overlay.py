@@ -20,7 +20,7 @@ from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import BackwardWrite, TruncateRefused, UploadFailed, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
-from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched
+from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched, without
 from chute.uploader.uploader import Uploader
 from tests.support.memory_s3 import LoggedRequest, MemoryS3
 from tests.support.memory_uploader import run_uploader
@@ -80,6 +80,25 @@ def test_plan_groups_copies_and_zeroes_what_lies_past_the_base() -> None:
     # the file's last slice, short and inside the base, is copied with the run before it
     assert plan_untouched(35, 40, s, set()).copies == ((1, 0, 34),)
     assert plan_untouched(0, 40, s, set()) == UntouchedPlan()
+
+
+def test_without_cuts_a_write_out_of_the_holes() -> None:
+    """overlay.without (bisection, in place) against the obvious definition."""
+    def reference(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+        kept = [(a, b) for a, b in holes if b <= start or a >= end]
+        kept += [(a, start) for a, b in holes if a < start < b]
+        kept += [(end, b) for a, b in holes if a < end < b]
+        return sorted(kept)
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        holes = [(0, rng.randrange(1, 100))]
+        for _ in range(rng.randrange(8)):
+            start = rng.randrange(110)
+            end = start + rng.randrange(1, 20)
+            expected = reference(holes, start, end)
+            assert without(list(holes), start, end) == expected, (holes, start, end)
+            holes = expected
 
 
 # -- in-place writes --------------------------------------------------------------------------
