@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import quote
 
-import httpcore
 import httpx
 
 from .errors import ChuteError, MalformedResponse, Stalled, StoreUnreachable
@@ -40,13 +39,6 @@ memory one page takes; a page with more is refused."""
 SMALL_BODY_MAX = 64 * KiB
 """The largest body read from an answer that should have none or a tiny one (PutObject,
 UploadPart, Delete, HEAD, tagging)."""
-RECEIVE_SIZE = 256 * KiB
-"""The most one socket read takes. httpcore reads 64 KiB at a time (its class constant
-``READ_NUM_BYTES``), and each piece passes through h11 and httpx as Python calls: for a GET
-body that per-piece work, not the bytes, was most of the client's CPU. 256 KiB pieces took
-the CPU of a 1 GiB parallel download from 1.5-1.6 to 1.0-1.3 s (docs/performance.md, Reads).
-A small answer costs nothing more: a read returns what has arrived."""
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = RECEIVE_SIZE
 
 
 @dataclass(frozen=True)
