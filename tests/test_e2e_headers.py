@@ -112,6 +112,8 @@ def test_wave_writer_patches_riff_header_at_close(mount_factory, s3, tmp_path: P
     assert stored_xxh3(s3, mount.key("take.wav")) == xxhash.xxh3_128(
         remote.read_bytes()).hexdigest()
     assert "reading the object back" in mount.log()
+    # Header patches into the first slice need no temporary key: nothing copied server-side.
+    assert " 0 copied server-side" in mount.log()
     assert pending_uploads(s3, mount.prefix) == []
 
 

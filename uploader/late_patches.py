@@ -10,8 +10,12 @@ composed from T with the patches applied (recompose.py). Such an upload is in *t
 Which uploads are made at T (:func:`wants_temp_key`, decided once, at the upload's first
 CreateMultipartUpload, or at the first late patch if that comes first), by ``--patch-back``:
 
-- ``auto`` (default): the file was opened O_RDWR, or it has written back into an earlier
-  slice before its upload is created (zip, media muxers: they will likely do it again later);
+- ``auto`` (default): the file was opened O_RDWR (Info-ZIP's and Python zipfile's output,
+  qemu, databases), or before its upload is created it has written back into an earlier slice
+  other than the first (a zip-like writer patching a header that crossed a slice boundary:
+  it will likely do it again further back). A header patch into the first slice (WAV, mp4,
+  whose writers patch it after every chunk) does not count: the retained first slice serves
+  it, and a temporary key would cost every such file a server-side copy;
 - ``always``: every multipart upload (each then costs a server-side copy at close);
 - ``never``: none; a late patch is EINVAL as before.
 
@@ -25,7 +29,8 @@ the upload, so nothing partial is ever visible.
 Contract with the file upload (file_upload.py / slices.py), all calls synchronous:
 
 - ``note_backward_write()``: a write landed below the start of the slice being filled (into
-  a retained earlier slice), before the upload's Create: under ``auto`` it is made at T.
+  a retained earlier slice but the first), before the upload's Create: under ``auto`` it is
+  made at T.
 - ``decide()``: at the first CreateMultipartUpload (recompose.Recomposer.prepare calls it);
   from then on :attr:`enabled` is fixed.
 - ``add(offset, data)``: a write whose bytes lie (partly) in a SENT slice. The caller hands
@@ -64,7 +69,7 @@ DEFAULT_PATCH_BUDGET = 8 * MiB
 def wants_temp_key(patch_back: str, *, opened_rdwr: bool, backward_write: bool) -> bool:
     """Whether an upload is to be created at a temporary key (the one rule; see the module
     docstring): ``always`` yes, ``never`` no, ``auto`` if the file was opened O_RDWR or has
-    written back into an earlier slice."""
+    written back into an earlier slice but the first."""
     if patch_back == "always":
         return True
     if patch_back == "never":

@@ -146,8 +146,11 @@ class FileSlices:
             if self._current is not None and at < self._current.offset:
                 self.late.note_backward_write()
             slot = await self._materialize(k)
-        elif slot is not self._current:
-            self.late.note_backward_write()  # back into a retained slice (a header patch)
+        elif slot is not self._current and k:
+            # Back into the retained latest-full slice: a zip-like writer patching a member
+            # header that crossed a slice boundary. A patch into slice 0 (WAV, mp4 and other
+            # header patches) is served by the retained first slice and predicts nothing.
+            self.late.note_backward_write()
         start = at - slot.offset
         end = start + len(data)
         assert start <= slot.length, "a slice's slot always reaches the file's end"
