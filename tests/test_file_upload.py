@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import random
-from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import xxhash
 
 from chute.uploader.checksums import HASH_TAG, multipart_etag
-from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import BackwardWrite, ObjectExists, UploadFailed, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
 from chute.uploader.retry import RetryReason
 from chute.uploader.uploader import Uploader
 from tests.support.memory_s3 import MemoryS3
-from tests.support.memory_uploader import run_uploader
+from tests.support.memory_uploader import SLICE, data_of, run_sliced
 
 MiB = 1 << 20
-SLICE = 5 * MiB
 
 
 @pytest.fixture
@@ -35,17 +31,7 @@ def store() -> MemoryS3:
     return MemoryS3()
 
 
-async def run(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]], *,
-              slots: int = 4, **config: object) -> Uploader:
-    """Run ``body`` against a running Uploader whose client talks to ``store``."""
-    return await run_uploader(
-        store, body, UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
-                                    **config),  # type: ignore[arg-type]
-        retry_budget=60, count_retries=True)
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
+run = run_sliced
 
 
 async def write_all(upload: FileUpload, data: bytes, chunk: int = MiB, start: int = 0) -> None:

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Awaitable, Callable
 
 import pytest
 import xxhash
 
 from chute.uploader.checksums import HASH_TAG
-from chute.uploader.config import UploaderConfig
 from chute.uploader.errors import BackwardWrite, TruncateRefused, UploadFailed, errno_for
 from chute.uploader.file_upload import FileUpload, UploadState
 from chute.uploader.leftovers import MARKER_DIR
 from chute.uploader.overlay import Base, UntouchedPlan, plan_untouched, without
 from chute.uploader.uploader import Uploader
 from tests.support.memory_s3 import LoggedRequest, MemoryS3
-from tests.support.memory_uploader import run_uploader
+from tests.support.memory_uploader import SLICE, data_of, run_sliced
 
 MiB = 1 << 20
-SLICE = 5 * MiB
 BLOCK = 14_480  # the block rsync chose for a 200 MiB file (/tmp/issue17-findings.md)
 
 
@@ -35,16 +32,7 @@ def store() -> MemoryS3:
     return MemoryS3()
 
 
-async def run(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]], *,
-              slots: int = 4, **config: object) -> Uploader:
-    return await run_uploader(
-        store, body, UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
-                                    **config),  # type: ignore[arg-type]
-        retry_budget=60, count_retries=True)
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
+run = run_sliced
 
 
 def put_base(store: MemoryS3, key: str, body: bytes) -> Base:

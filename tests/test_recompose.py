@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import random
 import subprocess
 from urllib.parse import quote
 
@@ -43,15 +42,12 @@ from chute.uploader.recompose import Recomposer
 from chute.uploader.retry import RetryPolicy
 from chute.uploader.ring import Ring
 from tests.support.memory_s3 import MemoryS3, StoredObject, memory_client
+from tests.support.memory_uploader import data_of
 
 MiB = 1 << 20
 S = 5 * MiB
 KEY = "f.bin"
 OLD = b"old object " * 1000
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import logging
 
 import trio
 
+from .bounded import each_bounded
 from .s3 import S3Client
 from .sizes import MAX_PART_SIZE, MAX_PARTS, GiB, format_size
 
@@ -43,25 +44,14 @@ async def copy_in_parts(client: S3Client, source_key: str, dest_key: str, size: 
     tags = await client.get_tags(source_key)
     upload_id = await client.create_multipart_upload(dest_key, metadata_headers)
     etags: dict[int, str] = {}
-    errors: list[Exception] = []
-    limiter = trio.CapacityLimiter(COPY_PARTS_IN_FLIGHT)
 
-    async def copy_part(number: int, first: int, last: int, cancel: trio.CancelScope) -> None:
-        async with limiter:
-            try:
-                etags[number] = await client.upload_part_copy(
-                    source_key, dest_key, upload_id, number, first, last,
-                    if_match_etag=if_match_etag)
-            except Exception as exc:  # the first failure stops the others
-                errors.append(exc)
-                cancel.cancel()
+    async def copy_part(part: tuple[int, int, int]) -> None:
+        number, first, last = part
+        etags[number] = await client.upload_part_copy(
+            source_key, dest_key, upload_id, number, first, last, if_match_etag=if_match_etag)
 
     try:
-        async with trio.open_nursery() as nursery:
-            for number, first, last in ranges:
-                nursery.start_soon(copy_part, number, first, last, nursery.cancel_scope)
-        if errors:
-            raise errors[0]
+        await each_bounded(ranges, copy_part, COPY_PARTS_IN_FLIGHT)
         etag = await client.complete_multipart_upload(
             dest_key, upload_id, [(n, etags[n], {}) for n in sorted(etags)])
     except BaseException:

@@ -45,9 +45,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-import trio
-
 from . import leftovers
+from .bounded import each_bounded
 from .copy import MAX_COPY_BYTES, copy_in_parts
 from .errors import StoreError
 from .s3 import S3Client
@@ -168,22 +167,7 @@ async def _copy_one(client: S3Client, source: str, dest: str, entry: Entry,
 async def _each(items: Sequence[Entry], job: Callable[[Entry], Awaitable[object]]) -> None:
     """Run ``job`` on every item, IN_FLIGHT at a time; the first failure stops the rest and
     is raised."""
-    errors: list[Exception] = []
-    limiter = trio.CapacityLimiter(IN_FLIGHT)
-
-    async def one(item: Entry, cancel: trio.CancelScope) -> None:
-        async with limiter:
-            try:
-                await job(item)
-            except Exception as exc:
-                errors.append(exc)
-                cancel.cancel()
-
-    async with trio.open_nursery() as nursery:
-        for item in items:
-            nursery.start_soon(one, item, nursery.cancel_scope)
-    if errors:
-        raise errors[0]
+    await each_bounded(items, job, IN_FLIGHT)
 
 
 async def _deepest_last(items: Sequence[Entry], job: Callable[[Entry], Awaitable[object]],

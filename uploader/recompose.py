@@ -45,6 +45,7 @@ import trio
 import xxhash
 
 from . import leftovers
+from .bounded import each_bounded
 from .copy import COPY_PART_BYTES, COPY_PARTS_IN_FLIGHT
 from .late_patches import LatePatches
 from .multipart import ABORT_BUDGET, MultipartSession
@@ -246,27 +247,16 @@ class _Job:
 
     async def _send(self, plan: list[_Part]) -> None:
         """Every part, COPY_PARTS_IN_FLIGHT at a time; the first failure cancels the rest."""
-        errors: list[BaseException] = []
-        limiter = trio.CapacityLimiter(COPY_PARTS_IN_FLIGHT)
 
-        async def one(part: _Part, cancel: trio.CancelScope) -> None:
-            async with limiter:
-                try:
-                    if part.patched:
-                        await self._send_patched(part)
-                    else:
-                        await self.final.copy_part(part.number, self.temp.key, part.first,
-                                                   part.end - 1, self.temp_etag)
-                        self.copied += part.end - part.first
-                except Exception as exc:
-                    errors.append(exc)
-                    cancel.cancel()
+        async def one(part: _Part) -> None:
+            if part.patched:
+                await self._send_patched(part)
+            else:
+                await self.final.copy_part(part.number, self.temp.key, part.first,
+                                           part.end - 1, self.temp_etag)
+                self.copied += part.end - part.first
 
-        async with trio.open_nursery() as nursery:
-            for part in plan:
-                nursery.start_soon(one, part, nursery.cancel_scope)
-        if errors:
-            raise errors[0]
+        await each_bounded(plan, one, COPY_PARTS_IN_FLIGHT)
 
     async def _fill(self, view: memoryview, first: int) -> None:
         """``view`` := the file's bytes ``[first, first + len(view))``: T's, zeros past T's

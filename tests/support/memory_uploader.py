@@ -10,6 +10,7 @@ closed before the call returns or raises).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -39,3 +40,23 @@ async def run_uploader(store: MemoryS3, body: Callable[[Uploader], Awaitable[Non
     finally:
         await client.aclose()
     return uploader
+
+
+SLICE = 5 * 1024 * 1024
+"""The slice of the uploader unit tests: S3's smallest part, so files of a few slices are
+small."""
+
+
+async def run_sliced(store: MemoryS3, body: Callable[[Uploader], Awaitable[None]], *,
+                     slots: int = 4, **config: object) -> Uploader:
+    """:func:`run_uploader` with ``slots`` slices of :data:`SLICE` in the ring, a 60 s retry
+    budget and counted retries; ``config`` adds UploaderConfig fields."""
+    return await run_uploader(
+        store, body, UploaderConfig(slice_size=SLICE, ring_size=slots * SLICE,
+                                    **config),  # type: ignore[arg-type]
+        retry_budget=60, count_retries=True)
+
+
+def data_of(size: int, seed: int = 1) -> bytes:
+    """``size`` reproducible random bytes."""
+    return random.Random(seed).randbytes(size)
