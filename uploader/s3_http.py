@@ -1,11 +1,14 @@
-"""The store's HTTP/1.1 client: kept-alive connections on trio streams, and nothing else.
+"""The store's HTTP/1.1 client: kept-alive connections on trio streams, with h11 as the protocol.
 
-Why not httpx's transport (httpcore and h11) on this path: every request passes through
-httpx's request and response models, httpcore's pool, h11's state machine and header
-validation, and goes out in two sends (head, then body). A signed 4 KiB PutObject costs
-0.60-0.75 ms of CPU that way on loopback, 0.16-0.21 ms written here (docs/performance.md,
-"Small files"), and a small file is one such request: that difference is a quarter of the
-mount's CPU per file. httpx stays the client of the tests (an injected transport,
+Why not httpx's transport (httpcore) on this path: every request passes through httpx's
+request and response models and httpcore's pool and stream layers, and goes out in two sends
+(head, then body). A signed 4 KiB PutObject cost 0.60-0.75 ms of CPU that way on loopback
+(docs/performance.md, "Small files"), and a small file is one such request. What is kept
+here is only the plumbing: the pool, trio streams and TLS, one send for a head and its body.
+Everything the store's untrusted answer decides (status line, headers, Content-Length,
+chunked coding, 1xx, answers without a body, whether the connection may carry another
+request) is h11's, the state machine httpx's own stack uses, and h11 also makes and checks
+each request's head. httpx stays the client of the tests (an injected transport,
 tests/support/memory_s3.py) and its exception types stay chute's vocabulary for transport
 failures (s3_wire.transport_failure), so this module raises them.
 
@@ -13,30 +16,30 @@ What it does, and the invariants that keep an answer with its request:
 - A request's head goes out in one send with its body, or with the body's first chunk (a
   large body comes in chunks, each a send under the stall timeout, s3_transport.py): a
   second send cost 0.03 ms of CPU and 1.2 ms of wall time per 150 KB PutObject on loopback
-  (the store reads the head and waits for the body).
-- An answer is framed by Content-Length, by chunked transfer coding, or by the connection's
-  close (that connection is then never reused). HEAD answers and 1xx/204/304 have no body;
-  interim 1xx answers are skipped.
-- A connection goes back to the pool only once its answer has been read to the end with no
-  byte more received; one that became readable while idle (the store closed it) is dropped
-  before use; any error or cancellation closes it. So no answer is ever read as another
-  request's.
+  (the store reads the head and waits for the body). h11 passes body bytes through uncopied.
+- Each connection has one ``h11.Connection``; an answer is read from its events only
+  (InformationalResponse skipped, Response, Data, EndOfMessage), its head at most HEAD_MAX.
+- A connection goes back to the pool only once h11 has both sides at DONE (the answer read
+  to its end, h11 saw nothing that forbids keep-alive) with no byte more received, and
+  ``start_next_cycle()`` took it; one that became readable while idle (the store closed it)
+  is dropped before use; any error or cancellation closes it. So no answer is ever read as
+  another request's.
 - Timeouts apply to each socket operation (connect, each send, each receive), so only a
   stall trips one; waiting for a free connection is not timed.
 - Failures are httpx's exceptions, as httpcore raised them: ConnectError/ConnectTimeout
   (nothing sent), WriteError/WriteTimeout (not all sent), ReadError/ReadTimeout/
-  RemoteProtocolError (sent; the answer may be lost), LocalProtocolError (a header that
-  cannot be sent).
+  RemoteProtocolError (sent; the answer may be lost; h11's RemoteProtocolError), and
+  LocalProtocolError (h11's: a request that cannot be sent as asked).
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 
+import h11
 import httpx
 import trio
 
@@ -44,29 +47,31 @@ HEAD_RECEIVE = 64 * 1024
 BODY_RECEIVE = 256 * 1024
 """Bytes asked of the socket at a time while reading an answer's head, and its body."""
 HEAD_MAX = 64 * 1024
-"""The longest answer head (status line and headers) read; a longer one is a protocol
-error (S3's heads are a few KiB even with user metadata)."""
-_FORBIDDEN = re.compile(r"[\r\n\0]")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_NO_BODY_STATUS = frozenset((204, 304))
+"""h11's max_incomplete_event_size: an answer head (status line and headers) still incomplete
+with more than this received is a protocol error (h11 checks between receives, so a head
+that ends within the receive crossing it is read). S3's heads are a few KiB even with user
+metadata."""
 
 
 class Response:
     """One answer being read: status, headers (names lower-cased, repeated ones joined with
-    ", "), and the body as ``stream``, an async iterator of bytes. ``aclose()`` must follow
-    (it returns the connection to the pool only if the answer was read to its end)."""
+    ", "), and the body as ``stream``, an async iterator of bytes-like pieces (h11 hands out
+    bytearrays). ``aclose()`` must follow (it returns the connection to the pool only if
+    the answer was read to its end)."""
 
-    def __init__(self, pool: ConnectionPool, conn: _Connection, status: int,
-                 headers: dict[str, str], framing: int | None, reusable: bool,
-                 read_timeout: float) -> None:
-        self.status_code = status
+    def __init__(self, pool: ConnectionPool, conn: _Connection, event: h11.Response,
+                 first: h11.Event | type[h11.NEED_DATA], read_timeout: float) -> None:
+        self.status_code = event.status_code
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in event.headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
         self._pool = pool
         self._conn: _Connection | None = conn
-        self._framing = framing  # bytes left (Content-Length), -1 chunked, None until close
-        self._reusable = reusable
         self._read_timeout = read_timeout
-        self._done = framing == 0
+        self._done = type(first) is h11.EndOfMessage
+        self._first = first if type(first) is h11.Data else None
 
     @property
     def stream(self) -> AsyncIterator[bytes]:
@@ -76,120 +81,86 @@ class Response:
         conn = self._conn
         if conn is None or self._done:
             return
-        if self._framing is None:
-            while data := await conn.take_or_receive(self._read_timeout):
-                yield data
-            self._reusable = False
-        elif self._framing > 0:
-            left = self._framing
-            while left:
-                data = await conn.take_or_receive(self._read_timeout, left)
-                if not data:
-                    raise httpx.RemoteProtocolError(
-                        f"peer closed connection without sending complete message body: "
-                        f"{left} bytes missing")
-                left -= len(data)
-                yield data
-        else:
-            async for data in _chunked(conn, self._read_timeout):
-                yield data
-        self._done = True
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first.data
+        while True:
+            event = conn.h11_next_event()
+            if event is h11.NEED_DATA:
+                await conn.receive(self._read_timeout, BODY_RECEIVE)
+            elif type(event) is h11.Data:
+                yield event.data
+            elif type(event) is h11.EndOfMessage:
+                self._done = True
+                return
+            else:
+                raise httpx.RemoteProtocolError(f"unexpected {event!r} in an answer's body")
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and self._reusable and not conn.buffer:
+        if self._done and conn.ready_for_next():
             self._pool.put_back(conn)
         else:
             conn.close()
             self._pool.release()
 
 
-async def _chunked(conn: _Connection, stall: float) -> AsyncIterator[bytes]:
-    """The body of a chunked answer, chunk by chunk; trailers are read and dropped."""
-    while True:
-        line = await conn.read_line(stall)
-        size_text = line.split(b";", 1)[0].strip()
-        if not _HEX.fullmatch(size_text):
-            raise httpx.RemoteProtocolError(f"bad chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            while await conn.read_line(stall):
-                pass  # trailers
-            return
-        while size:
-            data = await conn.take_or_receive(stall, size)
-            if not data:
-                raise httpx.RemoteProtocolError("peer closed connection within a chunk")
-            size -= len(data)
-            yield data
-        if await conn.read_line(stall):
-            raise httpx.RemoteProtocolError("a chunk is not followed by CRLF")
-
-
 class _Connection:
-    """One connection: its stream, its socket (to tell whether an idle one was closed),
-    and the bytes received and not yet consumed."""
+    """One connection: its stream, its socket (to tell whether an idle one was closed), and
+    its h11 state machine, which holds the bytes received and not yet consumed."""
 
     def __init__(self, key: tuple[str, int, bool], stream: trio.abc.Stream,
                  sock: trio.socket.SocketType) -> None:
         self.key = key
         self.stream = stream
         self.sock = sock
-        self.buffer = bytearray()
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_MAX)
 
     def close(self) -> None:
         self.sock.close()
+
+    def h11_send(self, *events: h11.Event) -> bytes | memoryview:
+        """What ``events`` put on the wire; a lone body's bytes are the caller's, not a copy."""
+        pieces: list[bytes] = []
+        try:
+            for event in events:
+                pieces += self.h11.send_with_data_passthrough(event) or ()
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc)) from exc
+        pieces = [piece for piece in pieces if piece]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def h11_next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+
+    def ready_for_next(self) -> bool:
+        """Whether h11 lets this connection carry another request, nothing more received."""
+        if (self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE
+                or self.h11.trailing_data != (b"", False)):
+            return False
+        try:
+            self.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
 
     async def send(self, data: bytes | memoryview, stall: float) -> None:
         with _failures(httpx.WriteError, httpx.WriteTimeout, stall):
             await self.stream.send_all(data)
 
-    async def receive(self, stall: float, size: int = HEAD_RECEIVE) -> bytes:
+    async def receive(self, stall: float, size: int) -> None:
+        """What the socket has, handed to h11 (b"" at EOF: h11 decides what a close means)."""
         with _failures(httpx.ReadError, httpx.ReadTimeout, stall):
             data = await self.stream.receive_some(size)
-        return data if type(data) is bytes else bytes(data)
-
-    async def take_or_receive(self, stall: float, most: int | None = None) -> bytes:
-        """Buffered bytes first, else what the socket has; at most ``most``; b"" at EOF."""
-        if not self.buffer:
-            data = await self.receive(stall, min(most or BODY_RECEIVE, BODY_RECEIVE))
-            if most is None or len(data) <= most:
-                return data
-            self.buffer += data
-        most = len(self.buffer) if most is None else most
-        data = bytes(self.buffer[:most])
-        del self.buffer[:most]
-        return data
-
-    async def read_line(self, stall: float) -> bytes:
-        """One CRLF-ended line (without its CRLF); a protocol error at EOF or if too long."""
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            if len(self.buffer) > HEAD_MAX:
-                raise httpx.RemoteProtocolError("a line of the answer is too long")
-            data = await self.receive(stall)
-            if not data:
-                raise httpx.RemoteProtocolError("peer closed connection mid-answer")
-            self.buffer += data
-        line = bytes(self.buffer[:end])
-        del self.buffer[:end + 2]
-        return line
-
-    async def read_head(self, stall: float) -> bytes:
-        """The answer's head up to its blank line (excluded)."""
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-            if len(self.buffer) > HEAD_MAX:
-                raise httpx.RemoteProtocolError("the answer's head is too long")
-            data = await self.receive(stall)
-            if not data:
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response." if not self.buffer
-                    else "peer closed connection mid-head")
-            self.buffer += data
-        head = bytes(self.buffer[:end])
-        del self.buffer[:end + 4]
-        return head
+        if (not data and self.h11.their_state is h11.SEND_RESPONSE
+                and not self.h11.trailing_data[0]):
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        self.h11.receive_data(data)
 
 
 @contextmanager
@@ -217,6 +188,8 @@ class _Origin:
         self.host = parts.host
         self.port = parts.port or (443 if self.tls else 80)
         self.prefix_length = len(url)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
 
 
 class ConnectionPool:
@@ -257,7 +230,7 @@ class ConnectionPool:
                       ) -> Response:
         """Send one request and read its answer's head; the body is the answer's stream."""
         origin = self._origin(url)
-        head = _head(method, url[origin.prefix_length:] or "/", headers, origin)
+        request = _request(method, url[origin.prefix_length:] or "/", headers, origin)
         await self._free.acquire()
         try:
             conn = await self._connection(origin, connect_timeout)
@@ -267,22 +240,31 @@ class ConnectionPool:
         try:
             try:
                 if isinstance(content, (bytes, memoryview)):
-                    await conn.send(head + content, write_timeout)
+                    body = (h11.Data(data=content),) if content else ()
+                    await conn.send(conn.h11_send(request, *body, h11.EndOfMessage()),
+                                    write_timeout)
                 else:  # the head goes out with the first chunk
+                    head = conn.h11_send(request)
                     async for chunk in content:
-                        await conn.send(head + chunk if head else chunk, write_timeout)
+                        if not chunk:
+                            continue
+                        data = conn.h11_send(h11.Data(data=chunk))
+                        await conn.send(head + data if head else data, write_timeout)
                         head = b""
-                    if head:
-                        await conn.send(head, write_timeout)
+                    end = conn.h11_send(h11.EndOfMessage())
+                    if head or end:
+                        await conn.send(head + end, write_timeout)
             except httpx.WriteError as unsent:
+                conn.h11.send_failed()  # never reused, whatever the answer
                 # A store may answer early (an error) and close before taking the whole
-                # body; that answer is what to report. Without one, the request was not
-                # all sent, so the store cannot have acted on it: the WriteError stands.
+                # body; that answer is what to report (h11 reads it with our side still
+                # sending, so the connection is never reused). Without one, the request was
+                # not all sent, so the store cannot have acted on it: the WriteError stands.
                 try:
-                    return await self._answer(conn, method, read_timeout, reusable=False)
+                    return await self._answer(conn, read_timeout)
                 except httpx.TransportError:
                     raise unsent from None
-            return await self._answer(conn, method, read_timeout)
+            return await self._answer(conn, read_timeout)
         except BaseException:
             conn.close()
             self._free.release()
@@ -321,74 +303,33 @@ class ConnectionPool:
                     raise
         return _Connection(key, stream, sock)
 
-    async def _answer(self, conn: _Connection, method: str, stall: float,
-                      reusable: bool = True) -> Response:
+    async def _answer(self, conn: _Connection, stall: float) -> Response:
+        """The answer's head (1xx answers skipped); its body is left to Response.stream."""
         while True:
-            status, headers, version = _parse_head(await conn.read_head(stall))
-            if not 100 <= status < 200:
-                break
-            if status == 101:
-                raise httpx.RemoteProtocolError("the store switched protocols")
-        connection = headers.get("connection", "").lower()
-        reusable = reusable and ("close" not in connection if version == "HTTP/1.1"
-                                 else "keep-alive" in connection)
-        framing: int | None
-        if method == "HEAD" or status in _NO_BODY_STATUS:
-            framing = 0
-        elif "transfer-encoding" in headers:
-            framing = -1 if headers["transfer-encoding"].lower().endswith("chunked") else None
-        elif "content-length" in headers:
-            framing = _content_length(headers["content-length"])
-        else:
-            framing = None
-        if framing is None:
-            reusable = False
-        return Response(self, conn, status, headers, framing, reusable, stall)
+            event = conn.h11_next_event()
+            if event is h11.NEED_DATA:
+                await conn.receive(stall, HEAD_RECEIVE)
+            elif type(event) is h11.Response:
+                # The event after the head, from what is already received: with no body
+                # (HEAD, 204, 304, Content-Length: 0) the answer's end, so it counts as read
+                # to its end even if nobody iterates its stream (s3_wire does not, for HEAD).
+                return Response(self, conn, event, conn.h11_next_event(), stall)
+            elif type(event) is not h11.InformationalResponse:
+                raise httpx.RemoteProtocolError(f"unexpected {event!r} before an answer")
 
 
-def _head(method: str, target: str, headers: Mapping[str, str], origin: _Origin) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
+def _request(method: str, target: str, headers: Mapping[str, str], origin: _Origin
+             ) -> h11.Request:
+    """The request's head as h11 checks it (a header it refuses: LocalProtocolError)."""
+    items = list(headers.items())
     if "Host" not in headers and "host" not in headers:
-        lines.append(f"Host: {_host_header(origin)}\r\n")
-    for name, value in headers.items():
-        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value) or ":" in name:
-            raise httpx.LocalProtocolError(f"the header {name!r} cannot be sent")
-        lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
+        items.insert(0, ("Host", origin.host_header))
     try:
-        return "".join(lines).encode("ascii")
+        return h11.Request(method=method, target=target, headers=items)
+    except h11.LocalProtocolError as exc:
+        raise httpx.LocalProtocolError(str(exc)) from exc
     except UnicodeEncodeError as exc:
         raise httpx.LocalProtocolError(f"a header is not ASCII: {exc}") from None
-
-
-def _host_header(origin: _Origin) -> str:
-    host = f"[{origin.host}]" if ":" in origin.host else origin.host
-    default = 443 if origin.tls else 80
-    return host if origin.port == default else f"{host}:{origin.port}"
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str], str]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise httpx.RemoteProtocolError(f"a malformed header line: {line[:60]!r}")
-        name = name.lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return int(code), headers, version
-
-
-def _content_length(value: str) -> int:
-    values = {v.strip() for v in value.split(",")}
-    if len(values) != 1 or not (length := values.pop()).isdigit():
-        raise httpx.RemoteProtocolError(f"a bad Content-Length {value[:40]!r}")
-    return int(length)
 
 
 def socket_options(notsent_lowat: int) -> list[tuple[int, int, int]]:
