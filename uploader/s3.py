@@ -83,8 +83,8 @@ class S3Client(MultipartCalls):
         self.on_request: Callable[[str, float, int | None], object] | None = None
         """Told ``(operation, seconds, HTTP status or None)`` after every attempt that got an
         answer or a transport error (the mount's latency histogram); not on cancellation."""
-        # chute's own connection pool (s3_http.py), not httpx: an AsyncClient's layers and
-        # httpx's transport (httpcore, h11) cost two thirds of the CPU of a small PUT,
+        # chute's own connection pool (s3_http.py, on h11), not httpx: an AsyncClient's layers
+        # and httpx's transport (httpcore and its models) cost two thirds of the CPU of a small PUT,
         # measured (docs/performance.md, Small files). Tests inject an httpx transport (an
         # in-memory S3 on httpx.MockTransport, tests/support/memory_s3.py).
         self._http: Transport = (transport if transport is not None

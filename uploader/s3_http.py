@@ -2,26 +2,32 @@
 
 Why not httpx's transport (httpcore) on this path: every request passes through httpx's
 request and response models and httpcore's pool and stream layers, and goes out in two sends
-(head, then body). A signed 4 KiB PutObject cost 0.60-0.75 ms of CPU that way on loopback
-(docs/performance.md, "Small files"), and a small file is one such request. What is kept
-here is only the plumbing: the pool, trio streams and TLS, one send for a head and its body.
-Everything the store's untrusted answer decides (status line, headers, Content-Length,
-chunked coding, 1xx, answers without a body, whether the connection may carry another
-request) is h11's, the state machine httpx's own stack uses, and h11 also makes and checks
-each request's head. httpx stays the client of the tests (an injected transport,
-tests/support/memory_s3.py) and its exception types stay chute's vocabulary for transport
-failures (s3_wire.transport_failure), so this module raises them.
+(head, then body). A signed 4 KiB PutObject cost 0.60-0.75 ms of CPU that way on loopback,
+0.42 ms through this module (docs/performance.md, "Small files"), and a small file is one
+such request. What is written here is only the plumbing: the pool, trio streams and TLS,
+one send for a head and its body. Everything the store's untrusted answer decides (status
+line, headers, Content-Length, chunked coding, 1xx, answers without a body, whether the
+connection may carry another request) is h11's, the state machine httpx's own stack uses,
+and h11 also makes and checks each request's head. A hand-written parser in its place cost
+0.1 ms less per PutObject; that is not worth owning the parsing of untrusted answers.
+httpx stays the client of the tests (an injected transport, tests/support/memory_s3.py) and
+its exception types stay chute's vocabulary for transport failures
+(s3_wire.transport_failure), so this module raises them.
 
 What it does, and the invariants that keep an answer with its request:
 - A request's head goes out in one send with its body, or with the body's first chunk (a
   large body comes in chunks, each a send under the stall timeout, s3_transport.py): a
   second send cost 0.03 ms of CPU and 1.2 ms of wall time per 150 KB PutObject on loopback
-  (the store reads the head and waits for the body). h11 passes body bytes through uncopied.
+  (the store reads the head and waits for the body). h11 hands a body back as given
+  (send_with_data_passthrough); joining it to the head is the one copy, as before.
 - Each connection has one ``h11.Connection``; an answer is read from its events only
   (InformationalResponse skipped, Response, Data, EndOfMessage), its head at most HEAD_MAX.
+  A body comes out of h11's receive buffer, so each received piece is copied into it and
+  sliced out again (bytearrays): the price of h11 framing GET bodies too.
 - A connection goes back to the pool only once h11 has both sides at DONE (the answer read
   to its end, h11 saw nothing that forbids keep-alive) with no byte more received, and
-  ``start_next_cycle()`` took it; one that became readable while idle (the store closed it)
+  ``start_next_cycle()`` took it (a failed send marks ours failed, so an early answer's
+  connection never qualifies); one that became readable while idle (the store closed it)
   is dropped before use; any error or cancellation closes it. So no answer is ever read as
   another request's.
 - Timeouts apply to each socket operation (connect, each send, each receive), so only a
