@@ -221,6 +221,102 @@ async def test_a_partly_read_answer_closes_its_connection(serve) -> None:
     await pool.aclose()
 
 
+
+async def read_into(pool: ConnectionPool, url: str, size: int, read: float = 5.0
+                    ) -> bytes | None:
+    """A GET's body read into a buffer of ``size`` bytes, as s3_wire.read_body does."""
+    response = await pool.request("GET", url, {}, b"", connect_timeout=5, write_timeout=5,
+                                  read_timeout=read)
+    buffer = bytearray(size)
+    try:
+        filled = await response.read_into(memoryview(buffer))
+    finally:
+        await response.aclose()
+    return None if filled is None else bytes(buffer[:filled])
+
+
+async def test_a_content_length_body_is_read_into_the_buffer_then_reused(serve) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: more than one receive
+    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                                   % len(body) + body, OK, OK))
+    pool = ConnectionPool(1)
+    response = await pool.request("GET", server.url + "/k", {}, b"", connect_timeout=5,
+                                  write_timeout=5, read_timeout=5)
+    into = memoryview(bytearray(len(body) + 10))
+    assert await response.read_into(into) == len(body)
+    await response.aclose()
+    assert into[:len(body)] == body and into[len(body):] == bytes(10)  # never past it
+    assert (await call(pool, server.url + "/k"))[:2] == (200, {"etag": '"abc"',
+                                                               "content-length": "0"})
+    assert (await call(pool, server.url + "/k"))[0] == 200  # the fresh h11 cycles again
+    assert server.connections == 1
+    await pool.aclose()
+
+
+async def test_a_body_split_across_many_receives_is_whole(serve) -> None:
+    body = b"0123456789" * 5000
+
+    async def script(stream: trio.SocketStream, number: int) -> None:
+        buffer = bytearray()
+        for _ in range(2):
+            await read_request(stream, buffer)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+            await stream.send_all(head + body[:3])  # some of it arrives with the head
+            for at in range(3, len(body), 7000):
+                await trio.sleep(0.002)
+                await stream.send_all(body[at:at + 7000])
+        await read_request(stream, buffer)
+        await stream.send_all(OK)
+        await trio.sleep_forever()
+    server = await serve(script)
+    pool = ConnectionPool(1)
+    assert await read_into(pool, server.url + "/k", len(body)) == body
+    assert (await call(pool, server.url + "/k", "GET"))[2] == body  # as pieces, no buffer
+    assert (await call(pool, server.url + "/k"))[0] == 200
+    assert server.connections == 1
+    await pool.aclose()
+
+
+async def test_bytes_past_the_body_received_with_the_head_end_the_connection(serve) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + OK  # in one send
+    server = await serve(answering(answer, OK))
+    pool = ConnectionPool(1)
+    response = await pool.request("GET", server.url + "/k", {}, b"", connect_timeout=5,
+                                  write_timeout=5, read_timeout=5)
+    into = memoryview(bytearray(5))
+    assert await response.read_into(into) == 5 and into == b"hello"
+    await response.aclose()
+    assert (await call(pool, server.url + "/k"))[0] == 200  # the extra bytes never an answer
+    assert server.connections == 2
+    await pool.aclose()
+
+
+async def test_a_body_not_fitting_or_chunked_is_left_to_the_stream(serve) -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                                   chunked, OK))
+    pool = ConnectionPool(1)
+    for size in (4, 10):
+        response = await pool.request("GET", server.url + "/k", {}, b"", connect_timeout=5,
+                                      write_timeout=5, read_timeout=5)
+        assert await response.read_into(memoryview(bytearray(size))) is None
+        assert b"".join([chunk async for chunk in response.stream]) in (b"hello", b"ok")
+        await response.aclose()
+    assert (await call(pool, server.url + "/k"))[0] == 200
+    assert server.connections == 1
+    await pool.aclose()
+
+
+async def test_a_body_read_into_and_abandoned_closes_its_connection(serve) -> None:
+    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
+    pool = ConnectionPool(1)
+    with trio.move_on_after(0.2):
+        await read_into(pool, server.url + "/k", 10)
+    server.script = answering(OK)
+    assert (await call(pool, server.url + "/k"))[0] == 200
+    assert server.connections == 2
+    await pool.aclose()
+
 # -- failures ---------------------------------------------------------------------------------
 
 
@@ -242,11 +338,19 @@ async def test_a_close_before_any_answer_is_a_protocol_error_after_sending(serve
         await call(ConnectionPool(1), server.url + "/k")
 
 
-async def test_a_short_body_is_a_protocol_error(serve) -> None:
-    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-                                   keep=False))
+@pytest.mark.parametrize("into", [False, True])
+async def test_a_short_body_is_a_protocol_error(serve, into) -> None:
+    async def script(stream: trio.SocketStream, number: int) -> None:
+        await read_request(stream, bytearray())
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        await trio.sleep(0.01)
+        await stream.send_all(b"c")  # one more receive, then the close
+    server = await serve(script)
     with pytest.raises(httpx.RemoteProtocolError, match="received 3 bytes, expected 10"):
-        await call(ConnectionPool(1), server.url + "/k", "GET")
+        if into:
+            await read_into(ConnectionPool(1), server.url + "/k", 10)
+        else:
+            await call(ConnectionPool(1), server.url + "/k", "GET")
 
 
 async def test_silence_is_a_read_timeout(serve, autojump_clock) -> None:
@@ -299,13 +403,16 @@ async def test_https_goes_through_tls_with_the_host_checked(nursery, tmp_path) -
                             str(cert)], capture_stdout=True, capture_stderr=True)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    server = Server(answering(OK, OK))
+    body = b"t" * 300_000  # a Content-Length body over TLS: received, then copied
+    server = Server(answering(OK, b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + body,
+                              OK))
     listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, server.handler, 0,
                                             server_context, host="127.0.0.1"))
     port = listeners[0].transport_listener.socket.getsockname()[1]
     trusting = ssl.create_default_context(cafile=str(cert))
     pool = ConnectionPool(1, ssl_context=trusting)
     assert (await call(pool, f"https://localhost:{port}/k"))[0] == 200
+    assert await read_into(pool, f"https://localhost:{port}/k", len(body)) == body
     assert (await call(pool, f"https://localhost:{port}/k"))[0] == 200
     assert server.connections == 1
     with pytest.raises(httpx.ConnectError):  # not the name the certificate is for

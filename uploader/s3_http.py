@@ -6,10 +6,11 @@ request and response models and httpcore's pool and stream layers, and goes out 
 0.42 ms through this module (docs/performance.md, "Small files"), and a small file is one
 such request. What is written here is only the plumbing: the pool, trio streams and TLS,
 one send for a head and its body. Everything the store's untrusted answer decides (status
-line, headers, Content-Length, chunked coding, 1xx, answers without a body, whether the
-connection may carry another request) is h11's, the state machine httpx's own stack uses,
-and h11 also makes and checks each request's head. A hand-written parser in its place cost
-0.1 ms less per PutObject; that is not worth owning the parsing of untrusted answers.
+line, headers, Content-Length and Transfer-Encoding validation, chunked coding, 1xx, answers
+without a body, whether the connection may carry another request) is h11's, the state machine
+httpx's own stack uses, and h11 also makes and checks each request's head (a body it framed
+by Content-Length is read here, below). A hand-written parser in its place cost 0.1 ms less
+per PutObject; that is not worth owning the parsing of untrusted answers.
 httpx stays the client of the tests (an injected transport, tests/support/memory_s3.py) and
 its exception types stay chute's vocabulary for transport failures
 (s3_wire.transport_failure), so this module raises them.
@@ -20,16 +21,21 @@ What it does, and the invariants that keep an answer with its request:
   second send cost 0.03 ms of CPU and 1.2 ms of wall time per 150 KB PutObject on loopback
   (the store reads the head and waits for the body). h11 hands a body back as given
   (send_with_data_passthrough); joining it to the head is the one copy, as before.
-- Each connection has one ``h11.Connection``; an answer is read from its events only
-  (InformationalResponse skipped, Response, Data, EndOfMessage), its head at most HEAD_MAX.
-  A body comes out of h11's receive buffer, so each received piece is copied into it and
-  sliced out again (bytearrays): the price of h11 framing GET bodies too.
-- A connection goes back to the pool only once h11 has both sides at DONE (the answer read
-  to its end, h11 saw nothing that forbids keep-alive) with no byte more received, and
-  ``start_next_cycle()`` took it (a failed send marks ours failed, so an early answer's
-  connection never qualifies); one that became readable while idle (the store closed it)
-  is dropped before use; any error or cancellation closes it. So no answer is ever read as
-  another request's.
+- Each connection has one ``h11.Connection``; an answer's head (at most HEAD_MAX) and a
+  chunked body are read from its events (InformationalResponse skipped). A body h11 framed
+  by Content-Length is read directly, counted: the bytes h11 got past the head, then the
+  socket, each receive asking at most for what is still to come, so nothing past the body
+  is read; ``read_into`` receives into the caller's buffer (``recv_into``; TLS: receive and
+  copy). Through h11 each byte was copied twice more: 1.27 against 1.06 s of mount CPU per
+  GiB read (docs/performance.md, "Reads"). A close before its end is RemoteProtocolError.
+- A connection goes back to the pool only after its answer's end: through h11, when h11 has
+  both sides DONE (nothing forbids keep-alive), no byte more received, and
+  ``start_next_cycle()`` took it (a failed send marks ours failed: an early answer's
+  connection never qualifies); after a direct body, only if exactly Content-Length bytes
+  came and no more, the answer was HTTP/1.1 without ``Connection: close`` and our request
+  went out whole. h11 never saw that body, so its cycle is abandoned: the connection gets a
+  fresh ``h11.Connection``. One readable while idle (the store closed it) is dropped before
+  use; any error, cancellation or unread body closes it. No answer is read as another's.
 - Timeouts apply to each socket operation (connect, each send, each receive), so only a
   stall trips one; waiting for a free connection is not timed.
 - Failures are httpx's exceptions, as httpcore raised them: ConnectError/ConnectTimeout
@@ -61,12 +67,12 @@ metadata."""
 
 class Response:
     """One answer being read: status, headers (names lower-cased, repeated ones joined with
-    ", "), and the body as ``stream``, an async iterator of bytes-like pieces (h11 hands out
-    bytearrays). ``aclose()`` must follow (it returns the connection to the pool only if
-    the answer was read to its end)."""
+    ", "), and the body as ``stream``, an async iterator of bytes-like pieces, or read whole
+    into a caller's buffer with ``read_into``. ``aclose()`` must follow (it returns the
+    connection to the pool only if the answer was read to its end)."""
 
-    def __init__(self, pool: ConnectionPool, conn: _Connection, event: h11.Response,
-                 first: h11.Event | type[h11.NEED_DATA], read_timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, conn: _Connection, method: str,
+                 event: h11.Response, read_timeout: float) -> None:
         self.status_code = event.status_code
         headers: dict[str, str] = {}
         for raw_name, raw_value in event.headers:
@@ -76,12 +82,78 @@ class Response:
         self._pool = pool
         self._conn: _Connection | None = conn
         self._read_timeout = read_timeout
+        self._first: h11.Data | None = None
+        self._done = False
+        # A body framed by Content-Length as h11 decided (it refused conflicting or invalid
+        # framing) is read here, not through h11.
+        length = headers.get("content-length", "")
+        self._remaining = -1  # the direct body's bytes still to come; -1: h11 reads it
+        if (method != "HEAD" and self.status_code not in (204, 304)
+                and "transfer-encoding" not in headers and length not in ("", "0")):
+            self._remaining = int(length)
+            self._received = 0
+            buffered, closed = conn.h11.trailing_data
+            self._pending = memoryview(buffered)
+            # Reusable only if h11 allowed keep-alive, our request went out whole, and no
+            # byte past the body arrived (checked as the body ends).
+            self._reusable = (not closed and event.http_version == b"1.1"
+                              and conn.h11.our_state is h11.DONE
+                              and "close" not in headers.get("connection", "").lower())
+            return
+        first = conn.h11_next_event()  # no body (HEAD, 204, 304, Content-Length: 0): read
         self._done = type(first) is h11.EndOfMessage
         self._first = first if type(first) is h11.Data else None
 
     @property
     def stream(self) -> AsyncIterator[bytes]:
-        return self._body()
+        return self._direct() if self._remaining >= 0 else self._body()
+
+    async def read_into(self, into: memoryview) -> int | None:
+        """The whole body read into ``into``, its size; None (nothing read) unless it is
+        framed by a Content-Length that fits in ``into``: then read ``stream``."""
+        conn = self._conn
+        if conn is None or self._remaining < 0 or self._remaining > len(into):
+            return None
+        size = 0
+        while self._remaining:
+            if self._pending or not isinstance(conn.stream, trio.SocketStream):
+                chunk = await self._next_piece(conn)
+                into[size:size + len(chunk)] = chunk
+                size += len(chunk)
+                continue
+            count = self._remaining
+            with _failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
+                count = await conn.sock.recv_into(into[size:size + count], count)
+            self._advance(count)
+            size += count
+        return size
+
+    async def _direct(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while conn is not None and self._remaining:
+            yield await self._next_piece(conn)
+
+    async def _next_piece(self, conn: _Connection) -> bytes | memoryview:
+        """The next bytes of a direct body, at most those still to come."""
+        if self._pending:
+            piece = self._pending[:self._remaining]
+            self._pending = self._pending[len(piece):]
+            if self._pending:  # bytes past the body: never read as another answer
+                self._reusable = False
+        else:
+            with _failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
+                piece = await conn.stream.receive_some(min(self._remaining, BODY_RECEIVE))
+        self._advance(len(piece))
+        return piece
+
+    def _advance(self, count: int) -> None:
+        if not count:  # the store closed the connection early
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body: received "
+                f"{self._received} bytes, expected {self._received + self._remaining}")
+        self._received += count
+        self._remaining -= count
+        self._done = not self._remaining
 
     async def _body(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -106,7 +178,13 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and conn.ready_for_next():
+        if self._remaining >= 0:  # a direct body: h11 never saw it; a fresh one, if any
+            reuse = self._done and self._reusable
+            if reuse:
+                conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_MAX)
+        else:
+            reuse = self._done and conn.ready_for_next()
+        if reuse:
             self._pool.put_back(conn)
         else:
             conn.close()
@@ -267,10 +345,10 @@ class ConnectionPool:
                 # sending, so the connection is never reused). Without one, the request was
                 # not all sent, so the store cannot have acted on it: the WriteError stands.
                 try:
-                    return await self._answer(conn, read_timeout)
+                    return await self._answer(conn, method, read_timeout)
                 except httpx.TransportError:
                     raise unsent from None
-            return await self._answer(conn, read_timeout)
+            return await self._answer(conn, method, read_timeout)
         except BaseException:
             conn.close()
             self._free.release()
@@ -309,17 +387,14 @@ class ConnectionPool:
                     raise
         return _Connection(key, stream, sock)
 
-    async def _answer(self, conn: _Connection, stall: float) -> Response:
+    async def _answer(self, conn: _Connection, method: str, stall: float) -> Response:
         """The answer's head (1xx answers skipped); its body is left to Response.stream."""
         while True:
             event = conn.h11_next_event()
             if event is h11.NEED_DATA:
                 await conn.receive(stall, HEAD_RECEIVE)
             elif type(event) is h11.Response:
-                # The event after the head, from what is already received: with no body
-                # (HEAD, 204, 304, Content-Length: 0) the answer's end, so it counts as read
-                # to its end even if nobody iterates its stream (s3_wire does not, for HEAD).
-                return Response(self, conn, event, conn.h11_next_event(), stall)
+                return Response(self, conn, method, event, stall)
             elif type(event) is not h11.InformationalResponse:
                 raise httpx.RemoteProtocolError(f"unexpected {event!r} before an answer")
 

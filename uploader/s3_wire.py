@@ -192,6 +192,11 @@ async def read_body(operation: str, method: str, response: httpx.Response, limit
 
 async def _read_into(operation: str, status: int, response: httpx.Response, limit: int,
                      into: memoryview) -> memoryview:
+    read_into = getattr(response, "read_into", None)  # s3_http.Response: straight from the
+    if read_into is not None:  # socket into ``into`` (a Content-Length body that fits)
+        filled = await read_into(into[:limit])
+        if filled is not None:
+            return into[:filled]
     size = 0
     async for chunk in cast(AsyncIterable[bytes], response.stream):
         end = size + len(chunk)
