@@ -88,7 +88,8 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     stream.add_argument("--patch-back", choices=PATCH_BACK_MODES, default=DEFAULT_PATCH_BACK,
                         help="which uploads are made at a hidden temporary key, so that writes "
                         "into parts already sent can land (composed server-side at close): "
-                        "auto = files opened O_RDWR or that wrote back into an earlier slice; "
+                        "auto = files opened O_RDWR or that wrote back into an earlier slice "
+                        "but the first; "
                         "always = every multipart upload (a server-side copy of each file at "
                         f"close); never = such writes fail with EINVAL (default "
                         f"{DEFAULT_PATCH_BACK})")
