@@ -29,6 +29,7 @@ import pytest
 from chute.fs.embedded_store import EmbeddedStore
 from chute.uploader.leftovers import TEMP_DIR
 from tests.support.faultproxy import Fault, FaultProxy, Kind, StallRequest, Status
+from tests.support.files import close_keeping_first
 from tests.support.mounts import requires_fuse
 from tests.support.store import BUCKET, object_keys, pending_uploads, sha256_object
 
@@ -61,12 +62,7 @@ def write_with_late_patch(path: str, data: bytes, patch: bytes = PATCH) -> OSErr
         os.pwrite(fd, patch, PATCH_AT)
     except OSError as exc:
         error = exc
-    finally:
-        try:
-            os.close(fd)
-        except OSError as exc:
-            error = error or exc
-    return error
+    return close_keeping_first(fd, error)
 
 
 def leftovers_of(s3: Any, prefix: str) -> list[str]:

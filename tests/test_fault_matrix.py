@@ -52,6 +52,7 @@ from chute.uploader.errors import StoreUnreachable
 from chute.uploader.retry import RetryPolicy
 from tests.support.fault_catalogue import BIG, CATALOGUE, RETRIED, SIZES, MiB, Row, mount_options
 from tests.support.faultproxy import Fault, FaultProxy, Kind, Outage, Status
+from tests.support.files import close_keeping_first
 from tests.support.mounts import Mount, requires_fuse, start_mount
 from tests.support.store import BUCKET, direct_client
 from tests.support.verdicts import LANDED, SILENT_BAD, Source, Tally, judge, make_source, run_cp
@@ -182,10 +183,7 @@ def _write_rotating(target: Path, data: bytes, proxy: RevokingProxy, old_key: st
     except OSError as exc:
         error = exc
     finally:
-        try:
-            os.close(fd)
-        except OSError as exc:
-            error = error or exc
+        error = close_keeping_first(fd, error)
         if rotating:
             rotate.join()
     return error

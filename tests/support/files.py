@@ -1,8 +1,10 @@
-"""Local test data: incompressible files of a given size and their digests."""
+"""Local test data: incompressible files of a given size and their digests, and closing a
+descriptor the way a writer reports its outcome."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -25,3 +27,13 @@ def random_file(path: Path, size: int, seed: int = 0) -> Path:
             f.write(rng.randbytes(n))
             remaining -= n
     return path
+
+
+def close_keeping_first(fd: int, error: OSError | None) -> OSError | None:
+    """Close ``fd`` and return the writer's outcome: ``error`` (the first a write gave) if
+    any, else what the close gave (chute reports a failed upload at close), else None."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return error or exc
+    return error
