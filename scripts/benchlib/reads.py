@@ -104,7 +104,24 @@ def read_ceiling_child(spec: dict[str, Any]) -> None:
                       "peak_rss": proc_number("/proc/self/status", "VmHWM") * 1024}))
 
 
-def _put_object(s3: Any, key: str, data: Data) -> None:
+def direct_read(store: Any, key: str, size: int, env: dict[str, str]) -> dict[str, Any]:
+    """The direct download of ``key`` (``size`` bytes) from ``store`` (anything with
+    ``endpoint_url`` and ``region``: the store, or a link in front of it) by
+    ``read_ceiling_child`` in a child process; its row (seconds, bytes, cpu, peak_rss)."""
+    spec = {"endpoint": store.endpoint_url, "bucket": BUCKET, "region": store.region,
+            "key": key, "size": size, "part": READ_PART, "concurrency": READ_CONCURRENCY}
+    os.sync()
+    done = subprocess.run([sys.executable, str(ENTRY), "_read_ceiling", json.dumps(spec)],
+                          env=env, capture_output=True, text=True,
+                          check=False, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"direct download failed:\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"seconds": out["seconds"], "bytes": out["received"], "cpu": out["cpu"],
+            "peak_rss": out["peak_rss"]}
+
+
+def put_object(s3: Any, key: str, data: Data) -> None:
     """The object, by boto3 multipart upload straight from the generator (no local file)."""
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
     parts, number, buffer = [], 1, bytearray()
@@ -127,7 +144,7 @@ def _put_object(s3: Any, key: str, data: Data) -> None:
                                  MultipartUpload={"Parts": parts})
 
 
-def _dd(path: Path) -> tuple[float, int]:
+def timed_dd(path: Path) -> tuple[float, int]:
     """Seconds and bytes of ``dd if=path of=/dev/null bs=1M``."""
     started = time.monotonic()
     done = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True,
@@ -143,10 +160,25 @@ def _mount_run(mount: MountProcess, target: Path) -> dict[str, Any]:
     with mount:
         os.sync()
         before = sample(mount.pid)
-        seconds, copied = _dd(target)
+        seconds, copied = timed_dd(target)
         after = sample(mount.pid)
     return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
             "peak_rss": after.hwm}
+
+
+def _floor_mount(mounts: Mounts, mountpoint: Path, size: int) -> MountProcess:
+    return MountProcess("floor", [sys.executable, str(READ_FLOOR), str(mountpoint), str(size)],
+                        mountpoint, mounts.mount_env(), mounts.logs / f"{mountpoint.name}.log")
+
+
+def warm_up(mounts: Mounts, work: Path, size: int) -> None:
+    """Read ``size`` bytes through the floor, untimed, and unmount it: the page cache pages
+    it filled are freed, so every mount timed after it fills pages the guest has used before.
+    On this VM a page never used before costs several times more to fill (see the module
+    docstring); without the warm-up the first mount timed pays that for every byte and the
+    ones after it reuse its pages, so the order of the runs, not the mounts, would decide."""
+    mountpoint = work / "mnt-warm-up"
+    _mount_run(_floor_mount(mounts, mountpoint, size), mountpoint / "f")
 
 
 def chute_read_mount(mounts: Mounts, mountpoint: Path, prefix: str, budget: int | None
@@ -169,24 +201,15 @@ def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
     prefix = "reads"
     key = f"{prefix}/f"
     started = time.monotonic()
-    _put_object(s3, key, Data(args.seed, size))
+    put_object(s3, key, Data(args.seed, size))
     log(f"object of {fmt_size(size)} written by boto3 in {time.monotonic() - started:.1f} s")
     rows: dict[str, dict[str, Any]] = {}
 
-    spec = {"endpoint": store.endpoint_url, "bucket": BUCKET, "region": store.region,
-            "key": key, "size": size, "part": READ_PART, "concurrency": READ_CONCURRENCY}
-    os.sync()
-    done = subprocess.run([sys.executable, str(ENTRY), "_read_ceiling", json.dumps(spec)],
-                          env=mounts.mount_env(), capture_output=True, text=True,
-                          check=False, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"direct download failed:\n{done.stderr[-3000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    rows["direct"] = {"seconds": out["seconds"], "bytes": out["received"], "cpu": out["cpu"],
-                      "peak_rss": out["peak_rss"]}
-    log(f"  direct: {size / out['seconds'] / 1e6:.0f} MB/s")
+    rows["direct"] = direct_read(store, key, size, mounts.mount_env())
+    log(f"  direct: {size / rows['direct']['seconds'] / 1e6:.0f} MB/s")
 
     budget = args.read_budget or DEFAULT_READ_BUDGET
+    warm_up(mounts, work, size)
     mountpoint = work / "mnt-chute-read"
     rows["chute"] = _mount_run(chute_read_mount(mounts, mountpoint, prefix, args.read_budget),
                                mountpoint / "f")
@@ -195,10 +218,8 @@ def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
         mountpoint = work / "mnt-rclone-read"
         rows["rclone"] = _mount_run(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
         log(f"  rclone: {size / rows['rclone']['seconds'] / 1e6:.0f} MB/s")
-    mountpoint = work / "mnt-floor-read"
-    floor = MountProcess("floor", [sys.executable, str(READ_FLOOR), str(mountpoint), str(size)],
-                         mountpoint, mounts.mount_env(), mounts.logs / f"{mountpoint.name}.log")
-    rows["floor"] = _mount_run(floor, mountpoint / "f")
+    rows["floor"] = _mount_run(_floor_mount(mounts, work / "mnt-floor-read", size),
+                               work / "mnt-floor-read" / "f")
     log(f"  floor: {size / rows['floor']['seconds'] / 1e6:.0f} MB/s")
     with contextlib.suppress(Exception):
         s3.delete_object(Bucket=BUCKET, Key=key)
