@@ -15,6 +15,7 @@ module, each importing only those listed before it:
   with slow start) that counts the S3 requests crossing it;
 - ``writers``: ``--writers`` (parallel writers), and ``mounted_run``, the timed run of
   commands started together in a fresh mount;
+- ``link_reads``: ``--link``'s sequential reads (direct, chute and rclone mount) at a point;
 - ``links``: ``--link``: every contender through the link at each point;
 - ``cli``: options, disk check, the run with its cleanup.
 

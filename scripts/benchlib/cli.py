@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     links.add_arguments(p)
     writers.add_arguments(p)
     p.add_argument("--read-budget", type=_size,
-                   help="--reads: chute's --read-budget (default: chute's default)")
+                   help="--reads, --link's reads: chute's --read-budget (default: chute's "
+                        "default)")
     p.add_argument("--size", type=_size, help="file size (default 4GiB; sweep 1GiB)")
     p.add_argument("--short", action="store_true",
                    help="quick check: 256 MiB, 1 run, no peers (small files: 200; scale: "
@@ -115,6 +116,8 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
                                                    not args.link_no_slow_start)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             p.error(str(exc))
+        if args.link_reads_only and args.link_no_reads:
+            p.error("--link-reads-only and --link-no-reads exclude each other")
     if args.inplace:
         args.size, args.runs = args.size or 200 * MiB, 1
     args.size = args.size or (256 * MiB if args.short else 4 * GiB)
@@ -149,7 +152,7 @@ def disk_needed(args: argparse.Namespace) -> int:
     if args.inplace:  # old + new file, two old and two new objects, rclone's cache
         return int(args.size * 7 * 1.1)
     if args.link:
-        return int(args.size * (1 + 3 * len(args.link_points)) * 1.1) + 100 * MiB
+        return int(args.size * (1 + 4 * len(args.link_points)) * 1.1) + 100 * MiB
     if args.writers:
         return int((args.size * (1 + 2 * sum(args.writer_counts))
                     + args.files * 300 * KiB * (1 + 2 * (len(args.writer_counts) + 2))) * 1.1)

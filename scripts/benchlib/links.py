@@ -15,6 +15,11 @@ At each point, with the link's model set before the first connection of each run
   per file cannot beat). Not repeated at a point without a rate cap whose round trip an
   earlier point has (100 ms / no cap: the same round trips as 100 ms / 50 Mbit/s);
 
+- **a sequential read** of one object (link_reads.py; sized like the big file, in whole
+  8 MiB GETs): the direct ranged-GET download (the ceiling), ``dd`` through ``chute mount
+  --allow-read`` and through rclone mount; ``--link-reads-only`` runs only these,
+  ``--link-no-reads`` skips them;
+
 and for every run, the S3 requests that crossed the link by operation (per file), counted by
 the link itself from the moment the clock starts to the moment it stops (mounting and the
 bench's own checks, made directly against the store, are not counted).
@@ -34,9 +39,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from . import link_reads
 from .common import BUCKET, KiB, fmt_size, log
 from .data import Data, stream_chunks
 from .link import LinkModel, LinkProxy
+from .link_reads import per_file
+from .reads import READ_PART
 from .results import Run
 from .writers import mounted_run, q
 
@@ -86,16 +94,26 @@ def mode_link(bench: Bench, link_bench: Bench, proxy: LinkProxy) -> dict[str, An
     a = bench.args
     sources: dict[int, Data] = {}
     source = bench.work / "link-tree"
-    expected = make_small_tree(source / "tree", a.files, a.seed)
+    expected = {} if a.link_reads_only else make_small_tree(source / "tree", a.files, a.seed)
     tree_bytes = sum(size for size, _ in expected.values())
-    log(f"generated {a.files} files, {fmt_size(tree_bytes)} in {source / 'tree'}")
+    if expected:
+        log(f"generated {a.files} files, {fmt_size(tree_bytes)} in {source / 'tree'}")
     mounts = ["chute"] + (["rclone"] if shutil.which("rclone") else [])
     points = []
+    objects = link_reads.ReadObjects(bench.check.s3, a.seed)
 
     for model in a.link_points:
         proxy.set_model(model)
         log(f"link {model.label} (window {fmt_size(model.window)})")
         size = big_size(model, a.size, a.slice_size)
+        point: dict[str, Any] = {"model": model, "size": size, "big": {}, "small": {}}
+        if not a.link_no_reads:
+            point["read"] = link_reads.read_point(bench, link_bench, proxy,
+                                                  big_size(model, a.size, READ_PART),
+                                                  objects, mounts)
+        if a.link_reads_only:
+            points.append(point)
+            continue
         if size not in sources:
             sources[size] = Data(a.seed, size)
             sources[size].write_file(bench.work / f"link-{size}.bin", {a.slice_size},
@@ -103,7 +121,6 @@ def mode_link(bench: Bench, link_bench: Bench, proxy: LinkProxy) -> dict[str, An
         data = sources[size]
         small = not a.link_big_only and (model.rate is not None or all(
             p.rtt != model.rtt for p in a.link_points[:a.link_points.index(model)]))
-        point: dict[str, Any] = {"model": model, "size": size, "big": {}, "small": {}}
         counted: dict[str, int] = {}
 
         def around(starting: bool, counted: dict[str, int] = counted) -> None:
@@ -158,6 +175,7 @@ def mode_link(bench: Bench, link_bench: Bench, proxy: LinkProxy) -> dict[str, An
                 around=around)
             record("small", name, run)
         points.append(point)
+    objects.delete()
     log(f"one request line of each kind seen: {proxy.examples}")
     return {"mode": "link", "size": a.size, "files": a.files, "tree_bytes": tree_bytes,
             "points": points, "mounts": mounts}
@@ -200,20 +218,14 @@ def curl_run(bench: Bench, tree: Path, expected: dict[str, tuple[int, str]]) -> 
                store_after - store_before, ok, how, files=len(expected))
 
 
-def _per_file(requests: dict[str, int], files: int) -> str:
-    parts = [f"{kind} {n / files:.2f}".rstrip("0").rstrip(".")
-             for kind, n in sorted(requests.items(), key=lambda kv: -kv[1])
-             if kind != "connections"]
-    return ", ".join(parts) + f"; {requests.get('connections', 0)} conn"
-
-
 def verified(result: dict[str, Any]) -> bool:
     return all(c["run"].verified for point in result["points"]
-               for part in ("big", "small") for c in point[part].values())
+               for part in ("big", "small") for c in point[part].values()) and all(
+        link_reads.complete(point["read"]) for point in result["points"] if "read" in point)
 
 
 def print_result(result: dict[str, Any]) -> None:
-    """One table per link point, then the summary."""
+    """One table per link point, then the summaries."""
     files = result["files"]
     for point in result["points"]:
         size = point["size"]
@@ -223,6 +235,10 @@ def print_result(result: dict[str, Any]) -> None:
         print(f"link {model.label}: {model.rtt / 2 * 1000:g} ms each way, window "
               f"{fmt_size(model.window)} per connection, slow start "
               f"{'on' if model.slow_start else 'off'}")
+        if "read" in point:
+            link_reads.print_point(point["read"], model)
+        if not point["big"]:
+            continue
         print(f"  big file {fmt_size(size)}      MB/s  x link  seconds  mount CPU  requests "
               "(per file; connections)")
         for name, cell in point["big"].items():
@@ -230,7 +246,7 @@ def print_result(result: dict[str, Any]) -> None:
             x = f"{run.mbps / link_mbps:6.2f}" if link_mbps else f"{'-':>6}"
             cpu = "-" if name == "direct" else f"{run.cpu:.1f} s"
             print(f"  {name:<20}{run.mbps:8.1f}  {x}  {run.seconds:7.1f}  {cpu:>9}  "
-                  f"{_per_file(cell['requests'], 1)}{'' if run.verified else '  NOT VERIFIED'}")
+                  f"{per_file(cell['requests'], 1)}{'' if run.verified else '  NOT VERIFIED'}")
         if not point["small"]:
             print("  small files: not repeated (the same round trips as an earlier point)")
             continue
@@ -244,8 +260,12 @@ def print_result(result: dict[str, Any]) -> None:
             fps = run.files / run.seconds
             cpu = "-" if name == "curl" else f"{run.cpu:.1f} s"
             print(f"  {name:<20}{fps:8.1f}  {fps / floor:6.2f}  {run.seconds:7.1f}  {cpu:>9}  "
-                  f"{_per_file(cell['requests'], files)}"
+                  f"{per_file(cell['requests'], files)}"
                   f"{'' if run.verified else '  NOT VERIFIED'}")
+    if any("read" in point for point in result["points"]):
+        link_reads.print_summary(result["points"], result["mounts"])
+    if not any(point["big"] for point in result["points"]):
+        return
     print()
     print("summary: big MB/s (x link) | small files/s (x floor)")
     names = ["direct", *result["mounts"]]
@@ -288,6 +308,8 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
                                   "mount_cpu_s": c["run"].cpu, "verified": c["run"].verified,
                                   "requests": c["requests"]}
                            for name, c in point[part].items()}
+        if "read" in point:
+            entry["read"] = link_reads.to_json(point["read"])
         points.append(entry)
     return {"mode": "link", "size": result["size"], "files": result["files"],
             "tree_bytes": result["tree_bytes"], "points": points}
@@ -305,6 +327,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "concurrencies (rows 'chute cN'), e.g. 4,16")
     p.add_argument("--link-big-only", action="store_true",
                    help="--link: the big file only (no small files)")
+    p.add_argument("--link-reads-only", action="store_true",
+                   help="--link: the sequential reads only (no writes)")
+    p.add_argument("--link-no-reads", action="store_true",
+                   help="--link: no sequential reads (writes only)")
     p.add_argument("--link-no-slow-start", action="store_true",
                    help="--link: every connection's window open at once (no slow start, "
                         "also none after idle)")
