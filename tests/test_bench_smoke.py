@@ -103,8 +103,8 @@ def test_reads_mode_json(tmp_path: Path) -> None:
 
 def test_link_mode_json(tmp_path: Path) -> None:
     """--link (issue 19): every contender through the same modelled link; the link caps the
-    big file's rate, no contender beats one round trip per small file, and the requests that
-    crossed it are counted by operation."""
+    big file's rate and the sequential read's, no contender beats one round trip per small
+    file, and the requests that crossed it are counted by operation."""
     rtt, mbit, files = 0.02, 100, 10
     result = run_bench("--link", "--link-points", f"{rtt * 1000:g}ms/{mbit}Mbit",
                        "--size", "32MiB", "--files", str(files), "--json", work=tmp_path)
@@ -123,6 +123,14 @@ def test_link_mode_json(tmp_path: Path) -> None:
         assert cell["seconds"] >= files * rtt * 0.95, (name, cell["seconds"])
         assert cell["requests"]["PutObject"] >= files, (name, cell["requests"])
     assert point["small"]["curl"]["requests"] == {"PutObject": files, "connections": 1}
+    # The sequential read of one 32 MiB object through the same link: every reader got it
+    # whole, none beat the link, the direct download in 8 MiB GETs.
+    read = point["read"]
+    assert read["size"] == 32 << 20 and {"direct", "chute"} <= set(read["rows"])
+    for name, row in read["rows"].items():
+        assert row["complete"] and row["mbps"] <= mbit / 8 * 1.05, (name, row)
+    assert read["rows"]["direct"]["requests"]["GetObject"] == 4, read["rows"]["direct"]
+    assert read["rows"]["chute"]["requests"]["GetObject"] >= 4, read["rows"]["chute"]
     assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
     assert list(tmp_path.iterdir()) == []
 
