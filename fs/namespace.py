@@ -24,13 +24,13 @@ Invariants:
 - **Listing snapshots prove absence.** A directory listed whole at ``listed_at`` (or created
   empty by this mount) keeps a snapshot of the names it held that are not attached. Until
   ``ttl`` after ``listed_at``, a name neither attached nor in the snapshot did not exist
-  then. The mount's own changes keep it true: a node leaving the table puts its record into
-  its parent's fresh snapshot (the name still exists), a removal drops the name from both.
-  A listed name is kept compactly (only whether it is a directory: its size and ETag would
-  be HEADed before use anyway); the full record of a node that left the table is kept
-  until the next listing replaces the snapshot. A snapshot is dropped once stale, oldest
-  first whenever another is taken, so memory follows what the kernel references plus the
-  latest listings (one entry per listed name), not the number of files ever seen.
+  then. The mount's own changes keep it true, also against a listing in flight: every one
+  goes through snapshots.py (a node leaving the table puts its record into its parent's
+  snapshot, the name still exists; a removal or rename takes the name out), which also
+  replays them on a listing that was in flight meanwhile. A listed name is kept compactly
+  (only whether it is a directory: its size and ETag would be HEADed before use anyway);
+  the full record of a node that left the table is kept until the next listing replaces
+  the snapshot. Stale snapshots are dropped (snapshots.py).
 - **Names.** A name is UTF-8 (S3 keys are), at most NAME_MAX bytes, and its key at most
   MAX_KEY_BYTES (a directory's marker counts its slash: one rule, :meth:`Namespace.check_key_fits`,
   for create, mkdir and both kinds of rename). The mount root's marker directories (see
@@ -45,8 +45,8 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ from chute.uploader.logsafe import quoted
 from . import names
 from .names import MAX_KEY_BYTES, NAME_MAX
 from .refused import Refused
+from .snapshots import Flight, Snapshots
 
 ROOT_INODE = 1
 """The kernel's inode number of the mount root (FUSE_ROOT_ID, pyfuse3.ROOT_INODE)."""
@@ -129,8 +130,8 @@ class Namespace:
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._children: dict[int, dict[str, Node]] = {}
         self._next_inode = ROOT_INODE + 1
-        self._snapshots: OrderedDict[int, None] = OrderedDict()
-        """Directories holding a snapshot, oldest listing first."""
+        self._snapshots = Snapshots(ttl, self._nodes.get)
+        """The directories' listing snapshots: their one writer (snapshots.py)."""
         self.keeps_backslash = False
         """Whether the store keeps a ``\\`` in a key byte-for-byte (the mount's probe sets
         it, fs/store_probe.py; False until then: the safe answer)."""
@@ -258,8 +259,7 @@ class Namespace:
         self._next_inode += 1
         self._nodes[node.inode] = node
         self._children.setdefault(parent.inode, {})[node.name] = node
-        if parent.listing is not None:
-            parent.listing.pop(node.name, None)
+        self._snapshots.absent(parent, node.name, known=False)  # attached names are not in it
         return node
 
     def looked_up(self, node: Node) -> Node:
@@ -284,7 +284,7 @@ class Namespace:
                and not node.in_use and not self._children.get(node.inode)):
             self._nodes.pop(node.inode, None)
             self._children.pop(node.inode, None)
-            self._drop_snapshot(node)
+            self._snapshots.drop(node)
             parent = self._nodes.get(node.parent)
             if parent is None:
                 return
@@ -293,27 +293,25 @@ class Namespace:
                 del siblings[node.name]
                 if not siblings:
                     self._children.pop(parent.inode, None)
-                if parent.listing is not None:
-                    parent.listing[node.name] = node  # the name still exists
+                self._snapshots.exists(parent, node.name, node)  # the name still exists
             node.inode = 0
             node = parent
 
     def remove(self, parent: Node, name: str) -> None:
         """``name`` no longer exists (deleted, replaced, or found gone). Its node leaves the
         table, or, while in use, stays attached outside its parent until it is not."""
-        if parent.listing is not None:
-            parent.listing.pop(name, None)
         siblings = self._children.get(parent.inode, {})
         node = siblings.pop(name, None)
         if not siblings:
             self._children.pop(parent.inode, None)
+        self._snapshots.absent(parent, name, known=node is not None)
         if node is None:
             return
         node.gone = True
         if not node.in_use:
             self._nodes.pop(node.inode, None)
             self._children.pop(node.inode, None)
-            self._drop_snapshot(node)
+            self._snapshots.drop(node)
             node.inode = 0
         self.prune(parent)
 
@@ -326,44 +324,47 @@ class Namespace:
         """The node takes its new name (a rename that landed); a node it replaces leaves."""
         old_parent = self._nodes.get(node.parent)
         if old_parent is not None:
-            if old_parent.listing is not None:
-                old_parent.listing.pop(node.name, None)
+            self._snapshots.absent(old_parent, node.name, known=True)
             siblings = self._children.get(old_parent.inode, {})
             if siblings.get(node.name) is node:
                 del siblings[node.name]
         replaced = self.child(new_parent, new_name)
         if replaced is not None and replaced is not node:
             self.remove(new_parent, new_name)
-        if new_parent.listing is not None:
-            new_parent.listing.pop(new_name, None)
         node.parent = new_parent.inode
         node.name = new_name
         node.checked_at = now
         if node.inode:
             self._children.setdefault(new_parent.inode, {})[new_name] = node
-        elif new_parent.listing is not None:
-            new_parent.listing[new_name] = node
+            self._snapshots.absent(new_parent, new_name, known=True)
+        else:
+            self._snapshots.exists(new_parent, new_name, node)
         if old_parent is not None:
             if not self._children.get(old_parent.inode):
                 self._children.pop(old_parent.inode, None)
             self.prune(old_parent)
 
-    # -- listing snapshots ----------------------------------------------------------
+    # -- listing snapshots (snapshots.py) --------------------------------------------
+
+    def listing_in_flight(self, directory: Node) -> AbstractContextManager[Flight]:
+        """Hold this around a listing of ``directory``, from before its first request until
+        :meth:`listed`: the changes made meanwhile are replayed when it is installed."""
+        return self._snapshots.flight(directory)
 
     def listed(self, directory: Node, records: dict[str, Node], started: float,
-               now: float) -> None:
+               now: float, flight: Flight | None = None) -> bool:
         """A complete listing that started at ``started``: ``records`` holds every name
-        under ``directory`` then (attached nodes or detached records)."""
-        directory.listing = {name: node.is_dir for name, node in records.items()
-                             if not node.inode}
-        directory.listed_at = started
-        self._keep_snapshot(directory, now)
+        under ``directory`` then (attached nodes or detached records). It becomes the
+        snapshot with ``flight``'s changes replayed; False if it could not (see
+        Snapshots.install)."""
+        listed: dict[str, Node | bool] = {name: node.is_dir for name, node in records.items()
+                                          if not node.inode}
+        return self._snapshots.install(directory, listed, started, now, flight=flight,
+                                       attached=self._children.get(directory.inode, {}))
 
     def created_empty(self, directory: Node, free_since: float, now: float) -> None:
         """This mount created ``directory`` where nothing was at ``free_since``."""
-        directory.listing = {}
-        directory.listed_at = free_since
-        self._keep_snapshot(directory, now)
+        self._snapshots.install(directory, {}, free_since, now)
 
     def vouched_for(self, node: Node, now: float) -> bool:
         """Whether ``node`` exists without asking the store: it is being written, or the
@@ -371,30 +372,16 @@ class Namespace:
         return node.upload is not None or node is self.root or now - node.checked_at < self.ttl
 
     def listing_fresh(self, directory: Node, now: float) -> bool:
-        return directory.listing is not None and now - directory.listed_at < self.ttl
+        return self._snapshots.fresh(directory, now)
 
     def from_listing(self, directory: Node, name: str) -> Node | bool | None:
         """The snapshot's entry of ``name`` (call only while the snapshot is fresh): a
         detached record, else whether it is a directory; None if the name was not there."""
-        return directory.listing.get(name) if directory.listing is not None else None
+        entry: Node | bool | None = self._snapshots.entry(directory, name)
+        return entry
 
     def unsure_of(self, directory: Node) -> None:
         """A name of ``directory`` left the table although its key may still exist (a
-        failed replacement, a delete that failed): its listing no longer proves absence."""
-        self._drop_snapshot(directory)
-
-    def _keep_snapshot(self, directory: Node, now: float) -> None:
-        self._snapshots[directory.inode] = None
-        self._snapshots.move_to_end(directory.inode)
-        while self._snapshots:
-            oldest = self._nodes.get(next(iter(self._snapshots)))
-            if oldest is not None and now - oldest.listed_at < self.ttl:
-                return
-            self._snapshots.popitem(last=False)
-            if oldest is not None:
-                oldest.listing = None
-
-    def _drop_snapshot(self, directory: Node) -> None:
-        directory.listing = None
-        directory.listed_at = -math.inf
-        self._snapshots.pop(directory.inode, None)
+        failed replacement, a delete that failed): its listing no longer proves absence,
+        and one in flight is not installed."""
+        self._snapshots.drop(directory)

@@ -212,3 +212,118 @@ def test_one_key_length_rule_counts_a_marker_slash() -> None:
     ns.check_key_fits(ns.root, "x" * 10, directory=False)
     assert refused(ns.check_key_fits, ns.root, "x" * 10, directory=True) == errno.ENAMETOOLONG
     assert refused(ns.check_name, ns.root, b"x" * 10, directory=True) == errno.ENAMETOOLONG
+
+
+# -- a listing in flight while the mount changes the directory (fs/snapshots.py) ----------
+
+
+def listed_names(ns: Namespace, d: Node, **names: bool) -> dict[str, Node]:
+    """What a listing of ``d`` answered: ``name=is_dir`` for each name."""
+    return {name: ns.record(d, name, is_dir) for name, is_dir in names.items()}
+
+
+def test_a_removal_during_a_listing_is_not_undone() -> None:
+    """rm f while the listing is in flight: the LIST may have been served before the DELETE;
+    installed as it came it would claim f exists for up to a TTL."""
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d, f=False, g=False)  # served before the delete
+        f = add(ns, d, "f")  # the kernel's lookup before unlink
+        ns.remove(d, "f")  # the unlink landed
+        assert ns.listed(d, answer, 1.0, 1.1, flight)
+    assert f.gone and ns.from_listing(d, "f") is None and ns.from_listing(d, "g") is False
+
+
+def test_a_prune_during_a_listing_keeps_the_name() -> None:
+    """A file written and forgotten while the listing is in flight: the LIST may have been
+    served before its PutObject; the name still exists after the install."""
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    f = add(ns, d, "new", size=5)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d)  # served before the file landed
+        ns.forget(f.inode, 1)  # pruned: no snapshot held, but the listing is in flight
+        assert ns.listed(d, answer, 1.0, 1.1, flight)
+    record = ns.from_listing(d, "new")
+    assert isinstance(record, Node) and record.size == 5 and record.inode == 0
+
+
+def test_a_move_during_a_listing_lands_in_both_directories() -> None:
+    ns = namespace()
+    a = add(ns, ns.root, "a", True)
+    b = add(ns, ns.root, "b", True)
+    ns.listed(b, {}, 0.0, 0.0)
+    src = add(ns, b, "src")
+    ns.forget(src.inode, 1)
+    record = ns.from_listing(b, "src")
+    assert isinstance(record, Node)
+    with ns.listing_in_flight(a) as in_a, ns.listing_in_flight(b) as in_b:
+        answer_a = listed_names(ns, a, old=False)
+        answer_b = listed_names(ns, b, src=False)  # both served before the renames
+        f = ns.looked_up(ns.record(a, "old", False))
+        ns.move(f, a, "new", 0.5)  # attached: a rename within a
+        ns.forget(f.inode, 1)  # then forgotten: its record goes in under the new name
+        ns.move(record, b, "dst", 0.5)  # a detached record renamed within b
+        assert ns.listed(a, answer_a, 0.2, 0.6, in_a)
+        assert ns.listed(b, answer_b, 0.2, 0.6, in_b)
+    assert ns.from_listing(a, "old") is None and ns.from_listing(a, "new") is f
+    assert ns.from_listing(b, "src") is None and ns.from_listing(b, "dst") is record
+
+
+def test_unsure_during_a_listing_installs_nothing() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    ns.created_empty(d, 0.0, 0.0)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d, f=False)
+        ns.unsure_of(d)
+        assert not ns.listed(d, answer, 0.5, 0.6, flight)
+    assert d.listing is None and not ns.listing_fresh(d, 0.7)
+    with ns.listing_in_flight(d) as flight:  # the next listing installs again
+        assert ns.listed(d, listed_names(ns, d, f=False), 0.8, 0.9, flight)
+    assert ns.from_listing(d, "f") is False
+
+
+def test_a_directory_leaving_the_table_voids_its_listing() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d, f=False)
+        ns.forget(d.inode, 1)
+        assert d.inode == 0 and not ns.listed(d, answer, 0.0, 0.1, flight)
+    assert d.listing is None
+
+
+def test_a_lookup_that_found_nothing_does_not_hide_a_listed_name() -> None:
+    """A lookup answered 'absent' from the old snapshot changes nothing: a name created by
+    someone else meanwhile shows up with the listing in flight (else a program polling for
+    that name would hide it from every listing)."""
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    ns.listed(d, {}, 0.0, 0.0)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d, late=False)  # created by another client
+        ns.remove(d, "late")  # a lookup of it found it absent in the old snapshot
+        assert ns.listed(d, answer, 0.6, 0.7, flight)
+    assert ns.from_listing(d, "late") is False
+
+
+def test_an_older_listing_does_not_replace_a_newer_snapshot() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    with ns.listing_in_flight(d) as slow:
+        ns.listed(d, listed_names(ns, d, a=False), 2.0, 2.1)  # a later listing landed first
+        assert not ns.listed(d, listed_names(ns, d, b=False), 1.0, 2.2, slow)
+    assert d.listed_at == 2.0 and ns.from_listing(d, "a") is False
+    assert ns.from_listing(d, "b") is None
+
+
+def test_attached_names_stay_out_of_an_installed_snapshot() -> None:
+    ns = namespace()
+    d = add(ns, ns.root, "d", True)
+    with ns.listing_in_flight(d) as flight:
+        answer = listed_names(ns, d, x=False)
+        x = add(ns, d, "x", True)  # attached meanwhile, of the other kind (mkdir)
+        assert ns.listed(d, answer, 0.0, 0.1, flight)
+    assert ns.child(d, "x") is x and ns.from_listing(d, "x") is None
