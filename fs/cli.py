@@ -101,6 +101,7 @@ def mount_policy(args: argparse.Namespace) -> MountPolicy:
     lock = args.object_lock_mode is not None or args.legal_hold
     return MountPolicy(no_overwrite=args.no_overwrite or lock, no_delete=args.no_delete or lock,
                        commit_partial=args.commit_partial, allow_read=args.allow_read,
+                       direct_reads=args.direct_reads,
                        read_budget=args.read_budget, uid=args.uid, gid=args.gid,
                        rename_dir_max_objects=args.rename_dir_max_objects,
                        rename_dir_max_bytes=args.rename_dir_max_bytes)

@@ -142,6 +142,12 @@ def _mount_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        "streamed, never staged); a file being written is EBUSY until its "
                        "last close (default: write-only: opens for reading succeed, read() "
                        "fails with EACCES)")
+    reads.add_argument("--direct-reads", action="store_true",
+                       help="with --allow-read: bypass the kernel's page cache for files "
+                       "opened for reading, so each read() goes to the mount at the "
+                       "reader's size (fast for readers of 1 MiB at a time, slow for small "
+                       "reads; no shared mmap; nothing cached between opens) "
+                       "(default: the page cache and 1 MiB readahead)")
     reads.add_argument("--read-budget", type=_size, metavar="SIZE",
                        default=DEFAULT_READ_BUDGET,
                        help="memory all readers share for data fetched ahead or in flight, "

@@ -197,7 +197,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
         read_client = _make_read_client(request, credentials)
         read_client.on_retry = retried
         read_client.on_request = mount_metrics.observe_request
-        reads = ReadSetup(allow=True, source=read_client,
+        reads = ReadSetup(allow=True, direct=request.policy.direct_reads, source=read_client,
                           budget=ReadBudget(request.policy.read_budget),
                           on_first_open=lambda: readahead.widen(operations.mountpoint))
     listeners: list[trio.SocketListener] = []
@@ -244,6 +244,7 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
         async with trio.open_nursery() as nursery:
             await nursery.start(uploader.run)
             await nursery.start(operations.reads.run)  # owns the readers' GET tasks
+            await nursery.start(operations.lookups.run)  # owns the background listings
             await nursery.start(control.serve, operations.mountpoint,
                                 _status(request, uploader, metrics_url, operations))
             if listeners:
@@ -289,6 +290,8 @@ def run_mount(request: MountRequest, on_ready: Callable[[], None] | None = None)
     request.uploader.validate()
     if request.policy.read_budget < MIN_READ_BUDGET:
         raise ConfigError(f"--read-budget must be at least 1MiB, not {request.policy.read_budget}")
+    if request.policy.direct_reads and not request.policy.allow_read:
+        raise ConfigError("--direct-reads applies to reads, which need --allow-read")
     credentials = check_store(request)
     trio.run(_serve, request, credentials, on_ready)
     return 0

@@ -184,7 +184,7 @@ class ChuteOperations(pyfuse3.Operations):
             node = self.ns.node(inode)
             if self.reads.wants(node, flags):  # reads.py: finished objects, for reading
                 fh, keep_cache = await self.reads.open(node, flags)
-                return _file_info(fh, keep_cache)
+                return _file_info(fh, keep_cache, direct_io=self.reads.direct)
             self.reads.forget_cache(node)
             return _file_info(await self.handles.open(node, flags, ctx.pid))
 
@@ -286,5 +286,7 @@ class ChuteOperations(pyfuse3.Operations):
         await self.handles.abort_all(why)
 
 
-def _file_info(fh: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
-    return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep_cache, nonseekable=False)
+def _file_info(fh: int, keep_cache: bool = False, direct_io: bool = False
+               ) -> pyfuse3.FileInfo:
+    return pyfuse3.FileInfo(fh=fh, direct_io=direct_io, keep_cache=keep_cache and not direct_io,
+                            nonseekable=False)

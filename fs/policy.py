@@ -42,6 +42,9 @@ class MountPolicy:
     allow_read: bool = False
     """--allow-read: finished objects can be read (reads.py); by default an open for reading
     succeeds and its first read() fails with EACCES, as on a write-only mount."""
+    direct_reads: bool = False
+    """--direct-reads: files opened for reading bypass the kernel's page cache (FUSE
+    direct I/O): each read() reaches the mount at the reader's own size (reads.py)."""
     read_budget: int = DEFAULT_READ_BUDGET
     """--read-budget: bytes all readers of the mount may hold at once (fetched ahead, or in
     flight), separate from the write ring."""

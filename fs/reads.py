@@ -25,6 +25,13 @@ them). The rules, and why:
   kernel drops the node's pages at open. An open that finds an older version still open for
   reading also clears the memory (that reader may still fill pages from its window), so the
   open after it drops the pages again.
+- **``--direct-reads``** opens every read handle with FUSE direct I/O instead: no page
+  cache, so each read() is one READ of the reader's size (up to 1 MiB), answered straight
+  into the reader's buffer, and nothing is kept between opens. It saves the kernel's two
+  copies of each byte (into the page cache, out of it) for readers of 1 MiB at a time, and
+  costs small readers dearly: 10 KiB reads made the mount spend 8.9 s of CPU per GiB against
+  0.9 through the page cache (docs/performance.md). A shared mmap of such a file is ENODEV
+  (the kernel's rule for direct I/O; a private one works). Off by default for that reason.
 - **O_RDWR is a write open** (handles.py), never a read handle: with O_TRUNC (or creating) a
   new upload, without O_TRUNC an upload that continues the object (the old object stays
   until its close replaces it; closed unwritten, the object stays as it was). A read()
@@ -84,6 +91,8 @@ class ReadSetup:
     """What a mount gives its read handles (built by mount.py from ``--allow-read``)."""
 
     allow: bool = False
+    direct: bool = False
+    """``--direct-reads``: read opens bypass the page cache (see the module docstring)."""
     source: RangeSource | None = None
     """Where ranged GETs go: an S3Client of its own, with the mount's credentials and
     retry policy (so readers never queue behind uploads for connections)."""
@@ -125,6 +134,7 @@ class ReadHandles:
         self.ns = namespace
         self.lookups = lookups
         self.allow = setup.allow
+        self.direct = setup.direct and setup.allow
         self._source = setup.source
         self._budget = setup.budget if setup.budget is not None else ReadBudget()
         self._tuning = setup.tuning or mount_tuning(self._budget)

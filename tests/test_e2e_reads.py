@@ -217,3 +217,39 @@ def test_page_cache_dropped_when_the_object_changes(mount_factory, s3):
     s3.put_object(Bucket=BUCKET, Key=mount.key("same-size"), Body=b"B" * 8192)
     time.sleep(1.2)
     assert path.read_bytes() == b"B" * 8192
+
+
+def test_direct_reads_bypass_the_page_cache(mount_factory, tmp_path):
+    """``--direct-reads``: every read() reaches the mount (a second read of the same file is
+    served again, not from the kernel's pages), in the reader's own sizes, byte-exact; a
+    private mapping still works, a shared one is ENODEV (the kernel's rule for direct I/O)."""
+    mount = mount_factory(*READS, "--direct-reads")
+    src = tmp_path / "src"
+    random_file(src, 3 * SLICE + 777, seed=7)
+    subprocess.run(["cp", str(src), str(mount.path / "f")], check=True)
+    expected = src.read_bytes()
+    for block in (MiB, 10 * 1024):  # dd's 1 MiB, tar's 10 KiB records
+        with open(mount.path / "f", "rb", buffering=0) as f:
+            got = bytearray()
+            while chunk := f.read(block):
+                got += chunk
+        assert bytes(got) == expected, block
+    reads = status(mount.path)["reads"]
+    assert reads["bytes_served"] >= 2 * len(expected), reads  # nothing kept between opens
+    import mmap
+    with open(mount.path / "f", "rb") as f:
+        with mmap.mmap(f.fileno(), MiB, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
+            assert m[:4096] == expected[:4096]
+        with pytest.raises(OSError) as caught:
+            mmap.mmap(f.fileno(), MiB, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert caught.value.errno == errno.ENODEV
+
+
+def test_direct_reads_without_allow_read_is_refused(tmp_path):
+    """``--direct-reads`` alone says what it needs, and mounts nothing."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    done = chute("mount", str(mountpoint), "s3://bucket/p", "--direct-reads")
+    assert done.returncode != 0
+    assert "--direct-reads applies to reads, which need --allow-read" in done.stderr
+    assert not os.path.ismount(mountpoint)
