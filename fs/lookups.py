@@ -4,10 +4,20 @@ Looking up a name that does not exist is the common case (every file ``cp`` crea
 asking the store costs a HEAD and a LIST. A directory whose keys the mount has seen whole
 (listed, or created empty by this mount) answers such lookups itself for LOOKUP_TTL after
 that listing started: a name it does not hold did not exist then (the namespace's snapshot
-keeps that true as the mount changes things, see namespace.py). After that a directory that
+keeps that true as the mount changes things, see snapshots.py). After that a directory that
 fits one listing page is listed again (one request for every lookup of the next LOOKUP_TTL),
 a larger one is asked name by name. Names created outside the mount show up within
 LOOKUP_TTL.
+
+**Refresh-ahead.** A lookup answered from a snapshot older than REFRESH_AHEAD also starts a
+listing of that directory in the background (one at a time per directory, in the nursery
+:meth:`Lookups.run` owns for the mount's lifetime) and does not wait for it: in a stream of
+creates the snapshot is renewed before it expires and no create waits for a LIST. Nothing
+ever relies on a snapshot older than LOOKUP_TTL: a lookup that finds it expired waits for
+the listing under way, or lists, as without refresh-ahead. A background listing that fails
+is logged at debug and changes nothing (the snapshot expires, the next lookup lists). It
+runs while the mount keeps changing the directory; snapshots.py replays those changes on
+it before it is installed.
 
 A name is asked about with a HEAD (a file) and a LIST of one key under ``name/`` (a
 directory). Every such metadata request is bounded by METADATA_DEADLINE, retries included:
@@ -28,12 +38,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from chute.uploader.errors import StoreUnreachable
+from chute.uploader.errors import ChuteError, StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
 from .namespace import Namespace, Node
 from .refused import NoAnswer, Refused
+from .snapshots import Flight
 
 if TYPE_CHECKING:
     from chute.uploader.s3 import Listing, ObjectInfo, S3Client
@@ -48,6 +59,12 @@ METADATA_DEADLINE = 5.0
 """Seconds one lookup, stat or listing request may take, retries included, before the caller
 gets EIO. The kernel serializes lookups per directory, so a store that is away must not hold
 a ``stat`` (and every lookup queued behind it) for the uploads' whole retry budget."""
+REFRESH_AHEAD = 0.5 * LOOKUP_TTL
+"""Age of a snapshot after which a lookup it answers starts a background listing of the
+directory. Half the TTL leaves the listing half a second to land before any lookup would
+wait for it: five round trips at 100 ms RTT (a LIST queued behind a busy link and a new
+connection's handshake), at a cost of at most two LISTs a second per directory being
+written (one a second without refresh-ahead)."""
 RELIST_MAX_KEYS = 1000
 """A directory whose keys fit one listing page of this size is listed again to answer the
 lookups of names it does not hold; a larger one is asked name by name (HEAD + LIST)."""
@@ -71,6 +88,26 @@ class Lookups:
         self.client = client
         self._relisting: dict[int, trio.Event] = {}
         """Directories being listed again for lookups, by inode (see _relist)."""
+        self._nursery: trio.Nursery | None = None
+        """Where background listings run while :meth:`run` does; None: no refresh-ahead."""
+        self.background_failures = 0
+        """Background listings that failed (logged at debug)."""
+        self._refresh_failed: dict[int, float] = {}
+        """Directory inode -> ``listed_at`` of the snapshot a background listing failed to
+        renew: that snapshot is not renewed in the background again (a store refusing
+        LISTs would otherwise get one per lookup); it expires and a lookup lists."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the background listings (refresh-ahead) until cancelled (the mount's nursery
+        runs this); cancelling it ends any listing in flight, which installs nothing."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         """The node the kernel's LOOKUP of ``name`` should get (not yet counted), or None.
@@ -96,7 +133,7 @@ class Lookups:
 
     async def _confirm(self, parent: Node, name: str, node: Node) -> Node | None:
         """Ask the store whether an attached name still is what the node says."""
-        if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
+        if self._must_relist(parent):
             await self._relist(parent)  # confirms every name it still holds at once
         if self.ns.child(parent, name) is node and self._known(node):
             return node
@@ -115,7 +152,7 @@ class Lookups:
         known = self.ns.child(parent, name)
         if known is not None:
             return known, trio.current_time()
-        if not self.ns.listing_fresh(parent, trio.current_time()) and parent.fits_one_page:
+        if self._must_relist(parent):
             await self._relist(parent)
         if self.ns.listing_fresh(parent, trio.current_time()):
             listed_at = parent.listed_at
@@ -183,19 +220,59 @@ class Lookups:
             raise Refused(errno.ENOENT if info is None else errno.ESTALE)
         metadata.apply_head(node, info, trio.current_time())
 
+    def _must_relist(self, directory: Node) -> bool:
+        """Whether a lookup under ``directory`` must wait for a listing (its snapshot has
+        expired and it fits one page; a larger one is asked name by name). A fresh snapshot
+        past REFRESH_AHEAD starts a background listing that renews it (see the module)."""
+        now = trio.current_time()
+        if not self.ns.listing_fresh(directory, now):
+            return directory.fits_one_page
+        if (self._nursery is not None and directory.fits_one_page
+                and now - directory.listed_at >= REFRESH_AHEAD
+                and directory.inode not in self._relisting
+                and self._refresh_failed.get(directory.inode) != directory.listed_at):
+            self._refresh_failed.pop(directory.inode, None)
+            done = self._relisting[directory.inode] = trio.Event()
+            self._nursery.start_soon(self._relist_behind, directory, done)
+        return False
+
     async def _relist(self, node: Node) -> None:
         """List a directory (that may fit one page) again, so that the lookups of the next
         LOOKUP_TTL are answered without a request each. One listing at a time per
-        directory; a lookup that finds one under way waits for it."""
-        underway = self._relisting.get(node.inode)
+        directory; a lookup that finds one under way (maybe a background one) waits for
+        it."""
+        inode = node.inode
+        underway = self._relisting.get(inode)
         if underway is not None:
             await underway.wait()  # if that one failed, the caller asks about its name
             return
-        done = self._relisting[node.inode] = trio.Event()
+        done = self._relisting[inode] = trio.Event()
+        self._refresh_failed.pop(inode, None)
         try:
             await self.list_dir(node, max_pages=1)
         finally:
-            del self._relisting[node.inode]
+            del self._relisting[inode]
+            done.set()
+
+    async def _relist_behind(self, node: Node, done: trio.Event) -> None:
+        """The background listing _must_relist started (``done`` is its entry in _relisting). A
+        failure has no caller to tell: it is logged and counted, the snapshot held is left
+        to expire, and the next lookup after that lists (and reports) as usual."""
+        inode, renewing = node.inode, node.listed_at
+        try:
+            await self.list_dir(node, max_pages=1)
+        except ChuteError as exc:  # NoAnswer, StoreUnreachable, StoreError, a bad answer
+            self._refresh_failed[inode] = renewing
+            self.background_failures += 1
+            log.debug("background listing of %s failed: %s",
+                      quoted(self.ns.path(node) or "/"), exc)
+        except Exception:  # a bug: logged loudly, but it must not end the mount
+            self._refresh_failed[inode] = renewing
+            self.background_failures += 1
+            log.warning("background listing of %s failed", quoted(self.ns.path(node) or "/"),
+                        exc_info=True)
+        finally:
+            del self._relisting[inode]
             done.set()
 
     async def list_dir(self, node: Node, *, max_pages: int | None = None) -> dict[str, Node]:
@@ -203,6 +280,11 @@ class Lookups:
         and the directories this mount created: attached nodes (updated) and detached
         records. If the listing is complete (not cut at ``max_pages``), it becomes the
         directory's snapshot."""
+        with self.ns.listing_in_flight(node) as flight:
+            return await self._list_dir(node, max_pages, flight)
+
+    async def _list_dir(self, node: Node, max_pages: int | None, flight: Flight
+                        ) -> dict[str, Node]:
         started = trio.current_time()
         prefix = self.ns.key(node)
         pages, complete = await self._list_pages(prefix, max_pages)
@@ -235,7 +317,7 @@ class Lookups:
                 entries.setdefault(name, child)
         self._report(prefix, skipped, hidden)
         if complete:
-            self.ns.listed(node, entries, started, now)
+            self.ns.listed(node, entries, started, now, flight)
         return entries
 
     @staticmethod
