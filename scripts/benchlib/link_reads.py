@@ -32,11 +32,10 @@ from .reads import (
     READ_PART,
     chute_read_mount,
     direct_read,
+    mount_read,
     put_object,
-    timed_dd,
     warm_up,
 )
-from .sampling import sample
 
 if TYPE_CHECKING:
     from .mounts import MountProcess
@@ -83,17 +82,17 @@ def _counted(proxy: LinkProxy) -> dict[str, int]:
     return {**proxy.counts(), "connections": proxy.connections}
 
 
-def _mount_read(mount: MountProcess, proxy: LinkProxy, bench: Bench) -> dict[str, Any]:
+def _mount_read(mount: MountProcess, proxy: LinkProxy) -> dict[str, Any]:
     """``dd`` of ``f`` through ``mount`` (fresh), requests counted around the ``dd`` only."""
-    with mount:
-        bench.settle()
-        before = sample(mount.pid)
-        proxy.reset_counts()
-        seconds, copied = timed_dd(mount.mountpoint / "f")
-        requests = _counted(proxy)
-        after = sample(mount.pid)
-    return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
-            "peak_rss": after.hwm, "requests": requests}
+    requests: dict[str, int] = {}
+
+    def around(starting: bool) -> None:
+        if starting:
+            proxy.reset_counts()
+        else:
+            requests.update(_counted(proxy))
+
+    return {**mount_read(mount, mount.mountpoint / "f", around), "requests": requests}
 
 
 def read_point(bench: Bench, link_bench: Bench, proxy: LinkProxy, size: int,
@@ -111,7 +110,7 @@ def read_point(bench: Bench, link_bench: Bench, proxy: LinkProxy, size: int,
         mountpoint = bench.work / f"mnt-{bench.next_id(f'link-read-{name}')}"
         mount = (chute_read_mount(link_bench.mounts, mountpoint, prefix, bench.args.read_budget)
                  if name == "chute" else link_bench.mounts.rclone_mount(mountpoint, prefix))
-        rows[name] = _mount_read(mount, proxy, bench)
+        rows[name] = _mount_read(mount, proxy)
         with contextlib.suppress(OSError):
             mountpoint.rmdir()
     for name, row in rows.items():

@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +163,19 @@ def timed_dd(path: Path) -> tuple[float, int]:
     return seconds, copied
 
 
-def _mount_run(mount: MountProcess, target: Path) -> dict[str, Any]:
+def mount_read(mount: MountProcess, target: Path,
+               around: Callable[[bool], None] | None = None) -> dict[str, Any]:
+    """``timed_dd`` of ``target`` in a fresh ``mount``: its row (seconds, bytes, the mount's
+    cpu and peak_rss); ``around(True)`` just before the clock starts, ``around(False)``
+    just after it stops."""
     with mount:
         os.sync()
         before = sample(mount.pid)
+        if around is not None:
+            around(True)
         seconds, copied = timed_dd(target)
+        if around is not None:
+            around(False)
         after = sample(mount.pid)
     return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
             "peak_rss": after.hwm}
@@ -184,7 +193,7 @@ def warm_up(mounts: Mounts, work: Path, size: int) -> None:
     docstring); without the warm-up the first mount timed pays that for every byte and the
     ones after it reuse its pages, so the order of the runs, not the mounts, would decide."""
     mountpoint = work / "mnt-warm-up"
-    _mount_run(_floor_mount(mounts, mountpoint, size), mountpoint / "f")
+    mount_read(_floor_mount(mounts, mountpoint, size), mountpoint / "f")
 
 
 def chute_read_mount(mounts: Mounts, mountpoint: Path, prefix: str, budget: int | None,
@@ -217,19 +226,19 @@ def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
     budget = args.read_budget or DEFAULT_READ_BUDGET
     warm_up(mounts, work, size)
     mountpoint = work / "mnt-chute-read"
-    rows["chute"] = _mount_run(chute_read_mount(mounts, mountpoint, prefix, args.read_budget),
+    rows["chute"] = mount_read(chute_read_mount(mounts, mountpoint, prefix, args.read_budget),
                                mountpoint / "f")
     log(f"  chute: {size / rows['chute']['seconds'] / 1e6:.0f} MB/s")
     mountpoint = work / "mnt-chute-direct-read"
-    rows[DIRECT_READS] = _mount_run(chute_read_mount(mounts, mountpoint, prefix,
+    rows[DIRECT_READS] = mount_read(chute_read_mount(mounts, mountpoint, prefix,
                                                      args.read_budget, "--direct-reads"),
                                     mountpoint / "f")
     log(f"  {DIRECT_READS}: {size / rows[DIRECT_READS]['seconds'] / 1e6:.0f} MB/s")
     if args.peers_reads:
         mountpoint = work / "mnt-rclone-read"
-        rows["rclone"] = _mount_run(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
+        rows["rclone"] = mount_read(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
         log(f"  rclone: {size / rows['rclone']['seconds'] / 1e6:.0f} MB/s")
-    rows["floor"] = _mount_run(_floor_mount(mounts, work / "mnt-floor-read", size),
+    rows["floor"] = mount_read(_floor_mount(mounts, work / "mnt-floor-read", size),
                                work / "mnt-floor-read" / "f")
     log(f"  floor: {size / rows['floor']['seconds'] / 1e6:.0f} MB/s")
     with contextlib.suppress(Exception):
