@@ -52,11 +52,14 @@ class ChuteOperations(pyfuse3.Operations):
     """Never: the kernel's writeback cache reorders writes and can skip FLUSH after an error."""
 
     def __init__(self, uploader: Uploader, client: S3Client, mountpoint: str,
-                 policy: MountPolicy | None = None, reads: ReadSetup | None = None) -> None:
+                 policy: MountPolicy | None = None, reads: ReadSetup | None = None, *,
+                 lookup_client: S3Client | None = None) -> None:
+        """``lookup_client``: the client of lookups and listings, if not ``client`` (the
+        mount gives them their own connections, see mount._make_lookup_client)."""
         super().__init__()
         self.mountpoint = os.path.realpath(mountpoint)  # resolved before the mount exists
         self.ns = Namespace(client.bucket.key, LOOKUP_TTL)
-        self.lookups = Lookups(self.ns, client)
+        self.lookups = Lookups(self.ns, lookup_client or client)
         self.objects = ObjectOps(self.ns, self.lookups, client, policy or MountPolicy())
         self.handles = HandleTable(self.ns, uploader, self.objects, self.mountpoint)
         self.reads = ReadHandles(self.ns, self.lookups, reads or ReadSetup())
