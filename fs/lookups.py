@@ -312,6 +312,9 @@ class Lookups:
                 else:
                     entries[name] = self._listed_file(node, name, obj, now)
         node.fits_one_page = complete and len(pages) <= 1
+        if any(page.objects or page.prefixes for page in pages) and node.inode and (
+                self.ns.key(node) == prefix):  # not moved meanwhile
+            self._vouch_for_path(node, started)
         for name, child in self.ns.children(node):
             if self.ns.vouched_for(child, now):
                 entries.setdefault(name, child)
@@ -319,6 +322,19 @@ class Lookups:
         if complete:
             self.ns.listed(node, entries, started, now, flight)
         return entries
+
+    def _vouch_for_path(self, node: Node, started: float) -> None:
+        """A listing of ``node`` started at ``started`` found a key under its prefix (its
+        marker counts): it and every directory above it existed then. The kernel looks each
+        path component up again once its entry expires, so without this a ``cp -r`` into
+        ``a/b/`` waited once a second for a LIST of the root and of ``a/`` to confirm ``a``
+        and ``b``, while the background listings of ``b/`` said as much."""
+        while node.inode and node is not self.ns.root and not node.gone:
+            node.checked_at = max(node.checked_at, started)
+            parent = self.ns.get(node.parent)
+            if parent is None or self.ns.child(parent, node.name) is not node:
+                return
+            node = parent
 
     @staticmethod
     def _report(prefix: str, skipped: list[str], hidden: list[str]) -> None:
