@@ -1,10 +1,9 @@
 """Reading one stored object through ranged GETs: a prefetcher per open file handle.
 
 An :class:`ObjectReader` serves ``read(offset, size)`` for one object pinned at open by its
-key, size and ETag. Every GET carries ``If-Match: <etag>``, so each byte it returns is the
-pinned version's; if the object was replaced (or deleted) the store answers 412 (or 404) and
-the read fails with :class:`ObjectChanged` (ESTALE), never with a mix of two versions. The
-failure is sticky: every later read of the handle fails the same way.
+key, size and ETag: every GET carries ``If-Match``, and a version replaced or deleted since
+fails the read with :class:`ObjectChanged` (ESTALE, read_pin.py), never a mix of two
+versions; the failure is sticky (every later read of the handle fails the same way).
 
 The prefetch policy follows mountpoint-s3's prefetcher (``mountpoint-s3-fs/src/prefetch.rs``):
 start small, make requests larger while the reads stay sequential, start small again after a
@@ -15,12 +14,17 @@ jump.
   for the chunks it needs; a small step back (``keep_behind``, for the kernel's readahead
   arriving out of order) is served from chunks kept behind the reader.
 - A read that continues the previous one (within ``sequential_slack`` of it) is sequential:
-  the reader covers it with a request of the current size, then sends at most one more
-  request ahead of it if the window has room. Each request sent while sequential doubles
-  the next one's size, from ``initial_request`` up to ``max_request``; the window is capped
-  by ``max_window`` and by the reader's fair share of the budget, so a sequential reader
-  settles at about ``max_window / max_request`` GETs in flight. With ``align``, they never
+  the reader covers it with a request of the current size, then sends one more request
+  ahead of it if the window has room. Each request sent while sequential doubles the next
+  one's size, from ``initial_request`` up to ``max_request``. With ``align``, they never
   cross a multiple of it: a mount's GETs fall on the store's own block boundaries.
+- Once a sequential run is ``max_request`` long the reader *streams*: every read fills the
+  window, and so does every GET of it that answers, at once, so the connection that answered
+  goes on to the next GET instead of idling until the reader catches up (an idle spell over
+  TCP's retransmission timeout costs a long link's connection its slow start again). The
+  window is capped by ``max_window`` and by the reader's fair share of the budget; at most
+  ``max_in_flight`` of its GETs are in flight (0: no cap of their own), so the rest of the
+  window is room for GETs that answer before the one the reader waits for.
 - A read outside the window is a seek: the window is dropped (its GETs cancelled, its budget
   returned) and the read is fetched as asked plus ``random_extra``, with the next sequential
   request back at ``initial_request``.
@@ -40,7 +44,6 @@ holds); :meth:`~ObjectReader.read` returns a copy.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,14 +51,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .errors import ChuteError, ObjectChanged, StoreError
+from .errors import ChuteError, ObjectChanged
 from .read_budget import ReadBudget
 from .read_buffers import BufferPool, Lending
+from .read_pin import demand_range, pinned_error
 from .read_tuning import DEFAULT_TUNING, RangeSource, ReadTuning
 
 __all__ = ["DEFAULT_TUNING", "ObjectReader", "RangeSource", "ReadTuning", "open_reader"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -101,6 +103,13 @@ class ObjectReader:
         self._position: int | None = None
         """End of the last read served, or None before the first (and after a failure)."""
         self._next_request = tuning.initial_request
+        self._in_flight = 0
+        """GETs sent and not answered (a dropped one until its task has ended)."""
+        self._streaming = False
+        """Whether the reader streams (a sequential run of at least ``max_request``, its
+        last read covered): its window refills as its GETs complete."""
+        self._run_start = 0
+        """Where the current sequential run began (the last reset)."""
         self._lock = trio.Lock()
         self._closed = False
         self._stale: ObjectChanged | None = None
@@ -153,6 +162,11 @@ class ObjectReader:
         self._budget.note_served(len(data))
         return data
 
+    def _reading(self) -> bool:
+        """Open and read within the budget's idle time (an idle reader's window is the
+        budget's to reclaim, not to refill)."""
+        return not self._closed and trio.current_time() - self.last_read < self._budget.idle_after
+
     def _check_open(self) -> None:  # before and after waiting for the lock
         if self._stale is not None:
             raise ObjectChanged(str(self._stale))
@@ -164,13 +178,20 @@ class ObjectReader:
         self._trim(offset)
         covered = self._cover(end, sequential)
         if sequential and covered >= end:
-            self._read_ahead(end)
+            # A run as long as one largest request is a streaming reader: its window fills
+            # up; before that, one request ahead per read (a probe of a header costs little).
+            self._streaming = end - self._run_start >= self._tuning.max_request
+            self._fill(once=not self._streaming)
+        else:
+            self._streaming = False
         parts = []
         if offset < covered:
             parts.append(await self._serve(offset, min(end, covered)))
         if covered < end:
             # Not covered (budget): the rest on demand, not kept; the window restarts here.
-            parts.append(await self._demand(max(offset, covered), end))
+            parts.append(await demand_range(self._source, self._budget, key=self.key,
+                                            etag=self.etag, offset=max(offset, covered),
+                                            end=end))
             self._drop_all()
             self._window_end = end
         self._position = end
@@ -204,19 +225,23 @@ class ObjectReader:
                 self._grow(sent)
         return self._window_end
 
-    def _read_ahead(self, end: int) -> None:
-        """Send one request ahead of a sequential reader if its window has room for it."""
-        remaining = self.size - self._window_end
-        if remaining <= 0:
-            return
+    def _fill(self, *, once: bool = False) -> None:
+        """Send requests ahead of a sequential reader until its window is full or
+        ``max_in_flight`` are in flight (``once``: at most one; see the module docstring)."""
         limit = min(self._tuning.max_window, self._budget.fair_share())
-        want = min(self._next_request, limit, remaining)
-        if want <= 0 or self._window_end - self._window_start + want > limit:
-            return
-        size = self._aligned(want)
-        sent = self._send(size, least=min(size, self._tuning.min_request))
-        if sent and size == want:
-            self._grow(sent)
+        most = self._tuning.max_in_flight or limit
+        while self._window_end < self.size and self._in_flight < most:
+            want = min(self._next_request, limit, self.size - self._window_end)
+            if want <= 0 or self._window_end - self._window_start + want > limit:
+                return
+            size = self._aligned(want)
+            sent = self._send(size, least=min(size, self._tuning.min_request))
+            if not sent:
+                return
+            if size == want:
+                self._grow(sent)
+            if once:
+                return
 
     def _aligned(self, size: int) -> int:
         """A sequential request of ``size`` cut short where it would cross a multiple of
@@ -239,6 +264,7 @@ class ObjectReader:
             size = max(least, size // 2)
         chunk = _Chunk(self._window_end, self._window_end + size, charged=size)
         chunk.served_to = chunk.start
+        self._in_flight += 1
         self._chunks.append(chunk)
         self._window_end = chunk.end
         self._nursery.start_soon(self._fetch, chunk)
@@ -261,7 +287,10 @@ class ObjectReader:
         finally:
             if buffer is not None and self._buffers is not None:
                 self._buffers.give(buffer)  # no GET writes into it any more, none read it
+            self._in_flight -= 1
             chunk.done.set()
+        if chunk.data is not None and self._streaming and self._reading():
+            self._fill()
 
     async def _serve(self, offset: int, end: int) -> bytes | memoryview:
         """Bytes ``[offset, end)`` from the window's chunks, waiting for those in flight."""
@@ -274,7 +303,7 @@ class ObjectReader:
             await chunk.done.wait()
             if chunk.data is None:
                 if chunk.error is not None:
-                    raise self._translate(chunk.error) from chunk.error
+                    raise pinned_error(chunk.error, self.key, self.etag) from chunk.error
                 raise ChuteError(f"read of {self.key} after its reader was closed")
             first = max(offset, chunk.start) - chunk.start
             last = min(end, chunk.end) - chunk.start
@@ -283,33 +312,6 @@ class ObjectReader:
         if len(parts) == 1:
             return self._lending.lend(*parts[0])
         return b"".join(view for view, _ in parts)
-
-    async def _demand(self, offset: int, end: int) -> bytes:
-        """Bytes ``[offset, end)`` fetched now from the demand reserve, not kept."""
-        parts = []
-        while offset < end:
-            size = min(end - offset, self._budget.demand_reserve)
-            async with self._budget.demand(size):
-                self._budget.note_request()
-                try:
-                    data = await self._source.get_range(self.key, offset, offset + size - 1,
-                                                        if_match=self.etag)
-                except StoreError as exc:
-                    raise self._translate(exc) from exc
-                self._budget.note_fetched(len(data))
-            parts.append(data)
-            offset += size
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _translate(self, exc: Exception) -> Exception:
-        """A refused If-Match (412), or a key gone (404), means the pinned version is gone."""
-        if isinstance(exc, StoreError) and (exc.status in (404, 412)
-                                            or exc.code == "PreconditionFailed"):
-            log.warning("%s changed while open for reading (pinned ETag %s): %s", self.key,
-                        self.etag, exc)
-            return ObjectChanged(f"{self.key} was replaced or deleted since it was opened "
-                                 f"(ETag {self.etag}): {exc}")
-        return exc
 
     # -- the window ---------------------------------------------------------------------
 
@@ -333,7 +335,8 @@ class ObjectReader:
     def _reset(self, offset: int) -> None:
         """Drop the window (cancel its GETs, return its budget); the next request is small."""
         self._drop_all()
-        self._window_end = offset
+        self._streaming = False
+        self._run_start = self._window_end = offset
         self._next_request = self._tuning.initial_request
 
     def _trim(self, position: int) -> None:

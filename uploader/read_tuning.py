@@ -29,7 +29,10 @@ class ReadTuning:
     """A read-ahead refused by the budget is retried at half the size down to this."""
     max_window: int = 32 * MiB
     """Bytes fetched ahead of a sequential reader at most: four 8 MiB GETs in flight, and two
-    readers at full speed within the default 64 MiB budget (less its demand reserve)."""
+    readers at full speed within a 64 MiB budget (less its demand reserve)."""
+    max_in_flight: int = 0
+    """A streaming reader's GETs in flight at most (0: as many as the window holds); the
+    rest of the window is room for GETs that answer before the one the reader waits for."""
     random_extra: int = 64 * KiB
     """Fetched past a non-sequential read, for the small forward reads that often follow."""
     keep_behind: int = 256 * KiB
