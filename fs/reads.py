@@ -74,14 +74,17 @@ READ_FH_BASE = 1 << 48
 """File handles of read handles start here (handles.py counts up from 1)."""
 REQUEST = 8 * 1024 * 1024
 """The largest GET of a mount's readers, and the blocks a sequential reader's GETs are
-aligned to (ReadTuning.align): five GETs fit the default budget's window. Measured against
+aligned to (ReadTuning.align): twelve fit the default budget's window. Measured against
 SeaweedFS, 1 GiB read in the same runs (docs/performance.md, Reads): 6 MiB GETs, which
 straddle its chunks, cost the store 2.9-3.1 s of CPU per GiB against 2.2-2.4 for 8 MiB
 aligned ones (as much as a direct download), and read at 137-210 MB/s against 262-351;
 4 MiB aligned GETs sat in between."""
-MAX_WINDOW = 64 * 1024 * 1024
-"""A lone reader's window stops growing here, however large the budget: 8 GETs of 8 MiB in
-flight reach a store's throughput; more would only hold memory."""
+MAX_WINDOW = 96 * 1024 * 1024
+"""A lone reader's window stops growing here, however large the budget: six GETs of 8 MiB in
+flight and as many done ahead of the reader (see mount_tuning); more would only hold memory."""
+MIN_IN_FLIGHT = 4
+"""GETs a sequential reader keeps in flight at least (the window permitting): on loopback
+four 8 MiB GETs keep SeaweedFS busy (it is the bound on 2 cores)."""
 CACHE_MEMORY = 65536
 """Nodes whose last pinned ETag is remembered for ``keep_cache``; a forgotten one only costs
 the kernel dropping pages it could have kept."""
@@ -107,17 +110,28 @@ class ReadSetup:
 
 
 def mount_tuning(budget: ReadBudget) -> ReadTuning:
-    """The prefetcher's sizes for a mount: requests of up to REQUEST bytes, and a window
-    that may grow to the prefetch part of the budget less two requests: the budget does not
-    see the idle receive buffers the readers' pool keeps (two requests' worth, see
-    ReadHandles) nor each connection's buffers, and the mount's peak RSS must stay within the
-    budget + 64 MiB. With the default 64 MiB that is 40 MiB, five 8 MiB GETs in flight for a
-    lone sequential reader (the engine's default window, 32 MiB, read 1 GiB at 145 MB/s where
-    the direct download made 300; 56 MiB in 8 MiB GETs took the peak RSS to 125-133 MiB, over
-    the 128 allowed); with more readers each one's fair share of the budget caps it."""
-    window = min(budget.prefetch_capacity - 2 * REQUEST, MAX_WINDOW)
-    return replace(DEFAULT_TUNING, max_request=REQUEST, align=REQUEST,
-                   max_window=max(window, 2 * REQUEST, DEFAULT_TUNING.initial_request))
+    """The prefetcher's sizes for a mount: requests of up to REQUEST bytes, a window that may
+    grow to the prefetch part of the budget less two requests (the budget does not see the
+    idle receive buffers the readers' pool keeps, two requests' worth, see ReadHandles, nor
+    each connection's buffers, and the mount's peak RSS must stay within the budget +
+    64 MiB), and about half of that window in GETs in flight.
+
+    Why only half in flight: chunks are consumed in order, so a GET that answers while the
+    one before it is still coming has to wait in the window; the other half is where it
+    waits while its connection goes straight on to the next GET (prefetch.py's fill). With
+    the whole window in flight, a connection that answered early sat idle until the reader
+    caught up, and on a long link an idle spell over the retransmission timeout sends TCP
+    back to slow start: at 100 ms RTT an 8 MiB GET then takes 1.0 s instead of 0.31, the
+    GETs behind it wait idle in turn, and the read settled at a third of the link (bench
+    --link, docs/performance.md). With the default 128 MiB budget the window is 96 MiB: six
+    8 MiB GETs in flight; with more readers each one's fair share of the budget caps it.
+    (Measured before: the engine's default window, 32 MiB, read 1 GiB on loopback at
+    145 MB/s where the direct download made 300.)"""
+    window = max(min(budget.prefetch_capacity - 2 * REQUEST, MAX_WINDOW), 2 * REQUEST,
+                 DEFAULT_TUNING.initial_request)
+    in_flight = max(MIN_IN_FLIGHT, (window // REQUEST + 1) // 2)
+    return replace(DEFAULT_TUNING, max_request=REQUEST, align=REQUEST, max_window=window,
+                   max_in_flight=in_flight)
 
 
 @dataclass(eq=False)

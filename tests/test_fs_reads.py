@@ -170,7 +170,15 @@ def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
     assert mount_tuning(ReadBudget(64 * MiB)).max_request == 8 * MiB
     assert mount_tuning(ReadBudget(64 * MiB)).align == 8 * MiB  # GETs on 8 MiB boundaries
     assert mount_tuning(ReadBudget(8 * MiB)).max_window == 16 * MiB  # the budget caps it
-    assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 64 * MiB
+    assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 96 * MiB
+    assert mount_tuning(ReadBudget(128 * MiB)).max_window == 96 * MiB  # 128 - 8 reserve - 16
+
+
+def test_about_half_of_a_mounts_window_is_in_flight() -> None:
+    """The rest is room for GETs answered ahead of the reader (mount_tuning)."""
+    assert mount_tuning(ReadBudget(128 * MiB)).max_in_flight == 6  # of 12 requests
+    assert mount_tuning(ReadBudget(64 * MiB)).max_in_flight == 4  # at least 4 (loopback)
+    assert mount_tuning(ReadBudget(1024 * MiB)).max_in_flight == 6
 
 
 def test_the_options_reach_the_policy_from_flags_config_and_fstab(tmp_path) -> None:
@@ -181,7 +189,7 @@ def test_the_options_reach_the_policy_from_flags_config_and_fstab(tmp_path) -> N
     policy = cli.mount_policy(args)
     assert (policy.allow_read, policy.read_budget) == (True, 32 * MiB)
     defaults = cli.mount_policy(cli.parse_args(["mount", "/mnt/x", "s3://b/p"]))
-    assert (defaults.allow_read, defaults.read_budget) == (False, 64 * MiB)
+    assert (defaults.allow_read, defaults.read_budget) == (False, 128 * MiB)
     config = tmp_path / "chute.toml"
     config.write_text('allow_read = true\nread_budget = "16MiB"\n')
     policy = cli.mount_policy(cli.parse_args(["mount", "/mnt/x", "s3://b/p", "--config",

@@ -40,9 +40,12 @@ import trio
 
 MiB = 1024 * 1024
 
-DEFAULT_READ_BUDGET = 64 * MiB
-"""The default ``--read-budget``: 4 GETs of 8 MiB in flight for each of two sequential readers
-at full speed, and the demand reserve, in the memory of one small ring."""
+DEFAULT_READ_BUDGET = 128 * MiB
+"""The default ``--read-budget``: a lone sequential reader's 96 MiB window (six 8 MiB GETs in
+flight and room for as many answered ahead of it, chute.fs.reads.mount_tuning), or 56 MiB
+each for two, and the demand reserve. Was 64 MiB: a 40 MiB window then held every GET in
+flight, and over a 100 ms link with Linux's slow start after idle a read settled at 0.29 of
+a direct download (bench --link, 100 ms / no cap)."""
 MAX_DEMAND_RESERVE = 8 * MiB
 MIN_DEMAND_RESERVE = 128 * 1024
 """The kernel's default FUSE read size: the smallest reserve that serves a read in one GET."""
