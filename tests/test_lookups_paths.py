@@ -133,3 +133,25 @@ async def test_lookups_and_listings_use_the_lookup_client() -> None:
     await lookup_client.aclose()
     assert set(seen["lookups"]) == {"HeadObject", "ListObjectsV2"}, seen
     assert "PutObject" in seen["main"] and "ListObjectsV2" not in seen["main"], seen
+
+
+async def test_a_listing_of_a_directory_moved_meanwhile_vouches_for_nothing(mounted,
+                                                                            mock_clock
+                                                                            ) -> None:
+    """a/b/ listed (keys found) while b moves under c: the listing describes a/b/, so c,
+    b's parent now, is not vouched for by it."""
+    m, store = mounted
+    a = await mkdir(m, "a")
+    b = await mkdir(m, "b", a.inode)
+    c = await mkdir(m, "c")
+    await write_file(m.ops, b.inode, "f")
+    mock_clock.jump(LOOKUP_TTL + 0.1)
+    c_checked = c.checked_at
+    store.hold()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.ops.lookups.list_dir, b)
+        await store.held.wait()
+        m.ops.ns.move(b, c, "b", trio.current_time())
+        store.gate.set()
+    assert c.checked_at == c_checked
+    assert a.checked_at == c_checked  # a's was not renewed either (nothing vouched)
