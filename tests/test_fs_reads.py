@@ -170,15 +170,15 @@ def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
     assert mount_tuning(ReadBudget(64 * MiB)).max_request == 8 * MiB
     assert mount_tuning(ReadBudget(64 * MiB)).align == 8 * MiB  # GETs on 8 MiB boundaries
     assert mount_tuning(ReadBudget(8 * MiB)).max_window == 16 * MiB  # the budget caps it
-    assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 96 * MiB
-    assert mount_tuning(ReadBudget(128 * MiB)).max_window == 96 * MiB  # 128 - 8 reserve - 16
+    assert mount_tuning(ReadBudget(1024 * MiB)).max_window == 128 * MiB
+    assert mount_tuning(ReadBudget(128 * MiB)).max_window == 104 * MiB  # 128 - 8 reserve - 16
 
 
 def test_about_half_of_a_mounts_window_is_in_flight() -> None:
     """The rest is room for GETs answered ahead of the reader (mount_tuning)."""
-    assert mount_tuning(ReadBudget(128 * MiB)).max_in_flight == 6  # of 12 requests
+    assert mount_tuning(ReadBudget(128 * MiB)).max_in_flight == 7  # of 13 requests
     assert mount_tuning(ReadBudget(64 * MiB)).max_in_flight == 4  # at least 4 (loopback)
-    assert mount_tuning(ReadBudget(1024 * MiB)).max_in_flight == 6
+    assert mount_tuning(ReadBudget(1024 * MiB)).max_in_flight == 8
 
 
 def test_the_options_reach_the_policy_from_flags_config_and_fstab(tmp_path) -> None:
