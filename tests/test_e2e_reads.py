@@ -77,7 +77,7 @@ def test_cp_tree_read_back_with_cmp(mount_factory, tmp_path):
         assert result.returncode == 0, (name, result.stdout, result.stderr)
     reads = status(mount.path)["reads"]
     total = sum(sizes.values())
-    assert reads["bytes_served"] >= total and reads["budget"] == 64 << 20, reads
+    assert reads["bytes_served"] >= total and reads["budget"] == 128 << 20, reads  # default
     assert reads["readers"] == 0 and reads["in_use"] == 0, reads
     assert reads["peak_in_use"] <= reads["budget"], reads
     assert "reads: 0 open" in chute("status", mount.path).stdout
