@@ -7,7 +7,6 @@ as the mount runs it."""
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,41 +14,8 @@ import trio
 import trio.testing
 
 from chute.fs.lookups import LOOKUP_TTL, REFRESH_AHEAD
-from chute.fs.namespace import ROOT_INODE, Node
-from chute.fs.operations import ChuteOperations
-from tests.support.memory_mount import CTX, WRITE, Mounted, errno_of, memory_mount
-from tests.support.memory_s3 import MemoryS3
-
-
-class HeldListings(MemoryS3):
-    """A store whose directory listings (ListObjectsV2 of a relist's page size) are served
-    when asked but answered only once ``gate`` is open, or after ``delay`` seconds: the
-    mount may change the directory between the two."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = trio.Event()
-        self.gate.set()
-        self.delay = 0.0
-        self.served = 0
-        """Relist pages served (answered or held)."""
-        self.held = trio.Event()
-        """Set when a relist page has been served and is being held at the gate."""
-
-    async def handle(self, request):  # type: ignore[no-untyped-def,override]
-        answer = await super().handle(request)
-        if request.url.params.get("max-keys") == "1000":  # lookups.RELIST_MAX_KEYS
-            self.served += 1
-            if not self.gate.is_set():
-                self.held.set()
-            await self.gate.wait()
-            if self.delay:
-                await trio.sleep(self.delay)
-        return answer
-
-    def hold(self) -> None:
-        self.gate = trio.Event()
-        self.held = trio.Event()
+from tests.support.held_listings import HeldListings, landed, mkdir, write_file
+from tests.support.memory_mount import CTX, Mounted, errno_of, memory_mount
 
 
 @pytest.fixture
@@ -62,31 +28,6 @@ async def mounted() -> AsyncIterator[tuple[Mounted, HeldListings, trio.Nursery]]
             await nursery.start(m.ops.lookups.run)
             yield m, store, nursery
             nursery.cancel_scope.cancel()
-
-
-async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes = b"x"
-                     ) -> int:
-    """The kernel's way: a LOOKUP that fails, then create, write, flush, release."""
-    assert await errno_of(ops.lookup(parent, name.encode(), CTX)) == errno.ENOENT
-    info, attrs = await ops.create(parent, name.encode(), 0o600, WRITE | os.O_CREAT, CTX)
-    await ops.write(info.fh, 0, data)
-    await ops.flush(info.fh)
-    await ops.release(info.fh)
-    return attrs.st_ino
-
-
-async def landed(m: Mounted) -> None:
-    """Wait until no background listing is left in flight."""
-    for _ in range(100):
-        if not m.ops.lookups._relisting:
-            return
-        await trio.testing.wait_all_tasks_blocked()
-    raise AssertionError("a background listing is still in flight")
-
-
-async def mkdir(m: Mounted, name: str, parent: int = ROOT_INODE) -> Node:
-    attrs = await m.ops.mkdir(parent, name.encode(), 0o755, CTX)
-    return m.ops.ns.node(attrs.st_ino)
 
 
 async def test_a_stream_of_creates_never_waits_for_a_listing(mounted, mock_clock) -> None:

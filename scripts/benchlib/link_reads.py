@@ -162,6 +162,16 @@ def print_point(read: dict[str, Any], model: LinkModel) -> None:
     print(f"  {target_line(ratios(read))}")
 
 
+def link_cell(mbps: float | None, model: LinkModel) -> str:
+    """A summary cell, 16 wide: MB/s and its share of the link's rate ("(x link)", blank on
+    an uncapped link), or "-" for a contender that did not run at this point. Both summaries
+    (this module's and links.py's) print their cells with it, so their columns line up."""
+    if mbps is None:
+        return f"{'-':>16}"
+    x = f"({mbps / (model.rate / 1e6):.2f})" if model.rate else ""
+    return f"{mbps:>9.1f} {x:>6}"
+
+
 def print_summary(points: list[dict[str, Any]], mounts: list[str]) -> None:
     """One line per point: each contender's MB/s (x link), then chute's ratios."""
     names = ["direct", *mounts]
@@ -175,12 +185,8 @@ def print_summary(points: list[dict[str, Any]], mounts: list[str]) -> None:
         line = f"{model.label:<22}"
         for name in names:
             row = read["rows"].get(name)
-            if row is None:
-                line += f"{'-':>16}"
-                continue
-            mbps = read["size"] / row["seconds"] / 1e6
-            x = f"({mbps / (model.rate / 1e6):.2f})" if model.rate else ""
-            line += f"{mbps:>9.1f} {x:>6}"
+            line += link_cell(None if row is None else read["size"] / row["seconds"] / 1e6,
+                              model)
         line += " |" + "".join(f"{value:>14.2f}" for value in ratios(read).values())
         print(line)
 

@@ -43,7 +43,7 @@ from . import link_reads
 from .common import BUCKET, KiB, fmt_size, log
 from .data import Data, stream_chunks
 from .link import LinkModel, LinkProxy
-from .link_reads import per_file
+from .link_reads import link_cell, per_file
 from .reads import READ_PART
 from .results import Run
 from .writers import mounted_run, q
@@ -277,12 +277,7 @@ def print_result(result: dict[str, Any]) -> None:
         line = f"{model.label:<22}"
         for name in names:
             cell = point["big"].get(name)
-            if cell is None:
-                line += f"{'-':>16}"
-                continue
-            mbps = cell["run"].mbps
-            x = f"({mbps / (model.rate / 1e6):.2f})" if model.rate else ""
-            line += f"{mbps:>9.1f} {x:>6}"
+            line += link_cell(None if cell is None else cell["run"].mbps, model)
         line += " |"
         for name in ["curl", *result["mounts"]] if point["small"] else []:
             cell = point["small"].get(name)

@@ -1,7 +1,6 @@
 """An in-memory store whose directory listings can be held or slowed, and the kernel's way of
-making a file, for tests of lookups over a mount's FUSE handlers (tests/support/memory_mount).
-
-(tests/test_lookups_refresh.py has its own copy of these, from before this module.)
+making a file, for tests of lookups over a mount's FUSE handlers (tests/support/memory_mount):
+tests/test_lookups_refresh.py and tests/test_lookups_paths.py share them from here.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ RELIST_PAGE = "1000"
 
 class HeldListings(MemoryS3):
     """A store whose directory listings (ListObjectsV2 of a relist's page size) are served
-    when asked but answered only once ``gate`` is open, or after ``delay`` seconds."""
+    when asked but answered only once ``gate`` is open, or after ``delay`` seconds: the
+    mount may change the directory between the two."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,5 +74,6 @@ async def landed(m: Mounted) -> None:
 
 
 async def mkdir(m: Mounted, name: str, parent: int = ROOT_INODE) -> Node:
+    """A directory made through the mount (the kernel's MKDIR); its namespace node."""
     attrs = await m.ops.mkdir(parent, name.encode(), 0o755, CTX)
     return m.ops.ns.node(attrs.st_ino)
