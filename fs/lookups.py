@@ -42,6 +42,7 @@ from chute.uploader.errors import ChuteError, StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
+from .background import BackgroundTasks
 from .namespace import Namespace, Node
 from .refused import NoAnswer, Refused
 from .snapshots import Flight
@@ -80,15 +81,16 @@ async def bounded(request: Awaitable[T]) -> T:
         raise NoAnswer(f"the store did not answer within {METADATA_DEADLINE:g} s") from None
 
 
-class Lookups:
-    """Store lookups and listings for one mount, entered into its namespace."""
+class Lookups(BackgroundTasks):
+    """Store lookups and listings for one mount, entered into its namespace. Its background
+    tasks (:meth:`run`, background.py) are the refresh-ahead listings; cancelling them ends
+    any listing in flight, which installs nothing."""
 
     def __init__(self, namespace: Namespace, client: S3Client) -> None:
         self.ns = namespace
         self.client = client
         self._relisting: dict[int, trio.Event] = {}
         """Directories being listed again for lookups, by inode (see _relist)."""
-        self._nursery: trio.Nursery | None = None
         """Where background listings run while :meth:`run` does; None: no refresh-ahead."""
         self.background_failures = 0
         """Background listings that failed (logged at debug)."""
@@ -96,18 +98,6 @@ class Lookups:
         """Directory inode -> ``listed_at`` of the snapshot a background listing failed to
         renew: that snapshot is not renewed in the background again (a store refusing
         LISTs would otherwise get one per lookup); it expires and a lookup lists."""
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        """Own the background listings (refresh-ahead) until cancelled (the mount's nursery
-        runs this); cancelling it ends any listing in flight, which installs nothing."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         """The node the kernel's LOOKUP of ``name`` should get (not yet counted), or None.

@@ -61,6 +61,7 @@ from chute.uploader.prefetch import DEFAULT_TUNING, ObjectReader, RangeSource, R
 from chute.uploader.read_budget import ReadBudget, ReadStatistics
 from chute.uploader.read_buffers import BufferPool
 
+from .background import BackgroundTasks
 from .lookups import LOOKUP_TTL
 from .namespace import Namespace, Node
 from .refused import Refused
@@ -145,8 +146,9 @@ class ReadHandle:
     path: str
 
 
-class ReadHandles:
-    """The read handles of one mount; see the module docstring."""
+class ReadHandles(BackgroundTasks):
+    """The read handles of one mount; see the module docstring. Its background tasks
+    (:meth:`run`, background.py) are the readers' GETs."""
 
     def __init__(self, namespace: Namespace, lookups: Lookups, setup: ReadSetup) -> None:
         self.ns = namespace
@@ -159,7 +161,6 @@ class ReadHandles:
         self._buffers = BufferPool(2 * self._tuning.max_request)
         """The readers' receive buffers (read_buffers.py): GET bodies land in reused memory
         and read() replies are views of it, not copies."""
-        self._nursery: trio.Nursery | None = None
         self._handles: dict[int, ReadHandle] = {}
         self._next_fh = READ_FH_BASE
         self._cached: OrderedDict[int, str] = OrderedDict()
@@ -176,17 +177,6 @@ class ReadHandles:
     @staticmethod
     def owns(fh: int) -> bool:
         return fh >= READ_FH_BASE
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        """Own the readers' GET tasks until cancelled (the mount's nursery runs this)."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
 
     # -- opening --------------------------------------------------------------------
 
