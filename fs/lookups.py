@@ -91,7 +91,6 @@ class Lookups(BackgroundTasks):
         self.client = client
         self._relisting: dict[int, trio.Event] = {}
         """Directories being listed again for lookups, by inode (see _relist)."""
-        """Where background listings run while :meth:`run` does; None: no refresh-ahead."""
         self.background_failures = 0
         """Background listings that failed (logged at debug)."""
         self._refresh_failed: dict[int, float] = {}
