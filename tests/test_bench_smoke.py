@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chute.fs.mountinfo import mounts
+from chute.uploader.read_budget import DEFAULT_READ_BUDGET
 from tests.support.mounts import requires_fuse
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
@@ -92,11 +93,11 @@ def test_reads_mode_json(tmp_path: Path) -> None:
     result = run_bench("--reads", "--size", "32MiB", "--json", work=tmp_path)
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     report = json.loads(result.stdout)
-    assert {"direct", "chute"} <= set(report["rows"])
+    assert {"direct", "chute", "chute-direct"} <= set(report["rows"])
     for row in report["rows"].values():
         assert row["bytes"] == report["size"] == 32 << 20
         assert row["seconds"] > 0 and row["peak_rss"] > 0
-    assert report["read_budget"] == 64 << 20
+    assert report["read_budget"] == DEFAULT_READ_BUDGET
     assert not [m for m in mounts() if m.mountpoint.startswith(str(tmp_path))]
     assert list(tmp_path.iterdir()) == []
 
