@@ -118,15 +118,21 @@ def _make_client(request: MountRequest, credentials: CredentialSource, *, quick:
     return client
 
 
-def _make_read_client(request: MountRequest, credentials: CredentialSource) -> S3Client:
-    """The ranged GETs of readers go through a client of their own (same credentials, retry
-    policy and stall timeout), so readers never wait for connections behind uploads."""
+def _side_client(request: MountRequest, credentials: CredentialSource, connections: int
+                 ) -> S3Client:
+    """A client beside the uploads' with connections of its own: the same credentials, retry
+    policy, stall timeout and object options (an SSE-C object's GET or HEAD needs the key)."""
     config = request.uploader
-    connections = min(64, max(16, request.policy.read_budget >> 20))
     client = S3Client(request.bucket, credentials, RetryPolicy(budget=config.retry_budget),
                       stall_timeout=config.stall_timeout, max_connections=connections)
-    client.object_options = request.object_options  # SSE-C reads need the key
+    client.object_options = request.object_options
     return client
+
+
+def _make_read_client(request: MountRequest, credentials: CredentialSource) -> S3Client:
+    """The ranged GETs of readers go through a client of their own, so readers never wait
+    for connections behind uploads."""
+    return _side_client(request, credentials, min(64, max(16, request.policy.read_budget >> 20)))
 
 
 def _make_lookup_client(request: MountRequest, credentials: CredentialSource) -> S3Client:
@@ -139,11 +145,7 @@ def _make_lookup_client(request: MountRequest, credentials: CredentialSource) ->
     slow start, 50 of them on a connection a LIST had used last. Every metadata request is
     bounded by lookups.METADATA_DEADLINE; the kernel serializes lookups per directory, so
     few connections serve them."""
-    config = request.uploader
-    client = S3Client(request.bucket, credentials, RetryPolicy(budget=config.retry_budget),
-                      stall_timeout=config.stall_timeout, max_connections=LOOKUP_CONNECTIONS)
-    client.object_options = request.object_options  # an SSE-C object's HEAD needs the key
-    return client
+    return _side_client(request, credentials, LOOKUP_CONNECTIONS)
 
 
 LOOKUP_CONNECTIONS = 16
@@ -216,18 +218,20 @@ async def _serve(request: MountRequest, credentials: CredentialSource,
         uploader.count_retry(operation, reason)
         mount_metrics.observe_retry(operation, reason, error)
 
-    client.on_retry = retried
-    client.on_request = mount_metrics.observe_request
-    lookup_client = _make_lookup_client(request, credentials)
-    lookup_client.on_retry = retried
-    lookup_client.on_request = mount_metrics.observe_request
-    clients = [client, lookup_client]
+    def observed(one: S3Client) -> S3Client:
+        """Count the client's retries and requests in the mount's statistics and metrics,
+        and close it with the mount."""
+        one.on_retry = retried
+        one.on_request = mount_metrics.observe_request
+        clients.append(one)
+        return one
+
+    clients: list[S3Client] = []
+    observed(client)
+    lookup_client = observed(_make_lookup_client(request, credentials))
     reads = ReadSetup()
     if request.policy.allow_read:
-        read_client = _make_read_client(request, credentials)
-        read_client.on_retry = retried
-        read_client.on_request = mount_metrics.observe_request
-        clients.append(read_client)
+        read_client = observed(_make_read_client(request, credentials))
         reads = ReadSetup(allow=True, direct=request.policy.direct_reads, source=read_client,
                           budget=ReadBudget(request.policy.read_budget),
                           on_first_open=lambda: readahead.widen(operations.mountpoint))
