@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from .errors import ObjectChanged, StoreError
+from .logsafe import quoted
 from .read_budget import ReadBudget
 from .read_tuning import RangeSource
 
@@ -28,9 +29,10 @@ def pinned_error(exc: Exception, key: str, etag: str) -> Exception:
     """A refused If-Match (412), or a key gone (404), means the pinned version is gone."""
     if isinstance(exc, StoreError) and (exc.status in (404, 412)
                                         or exc.code == "PreconditionFailed"):
-        log.warning("%s changed while open for reading (pinned ETag %s): %s", key, etag, exc)
-        return ObjectChanged(f"{key} was replaced or deleted since it was opened "
-                             f"(ETag {etag}): {exc}")
+        log.warning("%s changed while open for reading (pinned ETag %s): %s", quoted(key),
+                    quoted(etag), exc)
+        return ObjectChanged(f"{quoted(key)} was replaced or deleted since it was opened "
+                             f"(ETag {quoted(etag)}): {exc}")
     return exc
 
 
