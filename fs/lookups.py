@@ -9,15 +9,12 @@ fits one listing page is listed again (one request for every lookup of the next 
 a larger one is asked name by name. Names created outside the mount show up within
 LOOKUP_TTL.
 
-**Refresh-ahead.** A lookup answered from a snapshot older than REFRESH_AHEAD also starts a
-listing of that directory in the background (one at a time per directory, in the nursery
-:meth:`Lookups.run` owns for the mount's lifetime) and does not wait for it: in a stream of
-creates the snapshot is renewed before it expires and no create waits for a LIST. Nothing
+**Refresh-ahead** (refresh_ahead.py). A lookup answered from a snapshot older than
+REFRESH_AHEAD also starts a listing of that directory, and of its parent, in the background,
+and does not wait for it: in a stream of creates the snapshots are renewed before they
+expire and no create (nor ``cp -r`` entering its next directory) waits for a LIST. Nothing
 ever relies on a snapshot older than LOOKUP_TTL: a lookup that finds it expired waits for
-the listing under way, or lists, as without refresh-ahead. A background listing that fails
-is logged at debug and changes nothing (the snapshot expires, the next lookup lists). It
-runs while the mount keeps changing the directory; snapshots.py replays those changes on
-it before it is installed.
+the listing under way, or lists, as without refresh-ahead.
 
 A name is asked about with a HEAD (a file) and a LIST of one key under ``name/`` (a
 directory). Every such metadata request is bounded by METADATA_DEADLINE, retries included:
@@ -38,12 +35,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from chute.uploader.errors import ChuteError, StoreUnreachable
+from chute.uploader.errors import StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
-from .background import BackgroundTasks
 from .namespace import Namespace, Node
+from .refresh_ahead import RefreshAhead
 from .refused import NoAnswer, Refused
 from .snapshots import Flight
 
@@ -62,10 +59,11 @@ gets EIO. The kernel serializes lookups per directory, so a store that is away m
 a ``stat`` (and every lookup queued behind it) for the uploads' whole retry budget."""
 REFRESH_AHEAD = 0.5 * LOOKUP_TTL
 """Age of a snapshot after which a lookup it answers starts a background listing of the
-directory. Half the TTL leaves the listing half a second to land before any lookup would
-wait for it: five round trips at 100 ms RTT (a LIST queued behind a busy link and a new
-connection's handshake), at a cost of at most two LISTs a second per directory being
-written (one a second without refresh-ahead)."""
+directory (and of its parent, refresh_ahead.py). Half the TTL leaves the listing half a
+second to land before any lookup would wait for it: five round trips at 100 ms RTT (a LIST
+queued behind a busy link and a new connection's handshake), at a cost of at most two LISTs
+a second per directory being written and per parent of one (one a second without
+refresh-ahead)."""
 RELIST_MAX_KEYS = 1000
 """A directory whose keys fit one listing page of this size is listed again to answer the
 lookups of names it does not hold; a larger one is asked name by name (HEAD + LIST)."""
@@ -81,22 +79,26 @@ async def bounded(request: Awaitable[T]) -> T:
         raise NoAnswer(f"the store did not answer within {METADATA_DEADLINE:g} s") from None
 
 
-class Lookups(BackgroundTasks):
+class Lookups:
     """Store lookups and listings for one mount, entered into its namespace. Its background
-    tasks (:meth:`run`, background.py) are the refresh-ahead listings; cancelling them ends
-    any listing in flight, which installs nothing."""
+    tasks (:meth:`run`) are the refresh-ahead listings (refresh_ahead.py)."""
 
     def __init__(self, namespace: Namespace, client: S3Client) -> None:
         self.ns = namespace
         self.client = client
-        self._relisting: dict[int, trio.Event] = {}
-        """Directories being listed again for lookups, by inode (see _relist)."""
-        self.background_failures = 0
+        self.ahead = RefreshAhead(namespace, self._list_page, REFRESH_AHEAD)
+        """The listings made for lookups, in the background or waited for."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Own the background listings until cancelled (the mount's nursery runs this);
+        cancelling it ends any listing in flight, which installs nothing."""
+        await self.ahead.run(task_status=task_status)
+
+    @property
+    def background_failures(self) -> int:
         """Background listings that failed (logged at debug)."""
-        self._refresh_failed: dict[int, float] = {}
-        """Directory inode -> ``listed_at`` of the snapshot a background listing failed to
-        renew: that snapshot is not renewed in the background again (a store refusing
-        LISTs would otherwise get one per lookup); it expires and a lookup lists."""
+        return self.ahead.failures
 
     async def lookup(self, parent: Node, name: str) -> Node | None:
         """The node the kernel's LOOKUP of ``name`` should get (not yet counted), or None.
@@ -123,7 +125,7 @@ class Lookups(BackgroundTasks):
     async def _confirm(self, parent: Node, name: str, node: Node) -> Node | None:
         """Ask the store whether an attached name still is what the node says."""
         if self._must_relist(parent):
-            await self._relist(parent)  # confirms every name it still holds at once
+            await self.ahead.relist(parent)  # confirms every name it still holds at once
         if self.ns.child(parent, name) is node and self._known(node):
             return node
         return await self.in_store(parent, name, directory_first=node.is_dir)
@@ -142,7 +144,7 @@ class Lookups(BackgroundTasks):
         if known is not None:
             return known, trio.current_time()
         if self._must_relist(parent):
-            await self._relist(parent)
+            await self.ahead.relist(parent)
         if self.ns.listing_fresh(parent, trio.current_time()):
             listed_at = parent.listed_at
             entry = self.ns.child(parent, name) or self.ns.from_listing(parent, name)
@@ -212,57 +214,16 @@ class Lookups(BackgroundTasks):
     def _must_relist(self, directory: Node) -> bool:
         """Whether a lookup under ``directory`` must wait for a listing (its snapshot has
         expired and it fits one page; a larger one is asked name by name). A fresh snapshot
-        past REFRESH_AHEAD starts a background listing that renews it (see the module)."""
+        past REFRESH_AHEAD is renewed in the background, and so is its parent's
+        (refresh_ahead.py)."""
         now = trio.current_time()
         if not self.ns.listing_fresh(directory, now):
             return directory.fits_one_page
-        if (self._nursery is not None and directory.fits_one_page
-                and now - directory.listed_at >= REFRESH_AHEAD
-                and directory.inode not in self._relisting
-                and self._refresh_failed.get(directory.inode) != directory.listed_at):
-            self._refresh_failed.pop(directory.inode, None)
-            done = self._relisting[directory.inode] = trio.Event()
-            self._nursery.start_soon(self._relist_behind, directory, done)
+        self.ahead.answered_from(directory, now)
         return False
 
-    async def _relist(self, node: Node) -> None:
-        """List a directory (that may fit one page) again, so that the lookups of the next
-        LOOKUP_TTL are answered without a request each. One listing at a time per
-        directory; a lookup that finds one under way (maybe a background one) waits for
-        it."""
-        inode = node.inode
-        underway = self._relisting.get(inode)
-        if underway is not None:
-            await underway.wait()  # if that one failed, the caller asks about its name
-            return
-        done = self._relisting[inode] = trio.Event()
-        self._refresh_failed.pop(inode, None)
-        try:
-            await self.list_dir(node, max_pages=1)
-        finally:
-            del self._relisting[inode]
-            done.set()
-
-    async def _relist_behind(self, node: Node, done: trio.Event) -> None:
-        """The background listing _must_relist started (``done`` is its entry in _relisting). A
-        failure has no caller to tell: it is logged and counted, the snapshot held is left
-        to expire, and the next lookup after that lists (and reports) as usual."""
-        inode, renewing = node.inode, node.listed_at
-        try:
-            await self.list_dir(node, max_pages=1)
-        except ChuteError as exc:  # NoAnswer, StoreUnreachable, StoreError, a bad answer
-            self._refresh_failed[inode] = renewing
-            self.background_failures += 1
-            log.debug("background listing of %s failed: %s",
-                      quoted(self.ns.path(node) or "/"), exc)
-        except Exception:  # a bug: logged loudly, but it must not end the mount
-            self._refresh_failed[inode] = renewing
-            self.background_failures += 1
-            log.warning("background listing of %s failed", quoted(self.ns.path(node) or "/"),
-                        exc_info=True)
-        finally:
-            del self._relisting[inode]
-            done.set()
+    async def _list_page(self, node: Node) -> None:
+        await self.list_dir(node, max_pages=1)
 
     async def list_dir(self, node: Node, *, max_pages: int | None = None) -> dict[str, Node]:
         """The directory's children as the store lists them, plus the files being written

@@ -37,7 +37,7 @@ async def test_a_stream_of_creates_never_waits_for_a_listing(mounted, mock_clock
     m, store, _ = mounted
     d = await mkdir(m, "d")
     store.delay = 0.2
-    served = store.served
+    start = len(m.store.requests)
     end = trio.current_time() + 2.5 * LOOKUP_TTL
     n = 0
     while trio.current_time() < end:
@@ -48,7 +48,8 @@ async def test_a_stream_of_creates_never_waits_for_a_listing(mounted, mock_clock
         n += 1
         mock_clock.jump(0.05)
         await trio.testing.wait_all_tasks_blocked()
-    lists = store.served - served
+    lists = sum(1 for r in m.store.requests[start:]
+                if r.operation == "ListObjectsV2" and r.query.get("prefix") == "d/")
     assert 2 <= lists <= 2.5 * LOOKUP_TTL / REFRESH_AHEAD + 1, lists
     assert d.listed_at > end - LOOKUP_TTL  # renewed: no answer relied on an expired one
     assert m.ops.lookups.background_failures == 0
@@ -65,6 +66,7 @@ async def test_an_expired_snapshot_waits_for_the_listing_under_way(mounted, mock
     store.hold()
     assert await errno_of(m.ops.lookup(d.inode, b"a", CTX)) == errno.ENOENT  # not waiting
     await store.held.wait()
+    await trio.testing.wait_all_tasks_blocked()  # the root's listing (d's parent) held too
     mock_clock.jump(LOOKUP_TTL - REFRESH_AHEAD + 0.1)  # the old snapshot has expired
     assert not m.ops.ns.listing_fresh(d, trio.current_time())
     served, start = store.served, len(m.store.requests)
@@ -143,8 +145,9 @@ async def test_a_failed_background_listing_leaves_the_snapshot_to_expire(
     d = await mkdir(m, "d")
     listed_at = d.listed_at
     mock_clock.jump(REFRESH_AHEAD)
-    store.fail_next("ListObjectsV2", **fault)
-    with caplog.at_level("DEBUG", logger="chute.fs.lookups"):
+    store.fail_next(lambda r: r.operation == "ListObjectsV2" and r.query.get("prefix") == "d/",
+                    **fault)  # the root's listing (d's parent, renewed too) succeeds
+    with caplog.at_level("DEBUG", logger="chute.fs.refresh_ahead"):
         assert await errno_of(m.ops.lookup(d.inode, b"x", CTX)) == errno.ENOENT
         await landed(m)
     assert m.ops.lookups.background_failures == 1
@@ -173,7 +176,7 @@ async def test_unmount_with_a_listing_in_flight_ends_cleanly(mock_clock) -> None
             assert await errno_of(m.ops.lookup(d.inode, b"x", CTX)) == errno.ENOENT
             await store.held.wait()
             nursery.cancel_scope.cancel()  # unmount
-        assert m.ops.lookups._relisting == {} and m.ops.lookups._nursery is None
+        assert m.ops.lookups.ahead.underway == {} and m.ops.lookups.ahead._nursery is None
         assert m.ops.ns._snapshots.in_flight(d) == 0
         assert d.listed_at == listed_at  # nothing installed
         store.gate.set()

@@ -67,7 +67,7 @@ async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes =
 async def landed(m: Mounted) -> None:
     """Wait until no background listing is left in flight."""
     for _ in range(100):
-        if not m.ops.lookups._relisting:
+        if not m.ops.lookups.ahead.underway:
             return
         await trio.testing.wait_all_tasks_blocked()
     raise AssertionError("a background listing is still in flight")
