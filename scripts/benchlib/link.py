@@ -80,10 +80,11 @@ class LinkModel:
         rate = "no cap" if self.rate is None else f"{self.rate * 8 / 1e6:g} Mbit/s"
         return f"{self.rtt * 1000:g} ms / {rate}"
 
-    def floor_seconds(self, files: int, nbytes: int) -> float:
+    def floor_seconds(self, files: int, nbytes: int, dirs: int = 0) -> float:
         """The one-round-trip floor of ``files`` files of ``nbytes`` in all, sent one after
-        the other: a round trip each plus every byte at the rate."""
-        return files * self.rtt + (nbytes / self.rate if self.rate else 0.0)
+        the other: a round trip each plus every byte at the rate; with ``dirs``, a round
+        trip for each of that many directories too (a durable mkdir is one PUT)."""
+        return (files + dirs) * self.rtt + (nbytes / self.rate if self.rate else 0.0)
 
 
 class Direction:
