@@ -64,6 +64,7 @@ from chute.uploader.read_buffers import BufferPool
 from .background import BackgroundTasks
 from .lookups import LOOKUP_TTL
 from .namespace import Namespace, Node
+from .readahead import READ_AHEAD_KIB
 from .refused import Refused
 
 if TYPE_CHECKING:
@@ -82,13 +83,24 @@ aligned ones (as much as a direct download), and read at 137-210 MB/s against 26
 4 MiB aligned GETs sat in between."""
 MAX_WINDOW = 128 * 1024 * 1024
 """A lone reader's window stops growing here, however large the budget: eight GETs of 8 MiB in
-flight (as many as the direct download keeps) and room for as many answered ahead of the
-reader (see mount_tuning); more would only hold memory. Reached from a 192 MiB budget: over
-a 100 ms link with no cap it read 1 GiB at 0.83 of the direct download, against 0.68 with
-a 96 MiB window (six in flight) and 0.24 before streaming (bench --link, --size 1GiB)."""
+flight and room for as many answered ahead of the reader (see mount_tuning); more would only
+hold memory. Reached from a 192 MiB budget."""
+MAX_IN_FLIGHT = 8
+"""GETs a streaming reader keeps in flight at most: as many as the direct download keeps.
+Over a 100 ms link with no cap (bench --link, 1 GiB) eight of the default window's thirteen
+read at 0.95 of the direct download, seven at 0.75-0.87 (docs/performance.md)."""
 MIN_IN_FLIGHT = 4
 """GETs a sequential reader keeps in flight at least (the window permitting): on loopback
 four 8 MiB GETs keep SeaweedFS busy (it is the bound on 2 cores)."""
+STREAM_FROM_START = READ_AHEAD_KIB * 1024
+"""A sequential run from a file's first byte streams once this long
+(ReadTuning.stream_from_start): one READ of the kernel's full readahead, i.e. a reader that
+asked for 1 MiB or more from the start (dd, cp, tar, a checksum) or read on that far. A run
+that began at a jump (restic's and borg's pieces of a pack) still grows its requests from
+512 KiB, one ahead per read, and streams only once REQUEST long, so a piece read costs about
+itself. Streaming from the 8 MiB mark instead, a reader over a 100 ms link waited 1.2 s for
+GETs one at a time on new connections before going wide; from 1 MiB the first GETs share
+their slow start (bench --link, 256 MiB: 0.61 -> 0.81-0.84 of the direct download)."""
 CACHE_MEMORY = 65536
 """Nodes whose last pinned ETag is remembered for ``keep_cache``; a forgotten one only costs
 the kernel dropping pages it could have kept."""
@@ -118,24 +130,27 @@ def mount_tuning(budget: ReadBudget) -> ReadTuning:
     grow to the prefetch part of the budget less two requests (the budget does not see the
     idle receive buffers the readers' pool keeps, two requests' worth, see ReadHandles, nor
     each connection's buffers, and the mount's peak RSS must stay within the budget +
-    64 MiB), and about half of that window in GETs in flight.
+    64 MiB), and at most five eighths of that window (MAX_IN_FLIGHT at most) in GETs in
+    flight.
 
-    Why only half in flight: chunks are consumed in order, so a GET that answers while the
-    one before it is still coming has to wait in the window; the other half is where it
+    Why not all of it in flight: chunks are consumed in order, so a GET that answers while
+    the one before it is still coming has to wait in the window; the rest is where it
     waits while its connection goes straight on to the next GET (prefetch.py's fill). With
     the whole window in flight, a connection that answered early sat idle until the reader
     caught up, and on a long link an idle spell over the retransmission timeout sends TCP
     back to slow start: at 100 ms RTT an 8 MiB GET then takes 1.0 s instead of 0.31, the
     GETs behind it wait idle in turn, and the read settled at a third of the link (bench
     --link, docs/performance.md). With the default 128 MiB budget the window is 104 MiB:
-    seven 8 MiB GETs in flight; with more readers each one's fair share of the budget caps it.
+    eight 8 MiB GETs in flight, as the direct download keeps, and five more of room (half of
+    it in flight, seven, read 1 GiB at 100 ms at 0.75-0.87 of the direct download against
+    0.95); with more readers each one's fair share of the budget caps the window.
     (Measured before: the engine's default window, 32 MiB, read 1 GiB on loopback at
     145 MB/s where the direct download made 300.)"""
     window = max(min(budget.prefetch_capacity - 2 * REQUEST, MAX_WINDOW), 2 * REQUEST,
                  DEFAULT_TUNING.initial_request)
-    in_flight = max(MIN_IN_FLIGHT, (window // REQUEST + 1) // 2)
+    in_flight = max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, window * 5 // (8 * REQUEST)))
     return replace(DEFAULT_TUNING, max_request=REQUEST, align=REQUEST, max_window=window,
-                   max_in_flight=in_flight)
+                   max_in_flight=in_flight, stream_from_start=STREAM_FROM_START)
 
 
 @dataclass(eq=False)

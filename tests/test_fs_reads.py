@@ -174,11 +174,13 @@ def test_a_lone_reader_may_use_the_prefetch_part_of_the_budget() -> None:
     assert mount_tuning(ReadBudget(128 * MiB)).max_window == 104 * MiB  # 128 - 8 reserve - 16
 
 
-def test_about_half_of_a_mounts_window_is_in_flight() -> None:
+def test_at_most_five_eighths_of_a_mounts_window_is_in_flight() -> None:
     """The rest is room for GETs answered ahead of the reader (mount_tuning)."""
-    assert mount_tuning(ReadBudget(128 * MiB)).max_in_flight == 7  # of 13 requests
+    assert mount_tuning(ReadBudget(128 * MiB)).max_in_flight == 8  # of 13 requests
     assert mount_tuning(ReadBudget(64 * MiB)).max_in_flight == 4  # at least 4 (loopback)
-    assert mount_tuning(ReadBudget(1024 * MiB)).max_in_flight == 8
+    assert mount_tuning(ReadBudget(1024 * MiB)).max_in_flight == 8  # the direct download's
+    assert mount_tuning(ReadBudget(112 * MiB)).max_in_flight == 6  # of 11
+    assert mount_tuning(ReadBudget(128 * MiB)).stream_from_start == 1 * MiB
 
 
 def test_the_options_reach_the_policy_from_flags_config_and_fstab(tmp_path) -> None:

@@ -154,3 +154,58 @@ async def test_a_streaming_reader_that_seeks_starts_small_again(autojump_clock: 
         assert await read_range(reader, 40 * MiB + 128 * KiB, 43 * MiB) == \
             body[40 * MiB + 128 * KiB:43 * MiB]
         assert reader._streaming
+
+
+MOUNT_LIKE = ReadTuning(max_request=8 * MiB, align=8 * MiB, max_window=104 * MiB,
+                        max_in_flight=8, stream_from_start=1 * MiB)
+"""A mount's shape (fs/reads.py mount_tuning): a whole-file reader streams after 1 MiB."""
+
+
+async def test_a_whole_file_reader_streams_after_its_first_mib(autojump_clock: object) -> None:
+    """One 1 MiB read from the first byte (the kernel's full readahead: dd, cp, tar) fills
+    the window at once, in max_request GETs on the store's 8 MiB blocks, max_in_flight of
+    them, before the first has answered: the connections share their slow start."""
+    body = body_of(128 * MiB)
+    store = ScriptedStore(body, lambda first: 1.0)
+    async with open_reader(store, ReadBudget(128 * MiB), key="k", size=len(body), etag="e",
+                           tuning=MOUNT_LIKE) as reader:
+        assert await reader.read(0, 1 * MiB) == body[:1 * MiB]
+        assert reader._streaming
+        first_answer = 1.0
+        sent = sorted(first for at, first in store.sent if at < first_answer)
+        assert sent == [0, 1 * MiB, *range(8 * MiB, 48 * MiB + 1, 8 * MiB)]  # 8 in flight
+        assert store.peak_in_flight == 8
+        assert await read_range(reader, 1 * MiB, 128 * MiB, 1 * MiB) == body[1 * MiB:]
+
+
+async def test_a_run_after_a_jump_still_starts_small(autojump_clock: object) -> None:
+    """The same 1 MiB read, and the next, at a jump (a piece of a pack: restic, borg) send
+    one request ahead per read, growing from 512 KiB: a run that did not begin at the first
+    byte streams only once max_request long."""
+    body = body_of(128 * MiB)
+    store = ScriptedStore(body, lambda first: 0.1)
+    async with open_reader(store, ReadBudget(128 * MiB), key="k", size=len(body), etag="e",
+                           tuning=MOUNT_LIKE) as reader:
+        start = 40 * MiB + 4 * KiB
+        assert await read_range(reader, start, start + 3 * MiB, 1 * MiB) == \
+            body[start:start + 3 * MiB]
+        assert not reader._streaming
+        await trio.sleep(1)
+        fetched = sum(chunk.end - chunk.start for chunk in reader._chunks)
+        assert len(store.sent) <= 4 and fetched <= 8 * MiB, (store.sent, fetched)
+        assert await read_range(reader, start + 3 * MiB, start + 9 * MiB, 1 * MiB) == \
+            body[start + 3 * MiB:start + 9 * MiB]
+        assert reader._streaming  # once max_request long
+
+
+async def test_a_small_first_read_does_not_stream(autojump_clock: object) -> None:
+    """A first read under stream_from_start (a header probe: `file`, a tool checking a
+    magic number) is not a streaming reader."""
+    body = body_of(64 * MiB)
+    store = ScriptedStore(body, lambda first: 0.1)
+    async with open_reader(store, ReadBudget(128 * MiB), key="k", size=len(body), etag="e",
+                           tuning=MOUNT_LIKE) as reader:
+        assert await reader.read(0, 256 * KiB) == body[:256 * KiB]
+        await trio.sleep(1)
+        assert not reader._streaming
+        assert sorted(first for _, first in store.sent) == [0, 512 * KiB]

@@ -18,7 +18,9 @@ jump.
   ahead of it if the window has room. Each request sent while sequential doubles the next
   one's size, from ``initial_request`` up to ``max_request``. With ``align``, they never
   cross a multiple of it: a mount's GETs fall on the store's own block boundaries.
-- Once a sequential run is ``max_request`` long the reader *streams*: every read fills the
+- Once a sequential run is ``max_request`` long (``stream_from_start`` for a run from the
+  object's first byte: a whole-file reader) the reader *streams*: its requests are
+  ``max_request`` from then on, every read fills the
   window, and so does every GET of it that answers, at once, so the connection that answered
   goes on to the next GET instead of idling until the reader catches up (an idle spell over
   TCP's retransmission timeout costs a long link's connection its slow start again). The
@@ -47,34 +49,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import trio
 
 from .errors import ChuteError, ObjectChanged
 from .read_budget import ReadBudget
 from .read_buffers import BufferPool, Lending
+from .read_chunk import Chunk
 from .read_pin import demand_range, pinned_error
 from .read_tuning import DEFAULT_TUNING, RangeSource, ReadTuning
 
 __all__ = ["DEFAULT_TUNING", "ObjectReader", "RangeSource", "ReadTuning", "open_reader"]
-
-
-@dataclass(eq=False)
-class _Chunk:
-    """One ranged GET of ``[start, end)`` and, once it answered, its bytes or its error."""
-
-    start: int
-    end: int
-    charged: int
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | memoryview | None = None
-    buffer: bytearray | None = None  # the pooled buffer ``data`` shows (None: its own bytes)
-    dropped: bool = False
-    error: Exception | None = None
-    served_to: int = 0  # the highest offset served, to count what a drop discards unread
-    cut: bool = False  # cut down to its last ``keep_behind`` bytes once the reader passed it
 
 
 class ObjectReader:
@@ -94,7 +79,7 @@ class ObjectReader:
         self._budget = budget
         self._nursery = nursery
         self._tuning = tuning
-        self._chunks: deque[_Chunk] = deque()
+        self._chunks: deque[Chunk] = deque()
         self._buffers = buffers
         """Where prefetched GETs take their receive buffers (None: each body is new bytes)."""
         self._lending = Lending(buffers)
@@ -178,9 +163,12 @@ class ObjectReader:
         self._trim(offset)
         covered = self._cover(end, sequential)
         if sequential and covered >= end:
-            # A run as long as one largest request is a streaming reader: its window fills
-            # up; before that, one request ahead per read (a probe of a header costs little).
-            self._streaming = end - self._run_start >= self._tuning.max_request
+            # A long enough run is a streaming reader: its window fills up; before that, one
+            # request ahead per read (a probe of a header, a piece of a pack costs little).
+            streaming = end - self._run_start >= self._stream_after()
+            if streaming and not self._streaming:
+                self._next_request = self._tuning.max_request  # no more growing by halves
+            self._streaming = streaming
             self._fill(once=not self._streaming)
         else:
             self._streaming = False
@@ -197,6 +185,12 @@ class ObjectReader:
         self._position = end
         self._trim(end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _stream_after(self) -> int:
+        """How long the current run must be to stream: shorter for one from the start."""
+        tuning = self._tuning
+        return (tuning.stream_from_start or tuning.max_request) if self._run_start == 0 \
+            else tuning.max_request
 
     def _classify(self, offset: int) -> bool:
         """Whether a read at ``offset`` is sequential; a read outside the window resets it."""
@@ -262,15 +256,14 @@ class ObjectReader:
             if size <= least:
                 return 0
             size = max(least, size // 2)
-        chunk = _Chunk(self._window_end, self._window_end + size, charged=size)
-        chunk.served_to = chunk.start
+        chunk = Chunk(self._window_end, self._window_end + size, charged=size)
         self._in_flight += 1
         self._chunks.append(chunk)
         self._window_end = chunk.end
         self._nursery.start_soon(self._fetch, chunk)
         return size
 
-    async def _fetch(self, chunk: _Chunk) -> None:
+    async def _fetch(self, chunk: Chunk) -> None:
         """The task of one chunk: its GET, with errors kept for the read that needs them."""
         buffer = self._buffers.take(chunk.end - chunk.start) if self._buffers else None
         try:
@@ -353,21 +346,15 @@ class ObjectReader:
                 break
             if chunk.cut or chunk.start >= keep_from or chunk.data is None:
                 continue
-            cut = keep_from - chunk.start
-            chunk.data = bytes(chunk.data[cut:])
-            self._lending.recycle(chunk.buffer)
-            chunk.buffer = None
-            chunk.start = keep_from
-            chunk.served_to = max(chunk.served_to, chunk.start)
-            chunk.charged -= cut
-            chunk.cut = True
+            cut, buffer = chunk.cut_before(keep_from)
+            self._lending.recycle(buffer)
             self._budget.release(cut)
 
     def _drop_all(self) -> None:
         while self._chunks:
             self._drop(self._chunks.popleft())
 
-    def _drop(self, chunk: _Chunk) -> None:
+    def _drop(self, chunk: Chunk) -> None:
         chunk.scope.cancel()
         chunk.dropped = True  # a GET still under way gives its buffer back itself
         if chunk.charged:

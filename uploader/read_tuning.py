@@ -30,6 +30,9 @@ class ReadTuning:
     max_window: int = 32 * MiB
     """Bytes fetched ahead of a sequential reader at most: four 8 MiB GETs in flight, and two
     readers at full speed within a 64 MiB budget (less its demand reserve)."""
+    stream_from_start: int = 0
+    """A sequential run from the object's first byte this long streams (0: ``max_request``);
+    a run that began at a jump streams only once ``max_request`` long (see prefetch.py)."""
     max_in_flight: int = 0
     """A streaming reader's GETs in flight at most (0: as many as the window holds); the
     rest of the window is room for GETs that answer before the one the reader waits for."""
