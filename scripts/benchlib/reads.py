@@ -25,6 +25,12 @@ bench's seeded generator; each mount is fresh (no page cache of it). Printed: MB
 seconds per GiB and peak RSS of each, the ratios of both chute rows to direct (target
 >= 0.85) and to rclone (target >= 1.3), chute/floor and floor/direct (what the kernel path
 allows), and chute's peak RSS against the read budget + 64 MiB.
+
+Each run also measures the store's CPU, ``dd``'s and the whole machine's over its timed
+region, so the report sets each mount's ratio to the direct download beside the limit the
+cores put on it (``cpu_bound``): on two cores the store spends 2.3-2.5 s of CPU per GiB it
+serves, and once both runs are CPU-bound, chute/direct cannot pass (store + client CPU of
+the direct download) / (store + mount + dd CPU of the mount's run).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from .common import BUCKET, GiB, MiB, fmt_size, log
 from .contenders import Mounts
 from .data import Data
 from .mounts import MountProcess
-from .sampling import proc_number, sample
+from .sampling import CLK_TCK, proc_number, sample
 
 ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
 READ_FLOOR = Path(__file__).resolve().parent.parent / "read_floor.py"
@@ -69,12 +75,13 @@ def read_ceiling_child(spec: dict[str, Any]) -> None:
     from chute.uploader.s3 import Bucket, S3Client
 
     size, part, concurrency = spec["size"], spec["part"], spec["concurrency"]
+    store_pid = spec.get("store_pid")
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    async def download() -> tuple[float, float, int]:
+    async def download() -> tuple[float, float, int, float, float]:
         bucket = Bucket(spec["bucket"], "", endpoint_url=spec["endpoint"],
                         region=spec["region"])
         client = S3Client(bucket, CredentialSource(), RetryPolicy(),
@@ -92,6 +99,7 @@ def read_ceiling_child(spec: dict[str, Any]) -> None:
                                               into=buffer[:last - first + 1])
                 received += len(body)
 
+        store_started, machine_started = process_cpu(store_pid), machine_cpu()
         started, cpu_started = trio.current_time(), cpu()
         try:
             async with trio.open_nursery() as nursery:
@@ -104,10 +112,13 @@ def read_ceiling_child(spec: dict[str, Any]) -> None:
                 await receive.aclose()
         finally:
             await client.aclose()
-        return trio.current_time() - started, cpu() - cpu_started, received
+        seconds, cpu_seconds = trio.current_time() - started, cpu() - cpu_started
+        return (seconds, cpu_seconds, received, process_cpu(store_pid) - store_started,
+                machine_cpu() - machine_started)
 
-    seconds, cpu_seconds, received = trio.run(download)
+    seconds, cpu_seconds, received, store_cpu, machine = trio.run(download)
     print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "received": received,
+                      "store_cpu": store_cpu, "machine_cpu": machine,
                       "peak_rss": proc_number("/proc/self/status", "VmHWM") * 1024}))
 
 
@@ -116,7 +127,8 @@ def direct_read(store: Any, key: str, size: int, env: dict[str, str]) -> dict[st
     ``endpoint_url`` and ``region``: the store, or a link in front of it) by
     ``read_ceiling_child`` in a child process; its row (seconds, bytes, cpu, peak_rss)."""
     spec = {"endpoint": store.endpoint_url, "bucket": BUCKET, "region": store.region,
-            "key": key, "size": size, "part": READ_PART, "concurrency": READ_CONCURRENCY}
+            "key": key, "size": size, "part": READ_PART, "concurrency": READ_CONCURRENCY,
+            "store_pid": store_pid(store)}
     os.sync()
     done = subprocess.run([sys.executable, str(ENTRY), "_read_ceiling", json.dumps(spec)],
                           env=env, capture_output=True, text=True,
@@ -125,7 +137,8 @@ def direct_read(store: Any, key: str, size: int, env: dict[str, str]) -> dict[st
         raise RuntimeError(f"direct download failed:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     return {"seconds": out["seconds"], "bytes": out["received"], "cpu": out["cpu"],
-            "peak_rss": out["peak_rss"]}
+            "peak_rss": out["peak_rss"], "store_cpu": out["store_cpu"], "reader_cpu": 0.0,
+            "machine_cpu": out["machine_cpu"]}
 
 
 def put_object(s3: Any, key: str, data: Data) -> None:
@@ -151,34 +164,66 @@ def put_object(s3: Any, key: str, data: Data) -> None:
                                  MultipartUpload={"Parts": parts})
 
 
-def timed_dd(path: Path) -> tuple[float, int]:
-    """Seconds and bytes of ``dd if=path of=/dev/null bs=1M``."""
+def timed_dd(path: Path) -> tuple[float, int, float]:
+    """Seconds, bytes and CPU seconds of ``dd if=path of=/dev/null bs=1M``."""
     started = time.monotonic()
-    done = subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True,
-                          text=True, check=False)
+    dd = subprocess.Popen(["dd", f"if={path}", "of=/dev/null", "bs=1M"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert dd.stderr is not None
+    stderr = dd.stderr.read()
+    _, status, usage = os.wait4(dd.pid, 0)
+    dd.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"dd of {path} failed: {done.stderr.strip()}")
-    copied = int(done.stderr.strip().splitlines()[-1].split()[0])
-    return seconds, copied
+    if dd.returncode != 0:
+        raise RuntimeError(f"dd of {path} failed: {stderr.strip()}")
+    copied = int(stderr.strip().splitlines()[-1].split()[0])
+    return seconds, copied, usage.ru_utime + usage.ru_stime
+
+
+def store_pid(store: Any) -> int | None:
+    """The store's process id (``weed``; a link passes it through), None if not known."""
+    proc = getattr(store, "_process", None)
+    return proc.pid if proc is not None else None
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds of ``pid`` and its descendants so far (0 without one)."""
+    return sample(pid).cpu if pid else 0.0
+
+
+def machine_cpu() -> float:
+    """CPU seconds every core together has spent busy since boot (/proc/stat: all but idle
+    and iowait; guest time is inside user time already)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def cores() -> int:
+    """The cores this bench may run on (what a CPU-bound run shares)."""
+    return len(os.sched_getaffinity(0))
 
 
 def mount_read(mount: MountProcess, target: Path,
-               around: Callable[[bool], None] | None = None) -> dict[str, Any]:
+               around: Callable[[bool], None] | None = None,
+               store: int | None = None) -> dict[str, Any]:
     """``timed_dd`` of ``target`` in a fresh ``mount``: its row (seconds, bytes, the mount's
-    cpu and peak_rss); ``around(True)`` just before the clock starts, ``around(False)``
-    just after it stops."""
+    cpu and peak_rss, the CPU of the store process ``store``, of dd (reader_cpu) and of the
+    whole machine); ``around(True)`` just before the clock starts, ``around(False)`` just
+    after it stops."""
     with mount:
         os.sync()
-        before = sample(mount.pid)
+        before, store_before, machine_before = sample(mount.pid), process_cpu(store), \
+            machine_cpu()
         if around is not None:
             around(True)
-        seconds, copied = timed_dd(target)
+        seconds, copied, dd_cpu = timed_dd(target)
         if around is not None:
             around(False)
-        after = sample(mount.pid)
+        after, store_after, machine_after = sample(mount.pid), process_cpu(store), \
+            machine_cpu()
     return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
-            "peak_rss": after.hwm}
+            "peak_rss": after.hwm, "store_cpu": store_after - store_before,
+            "reader_cpu": dd_cpu, "machine_cpu": machine_after - machine_before}
 
 
 def _floor_mount(mounts: Mounts, mountpoint: Path, size: int) -> MountProcess:
@@ -224,26 +269,65 @@ def mode_reads(args: argparse.Namespace, work: Path, store: Any, s3: Any,
     log(f"  direct: {size / rows['direct']['seconds'] / 1e6:.0f} MB/s")
 
     budget = args.read_budget or DEFAULT_READ_BUDGET
+    weed = store_pid(store)
     warm_up(mounts, work, size)
     mountpoint = work / "mnt-chute-read"
     rows["chute"] = mount_read(chute_read_mount(mounts, mountpoint, prefix, args.read_budget),
-                               mountpoint / "f")
+                               mountpoint / "f", store=weed)
     log(f"  chute: {size / rows['chute']['seconds'] / 1e6:.0f} MB/s")
     mountpoint = work / "mnt-chute-direct-read"
     rows[DIRECT_READS] = mount_read(chute_read_mount(mounts, mountpoint, prefix,
                                                      args.read_budget, "--direct-reads"),
-                                    mountpoint / "f")
+                                    mountpoint / "f", store=weed)
     log(f"  {DIRECT_READS}: {size / rows[DIRECT_READS]['seconds'] / 1e6:.0f} MB/s")
     if args.peers_reads:
         mountpoint = work / "mnt-rclone-read"
-        rows["rclone"] = mount_read(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f")
+        rows["rclone"] = mount_read(mounts.rclone_mount(mountpoint, prefix), mountpoint / "f",
+                                    store=weed)
         log(f"  rclone: {size / rows['rclone']['seconds'] / 1e6:.0f} MB/s")
     rows["floor"] = mount_read(_floor_mount(mounts, work / "mnt-floor-read", size),
-                               work / "mnt-floor-read" / "f")
+                               work / "mnt-floor-read" / "f", store=weed)
     log(f"  floor: {size / rows['floor']['seconds'] / 1e6:.0f} MB/s")
     with contextlib.suppress(Exception):
         s3.delete_object(Bucket=BUCKET, Key=key)
-    return {"size": size, "read_budget": budget, "rows": rows}
+    bounds = {name: cpu_bound(rows["direct"], rows[name], size, cores())
+              for name in ("chute", DIRECT_READS) if name in rows}
+    return {"size": size, "read_budget": budget, "cores": cores(), "rows": rows,
+            "bounds": bounds}
+
+
+def cpu_bound(direct: dict[str, Any], row: dict[str, Any], size: int, cores: int
+              ) -> dict[str, float]:
+    """What the machine's cores allow ``row`` (a mount) against the direct download.
+
+    Each run's CPU per GiB is what the whole machine spends on it: the store's, the
+    client's (the direct download's process, or the mount's) and the reader's (``dd``).
+    When both runs are CPU-bound (their cores busy), each reads at about cores / that, so
+    the mount's ratio to the direct download cannot pass direct's CPU per GiB / the
+    mount's: ``limit``. ``busy_*`` is how busy the cores were in each run (every process's
+    CPU, other users' included, over wall time x cores): near 1, CPU-bound; well under,
+    the ratio was set by something else and the limit does not apply."""
+    gib = size / GiB
+    direct_cost = (direct["store_cpu"] + direct["cpu"] + direct.get("reader_cpu", 0.0)) / gib
+    cost = (row["store_cpu"] + row["cpu"] + row.get("reader_cpu", 0.0)) / gib
+    return {"direct_s_per_gib": direct_cost, "s_per_gib": cost,
+            "limit": direct_cost / cost if cost > 0 else float("inf"),
+            "ratio": direct["seconds"] / row["seconds"],
+            "busy_direct": direct["machine_cpu"] / (direct["seconds"] * cores),
+            "busy": row["machine_cpu"] / (row["seconds"] * cores)}
+
+
+def bound_line(name: str, direct: dict[str, Any], row: dict[str, Any],
+               bound: dict[str, float], size: int) -> str:
+    """``chute / direct 0.72 beside its CPU-bound limit 0.78 (...)``: the ratio, the limit
+    and the CPU per GiB each side of it, and how busy the cores were."""
+    gib = size / GiB
+    return (f"{name} / direct {bound['ratio']:.2f} beside its CPU-bound limit "
+            f"{bound['limit']:.2f}: direct {bound['direct_s_per_gib']:.2f} s/GiB (store "
+            f"{direct['store_cpu'] / gib:.2f} + client {direct['cpu'] / gib:.2f}), {name} "
+            f"{bound['s_per_gib']:.2f} (store {row['store_cpu'] / gib:.2f} + mount "
+            f"{row['cpu'] / gib:.2f} + dd {row['reader_cpu'] / gib:.2f}); cores busy: direct "
+            f"{bound['busy_direct']:.0%}, {name} {bound['busy']:.0%}")
 
 
 def print_reads(result: dict[str, Any]) -> bool:
@@ -251,14 +335,20 @@ def print_reads(result: dict[str, Any]) -> bool:
     size, budget, rows = result["size"], result["read_budget"], result["rows"]
     print(f"\nsequential read of one {fmt_size(size)} object (dd bs=1M to /dev/null; "
           f"direct = {READ_CONCURRENCY} x {READ_PART // MiB} MiB ranged GETs)")
-    print(f"{'':13} {'MB/s':>8} {'seconds':>8} {'CPU s/GiB':>10} {'peak RSS':>10}  bytes")
+    print(f"{'':13} {'MB/s':>8} {'seconds':>8} {'CPU s/GiB':>10} {'store s/GiB':>12} "
+          f"{'dd s/GiB':>9} {'cores busy':>11} {'peak RSS':>10}  bytes")
     ok = True
+    gib, ncores = size / GiB, result.get("cores", cores())
     for name, row in rows.items():
         complete = row["bytes"] == size
         ok = ok and complete
+        busy = row["machine_cpu"] / (row["seconds"] * ncores)
         print(f"{name:13} {size / row['seconds'] / 1e6:8.0f} {row['seconds']:8.1f} "
-              f"{row['cpu'] / (size / GiB):10.2f} {fmt_size(row['peak_rss']):>10}  "
+              f"{row['cpu'] / gib:10.2f} {row['store_cpu'] / gib:12.2f} "
+              f"{row['reader_cpu'] / gib:9.2f} {busy:11.0%} {fmt_size(row['peak_rss']):>10}  "
               f"{'all' if complete else row['bytes']}")
+    print(f"(CPU s/GiB: the direct download's client or the mount; cores busy: every "
+          f"process's CPU over wall x {ncores} cores)")
     speed = {name: size / row["seconds"] for name, row in rows.items()}
     for name in ("chute", DIRECT_READS):
         if name not in speed:
@@ -266,6 +356,9 @@ def print_reads(result: dict[str, Any]) -> bool:
         ratio = speed[name] / speed["direct"]
         print(f"{name} / direct: {ratio:.2f} "
               f"(target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'})")
+        if name in result.get("bounds", {}):
+            print("  " + bound_line(name, rows["direct"], rows[name], result["bounds"][name],
+                                    size))
         if "rclone" in speed:
             ratio = speed[name] / speed["rclone"]
             print(f"{name} / rclone mount: {ratio:.2f} "
