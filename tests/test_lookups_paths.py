@@ -200,7 +200,6 @@ async def test_entering_the_next_directory_waits_for_no_listing(mounted, mock_cl
     store.delay = 0.2
     start = len(m.store.requests)
     await write_for(m, mock_clock, d00, 2.5 * LOOKUP_TTL)
-    await landed(m)
     assert tree.listed_at > created + LOOKUP_TTL
     assert 2 <= lists_of(m, start, "tree/") <= 2.5 * LOOKUP_TTL / REFRESH_AHEAD + 1
     assert lists_of(m, start, "") == 0  # the root: one level only
@@ -290,3 +289,31 @@ async def test_a_name_made_elsewhere_in_the_parent_shows_within_the_ttl(mounted,
         n += 1
     assert trio.current_time() - put_at <= LOOKUP_TTL
     assert tree.listed_at >= put_at  # from a listing that started after the put
+
+
+async def test_the_parents_listing_never_replaces_a_newer_snapshot(mounted, mock_clock
+                                                                 ) -> None:
+    """tree/'s background listing is held; meanwhile a file is put in tree/ by another
+    client and a readdir lists tree/ whole (a newer snapshot, holding the file). The
+    background listing, started earlier and served before the put, lands last: it is not
+    installed, and the file stays visible."""
+    m, store = mounted
+    tree = await mkdir(m, "tree")
+    d00 = await mkdir(m, "d00", tree.inode)
+    mock_clock.jump(REFRESH_AHEAD)
+    store.hold()
+    held = store.gate
+    assert await errno_of(m.ops.lookup(d00.inode, b"f", CTX)) == errno.ENOENT
+    await trio.testing.wait_all_tasks_blocked()
+    assert set(m.ops.lookups.ahead.underway) == {tree.inode, d00.inode}
+    m.store.put("tree/outside", b"made elsewhere")
+    store.gate = trio.Event()  # the readdir's listing is answered at once
+    store.gate.set()
+    mock_clock.jump(0.1)
+    readdir_at = trio.current_time()
+    assert "outside" in await m.ops.lookups.list_dir(tree)
+    assert tree.listed_at == readdir_at
+    held.set()
+    await landed(m)
+    assert tree.listed_at == readdir_at  # the older listing was not installed
+    assert (await m.ops.lookup(tree.inode, b"outside", CTX)).st_size == len(b"made elsewhere")
