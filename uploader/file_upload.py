@@ -51,6 +51,7 @@ from .errors import ChuteError, ObjectExists, UploadFailed
 from .late_patches import LatePatches
 from .multipart import MultipartSession
 from .overlay import Base
+from .quick_lock import QuickLock
 from .recompose import Recomposer
 from .ring import Ring, Slot
 from .slices import FileSlices
@@ -117,7 +118,7 @@ class FileUpload:
                               config=config, counters=counters, cost=self.cost, base=base,
                               late=late, recomposer=self._recomposer, create=self._create,
                               settle=self._settle, failed=lambda: self.error is not None)
-        self._lock = trio.Lock()
+        self._lock = QuickLock()  # taken at every write and close: no yield when free
         self._idle = trio.Event()
         self._idle.set()
 

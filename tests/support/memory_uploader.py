@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 import trio
+import trio.testing
 
 from chute.uploader.config import UploaderConfig
 from chute.uploader.retry import RetryPolicy
@@ -36,6 +37,9 @@ async def run_uploader(store: MemoryS3, body: Callable[[Uploader], Awaitable[Non
         async with trio.open_nursery() as nursery:
             await nursery.start(uploader.run)
             await body(uploader)
+            # as in a mount, whose workers keep running: slots a failed upload had queued
+            # are released when a worker takes them (no test may stop the workers first)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     finally:
         await client.aclose()
