@@ -13,7 +13,9 @@ by Content-Length is read here, below). A hand-written parser in its place cost 
 per PutObject; that is not worth owning the parsing of untrusted answers.
 httpx stays the client of the tests (an injected transport, tests/support/memory_s3.py) and
 its exception types stay chute's vocabulary for transport failures
-(s3_wire.transport_failure), so this module raises them.
+(s3_wire.transport_failure), so this module raises them. One connection's own work (its h11
+state, each socket operation timed and its failures translated) is s3_connection.py's; this
+module is the pool and the answer being read.
 
 What it does, and the invariants that keep an answer with its request:
 - A request's head goes out in one send with its body, or with the body's first chunk (a
@@ -48,22 +50,15 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 
 import h11
 import httpx
 import trio
 
-HEAD_RECEIVE = 64 * 1024
-BODY_RECEIVE = 256 * 1024
-"""Bytes asked of the socket at a time while reading an answer's head, and its body."""
-HEAD_MAX = 64 * 1024
-"""h11's max_incomplete_event_size: an answer head (status line and headers) still incomplete
-with more than this received is a protocol error (h11 checks between receives, so a head
-that ends within the receive crossing it is read). S3's heads are a few KiB even with user
-metadata."""
+from .s3_connection import BODY_RECEIVE, HEAD_MAX, HEAD_RECEIVE, Connection, failures
 
+__all__ = ["HEAD_MAX", "ConnectionPool", "Response", "socket_options"]
 
 class Response:
     """One answer being read: status, headers (names lower-cased, repeated ones joined with
@@ -71,7 +66,7 @@ class Response:
     into a caller's buffer with ``read_into``. ``aclose()`` must follow (it returns the
     connection to the pool only if the answer was read to its end)."""
 
-    def __init__(self, pool: ConnectionPool, conn: _Connection, method: str,
+    def __init__(self, pool: ConnectionPool, conn: Connection, method: str,
                  event: h11.Response, read_timeout: float) -> None:
         self.status_code = event.status_code
         headers: dict[str, str] = {}
@@ -80,7 +75,7 @@ class Response:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
         self._pool = pool
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self._read_timeout = read_timeout
         self._first: h11.Data | None = None
         self._done = False
@@ -122,7 +117,7 @@ class Response:
                 size += len(chunk)
                 continue
             count = self._remaining
-            with _failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
+            with failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
                 count = await conn.sock.recv_into(into[size:size + count], count)
             self._advance(count)
             size += count
@@ -133,7 +128,7 @@ class Response:
         while conn is not None and self._remaining:
             yield await self._next_piece(conn)
 
-    async def _next_piece(self, conn: _Connection) -> bytes | memoryview:
+    async def _next_piece(self, conn: Connection) -> bytes | memoryview:
         """The next bytes of a direct body, at most those still to come."""
         if self._pending:
             piece = self._pending[:self._remaining]
@@ -141,7 +136,7 @@ class Response:
             if self._pending:  # bytes past the body: never read as another answer
                 self._reusable = False
         else:
-            with _failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
+            with failures(httpx.ReadError, httpx.ReadTimeout, self._read_timeout):
                 piece = await conn.stream.receive_some(min(self._remaining, BODY_RECEIVE))
         self._advance(len(piece))
         return piece
@@ -191,76 +186,6 @@ class Response:
             self._pool.release()
 
 
-class _Connection:
-    """One connection: its stream, its socket (to tell whether an idle one was closed), and
-    its h11 state machine, which holds the bytes received and not yet consumed."""
-
-    def __init__(self, key: tuple[str, int, bool], stream: trio.abc.Stream,
-                 sock: trio.socket.SocketType) -> None:
-        self.key = key
-        self.stream = stream
-        self.sock = sock
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_MAX)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def h11_send(self, *events: h11.Event) -> bytes | memoryview:
-        """What ``events`` put on the wire; a lone body's bytes are the caller's, not a copy."""
-        pieces: list[bytes] = []
-        try:
-            for event in events:
-                pieces += self.h11.send_with_data_passthrough(event) or ()
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
-        pieces = [piece for piece in pieces if piece]
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def h11_next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        try:
-            return self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-
-    def ready_for_next(self) -> bool:
-        """Whether h11 lets this connection carry another request, nothing more received."""
-        if (self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE
-                or self.h11.trailing_data != (b"", False)):
-            return False
-        try:
-            self.h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            return False
-        return True
-
-    async def send(self, data: bytes | memoryview, stall: float) -> None:
-        with _failures(httpx.WriteError, httpx.WriteTimeout, stall):
-            await self.stream.send_all(data)
-
-    async def receive(self, stall: float, size: int) -> None:
-        """What the socket has, handed to h11 (b"" at EOF: h11 decides what a close means)."""
-        with _failures(httpx.ReadError, httpx.ReadTimeout, stall):
-            data = await self.stream.receive_some(size)
-        if (not data and self.h11.their_state is h11.SEND_RESPONSE
-                and not self.h11.trailing_data[0]):
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-        self.h11.receive_data(data)
-
-
-@contextmanager
-def _failures(error: type[httpx.TransportError], timeout_error: type[httpx.TimeoutException],
-              seconds: float) -> Iterator[None]:
-    """``seconds`` for one socket operation; its failures as httpx's ``error`` types."""
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        raise timeout_error(f"no progress for {seconds:g} s") from None
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
-        raise error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    ) from exc
-
-
 class _Origin:
     """Where a URL's requests go: host, port, TLS or not, the Host header."""
 
@@ -283,7 +208,7 @@ class ConnectionPool:
     def __init__(self, max_connections: int, *, socket_options: list[tuple[int, int, int]]
                  | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self._free = trio.Semaphore(max_connections)
-        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._origins: dict[str, _Origin] = {}
         self._socket_options = socket_options or []
         self._ssl = ssl_context
@@ -301,7 +226,7 @@ class ConnectionPool:
     def release(self) -> None:
         self._free.release()
 
-    def put_back(self, conn: _Connection) -> None:
+    def put_back(self, conn: Connection) -> None:
         if self._closed:
             conn.close()
         else:
@@ -315,7 +240,10 @@ class ConnectionPool:
         """Send one request and read its answer's head; the body is the answer's stream."""
         origin = self._origin(url)
         request = _request(method, url[origin.prefix_length:] or "/", headers, origin)
-        await self._free.acquire()
+        try:  # a free connection is taken without a pass of trio's scheduler
+            self._free.acquire_nowait()
+        except trio.WouldBlock:
+            await self._free.acquire()
         try:
             conn = await self._connection(origin, connect_timeout)
         except BaseException:
@@ -362,7 +290,7 @@ class ConnectionPool:
             origin = self._origins[base] = _Origin(base)
         return origin
 
-    async def _connection(self, origin: _Origin, stall: float) -> _Connection:
+    async def _connection(self, origin: _Origin, stall: float) -> Connection:
         key = (origin.host, origin.port, origin.tls)
         idle = self._idle.get(key)
         while idle:
@@ -370,7 +298,7 @@ class ConnectionPool:
             if not conn.sock.is_readable():  # readable while idle: closed, or garbage
                 return conn
             conn.close()
-        with _failures(httpx.ConnectError, httpx.ConnectTimeout, stall):
+        with failures(httpx.ConnectError, httpx.ConnectTimeout, stall):
             stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
             sock = stream.socket
             for option in self._socket_options:
@@ -385,9 +313,9 @@ class ConnectionPool:
                 except BaseException:
                     sock.close()
                     raise
-        return _Connection(key, stream, sock)
+        return Connection(key, stream, sock)
 
-    async def _answer(self, conn: _Connection, method: str, stall: float) -> Response:
+    async def _answer(self, conn: Connection, method: str, stall: float) -> Response:
         """The answer's head (1xx answers skipped); its body is left to Response.stream."""
         while True:
             event = conn.h11_next_event()
