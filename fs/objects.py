@@ -111,6 +111,8 @@ class ObjectOps:
     async def fix_up_metadata(self, node: Node) -> None:
         """A chmod or utimens made after Create/Put was sent reaches the object now, at the
         last close, so the close reports whether it did."""
+        if {**node.metadata, **metadata.chute_metadata(node)} == node.metadata:
+            return  # nothing changed since Create/Put (each small file's close): no lock taken
         try:
             async with self.locked(node):
                 await self._store_metadata(node)

@@ -152,6 +152,42 @@ async def test_write_only_and_whole_objects(m: Mounted) -> None:
     assert await errno_of(m.ops.lookup(ROOT_INODE, b"\xff", CTX)) == errno.EINVAL
 
 
+async def test_a_file_unchanged_since_its_put_closes_without_the_metadata_lock(
+        m: Mounted) -> None:
+    """The fix-up after the close finds nothing to store: it neither copies nor waits for
+    the node's metadata lock (held here as a rename in flight would hold it)."""
+    info, attrs = await m.ops.create(ROOT_INODE, b"f", 0o640, WRITE | os.O_CREAT, CTX)
+    node = m.ops.ns.node(attrs.st_ino)
+    await m.ops.write(info.fh, 0, b"small")
+    held = trio.Event()
+    async with trio.open_nursery() as nursery:
+        async def hold() -> None:
+            async with m.ops.objects.locked(node):
+                held.set()
+                await trio.sleep_forever()
+        nursery.start_soon(hold)
+        await held.wait()
+        with trio.fail_after(5):
+            await m.ops.flush(info.fh)
+        nursery.cancel_scope.cancel()
+    await m.ops.release(info.fh)
+    assert m.store.operations() == ["PutObject"]
+    assert m.store.objects["f"].metadata[MODE_META] == "0640"
+
+
+async def test_a_chmod_after_the_create_was_sent_is_copied_at_close(m: Mounted) -> None:
+    info, attrs = await m.ops.create(ROOT_INODE, b"f", 0o644, WRITE | os.O_CREAT, CTX)
+    await m.ops.write(info.fh, 0, b"x" * (16 * MiB))  # full slices: the Create goes out
+    await trio.testing.wait_all_tasks_blocked()
+    assert m.store.operations()[0] == "CreateMultipartUpload"
+    node = m.ops.ns.node(attrs.st_ino)
+    await m.ops.objects.change_mode_mtime(node, 0o600, None)
+    await m.ops.flush(info.fh)
+    await m.ops.release(info.fh)
+    assert m.store.operations()[-1] == "CopyObject"
+    assert m.store.objects["f"].metadata[MODE_META] == "0600"
+
+
 # -- the handle table and the last close --------------------------------------------------
 
 
