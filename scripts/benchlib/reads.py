@@ -50,7 +50,7 @@ from .common import BUCKET, GiB, MiB, fmt_size, log
 from .contenders import Mounts
 from .data import Data
 from .mounts import MountProcess
-from .sampling import CLK_TCK, proc_number, sample
+from .sampling import CLK_TCK, proc_number, process_tree, sample
 
 ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
 READ_FLOOR = Path(__file__).resolve().parent.parent / "read_floor.py"
@@ -191,6 +191,17 @@ def process_cpu(pid: int | None) -> float:
     return sample(pid).cpu if pid else 0.0
 
 
+def system_cpu(pid: int) -> float:
+    """The kernel's part of ``pid``'s CPU seconds (stime + cstime over its tree): for a
+    mount, mostly the copies of each READ reply (into the page cache, or the reader)."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[12]) + int(fields[14])) / CLK_TCK
+    return total
+
+
 def machine_cpu() -> float:
     """CPU seconds every core together has spent busy since boot (/proc/stat: all but idle
     and iowait; guest time is inside user time already)."""
@@ -214,6 +225,7 @@ def mount_read(mount: MountProcess, target: Path,
         os.sync()
         before, store_before, machine_before = sample(mount.pid), process_cpu(store), \
             machine_cpu()
+        system_before = system_cpu(mount.pid)
         if around is not None:
             around(True)
         seconds, copied, dd_cpu = timed_dd(target)
@@ -221,9 +233,11 @@ def mount_read(mount: MountProcess, target: Path,
             around(False)
         after, store_after, machine_after = sample(mount.pid), process_cpu(store), \
             machine_cpu()
+        system = system_cpu(mount.pid) - system_before
     return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
             "peak_rss": after.hwm, "store_cpu": store_after - store_before,
-            "reader_cpu": dd_cpu, "machine_cpu": machine_after - machine_before}
+            "reader_cpu": dd_cpu, "machine_cpu": machine_after - machine_before,
+            "cpu_system": system}
 
 
 def _floor_mount(mounts: Mounts, mountpoint: Path, size: int) -> MountProcess:
@@ -335,7 +349,8 @@ def print_reads(result: dict[str, Any]) -> bool:
     size, budget, rows = result["size"], result["read_budget"], result["rows"]
     print(f"\nsequential read of one {fmt_size(size)} object (dd bs=1M to /dev/null; "
           f"direct = {READ_CONCURRENCY} x {READ_PART // MiB} MiB ranged GETs)")
-    print(f"{'':13} {'MB/s':>8} {'seconds':>8} {'CPU s/GiB':>10} {'store s/GiB':>12} "
+    print(f"{'':13} {'MB/s':>8} {'seconds':>8} {'CPU s/GiB':>10} {'(kernel)':>8} "
+          f"{'store s/GiB':>12} "
           f"{'dd s/GiB':>9} {'cores busy':>11} {'peak RSS':>10}  bytes")
     ok = True
     gib, ncores = size / GiB, result.get("cores", cores())
@@ -343,12 +358,13 @@ def print_reads(result: dict[str, Any]) -> bool:
         complete = row["bytes"] == size
         ok = ok and complete
         busy = row["machine_cpu"] / (row["seconds"] * ncores)
+        kernel = f"({row['cpu_system'] / gib:.2f})" if "cpu_system" in row else ""
         print(f"{name:13} {size / row['seconds'] / 1e6:8.0f} {row['seconds']:8.1f} "
-              f"{row['cpu'] / gib:10.2f} {row['store_cpu'] / gib:12.2f} "
+              f"{row['cpu'] / gib:10.2f} {kernel:>8} {row['store_cpu'] / gib:12.2f} "
               f"{row['reader_cpu'] / gib:9.2f} {busy:11.0%} {fmt_size(row['peak_rss']):>10}  "
               f"{'all' if complete else row['bytes']}")
-    print(f"(CPU s/GiB: the direct download's client or the mount; cores busy: every "
-          f"process's CPU over wall x {ncores} cores)")
+    print(f"(CPU s/GiB: the direct download's client or the mount, (kernel) the mount's "
+          f"system time; cores busy: every process's CPU over wall x {ncores} cores)")
     speed = {name: size / row["seconds"] for name, row in rows.items()}
     for name in ("chute", DIRECT_READS):
         if name not in speed:
