@@ -42,8 +42,8 @@ MiB = 1024 * 1024
 
 DEFAULT_READ_BUDGET = 128 * MiB
 """The default ``--read-budget``: a lone sequential reader's 104 MiB window (eight 8 MiB GETs
-in flight and five more of room for GETs answered ahead of it, chute.fs.reads.mount_tuning), or 60 MiB
-each for two, and the demand reserve. Was 64 MiB: a 40 MiB window then held every GET in
+in flight and five more of room for GETs answered ahead of it, chute.fs.reads.mount_tuning),
+or 60 MiB each for two, and the demand reserve. Was 64 MiB: a 40 MiB window then held every GET in
 flight, and over a 100 ms link with Linux's slow start after idle a read settled at 0.29 of
 a direct download (bench --link, 100 ms / no cap)."""
 MAX_DEMAND_RESERVE = 8 * MiB
