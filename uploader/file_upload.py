@@ -13,15 +13,14 @@ sealed slot creates the multipart upload; a file that never fills a slot is sent
 PutObject when it is finalized. Nothing is visible in the bucket before finalize succeeds.
 
 Three jobs live elsewhere: where a write lands (appends, writes into any slice, resizes,
-retention, the file hash in file order) is slices.py's :class:`FileSlices`;
-what is said to the store is multipart.py's :class:`MultipartSession` (and how the object is
-made at close, commit.py's :class:`Commit`); the slots themselves are ring.py's. This module
-is the state machine over them. A write that :class:`FileSlices` refuses (EINVAL: it goes
-back into bytes already sent, and the file's late patches are not kept) fails the upload and
-aborts it, so no object that differs from what the writer wrote can ever appear. A file
-whose running hash is not its content (patched after hashing, or made of copied parts) is
-hashed at close by reading the finished object back from the store (logged, counted in
-:attr:`FileUpload.bytes_fetched`).
+retention, the file hash in file order) is slices.py's :class:`FileSlices`; what is said to the
+store is multipart.py's :class:`MultipartSession` (and how the object is made at close,
+commit.py's :class:`Commit`); the slots themselves are ring.py's. This module is the state
+machine over them. A write that :class:`FileSlices` refuses (EINVAL: it goes back into bytes
+already sent, and the file's late patches are not kept) fails the upload and aborts it, so no
+object that differs from what the writer wrote can ever appear. A file whose running hash is
+not its content (patched after hashing, or made of copied parts) is hashed at close by reading
+the finished object back from the store (logged, counted in :attr:`FileUpload.bytes_fetched`).
 
 A file may start from an existing object (``base``, overlay.py): the slices no write touched
 are copied server-side or sent as zeros at close; the others went through the ring; never
