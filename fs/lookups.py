@@ -16,6 +16,11 @@ expire and no create (nor ``cp -r`` entering its next directory) waits for a LIS
 ever relies on a snapshot older than LOOKUP_TTL: a lookup that finds it expired waits for
 the listing under way, or lists, as without refresh-ahead.
 
+**A HEAD beside the listing.** The kernel's LOOKUP in a directory never listed (the first
+``open`` in a directory new to the mount) sends the name's HEAD with the LIST (a listed file
+needs one, listings carry no metadata): one round trip, not two. Used only if the listing
+shows that object (ETag) as the file, else asked about as without it. Not for creates.
+
 A name is asked about with a HEAD (a file) and a LIST of one key under ``name/`` (a
 directory). Every such metadata request is bounded by METADATA_DEADLINE, retries included:
 the kernel serializes lookups per directory, so a store that is away must not hold a
@@ -30,12 +35,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from chute.uploader.errors import StoreUnreachable
+from chute.uploader.errors import ChuteError, StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
@@ -86,7 +93,7 @@ class Lookups:
     def __init__(self, namespace: Namespace, client: S3Client) -> None:
         self.ns = namespace
         self.client = client
-        self.ahead = RefreshAhead(namespace, self._list_page, REFRESH_AHEAD)
+        self.ahead = RefreshAhead(namespace, partial(self.list_dir, max_pages=1), REFRESH_AHEAD)
         """The listings made for lookups, in the background or waited for."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -110,7 +117,7 @@ class Lookups:
         name this mount made keep its last known state instead of EIO."""
         node = self.ns.child(parent, name)
         if node is None:
-            node, _ = await self.find(parent, name)
+            node, _ = await self.find(parent, name, head_beside=True)
         elif not self._known(node):
             try:
                 node = await self._confirm(parent, name, node)
@@ -135,27 +142,47 @@ class Lookups:
         return node.upload is not None or (
             not node.needs_head and self.ns.vouched_for(node, trio.current_time()))
 
-    async def find(self, parent: Node, name: str) -> tuple[Node | None, float]:
+    async def find(self, parent: Node, name: str, *, head_beside: bool = False
+                   ) -> tuple[Node | None, float]:
         """The child ``name`` as the store has it, and the time (trio clock) the answer
         describes. An attached name is the caller's business; one that is not is answered
         from the directory's snapshot while that is fresh (re-listing a small directory if
-        needed), else by asking the store about the name."""
+        needed, with ``head_beside`` the name's HEAD beside), else by asking the store."""
         known = self.ns.child(parent, name)
         if known is not None:
             return known, trio.current_time()
-        if self._must_relist(parent):
-            await self.ahead.relist(parent)
+        head = await self._relist(parent, name, head_beside) if self._must_relist(parent) else None
         if self.ns.listing_fresh(parent, trio.current_time()):
             listed_at = parent.listed_at
             entry = self.ns.child(parent, name) or self.ns.from_listing(parent, name)
             if entry is True:  # a directory, by name only
                 return self.ns.record(parent, name, True, checked_at=listed_at), listed_at
-            if entry is False:  # a file, by name only: its attributes need a HEAD anyway
-                asked_at = trio.current_time()
-                return await self.in_store(parent, name), asked_at
-            return entry, listed_at
+            if entry is not False:
+                return entry, listed_at
+            # a file, by name only: its attributes need a HEAD anyway
+            if head is not None and (info := head.agreed(name)) is not None:
+                return self._head_record(parent, name, info, head.answered_at), head.sent_at
         asked_at = trio.current_time()
         return await self.in_store(parent, name), asked_at
+
+    async def _relist(self, parent: Node, name: str, head_beside: bool) -> _Head | None:
+        """Wait for a listing of ``parent`` (ahead.relist) and the HEAD of ``name`` sent beside
+        it, each bounded; a failed listing fails the lookup, a failed HEAD leaves no answer."""
+        if not head_beside or parent.listed_at != -math.inf or parent.inode in self.ahead.underway:
+            await self.ahead.relist(parent)  # listed before (creates list again): no HEAD
+            return None
+        head = _Head(trio.current_time())
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head.ask, self.client, self.ns.child_key(parent, name))
+            try:
+                head.listed = await self.ahead.relist(parent)
+            except Exception as exc:  # raised below, not wrapped in an exception group
+                failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return head
 
     async def child(self, parent: Node, name: str) -> Node:
         """The node of an existing name (the kernel looked it up just before); else ENOENT."""
@@ -185,12 +212,16 @@ class Lookups:
                             "is shown, the file (key %s) is hidden behind it", quoted(
                                 self.ns.child_path(parent, name)), quoted(key))
                 return self.ns.record(parent, name, True, checked_at=parent.listed_at)
-            node = self.ns.record(parent, name, False, is_link=metadata.is_link_object(info))
-            metadata.apply_head(node, info, now)
-            return node
+            return self._head_record(parent, name, info, now)
         if not directory_first and await self._is_dir(key):
             return self.ns.record(parent, name, True, checked_at=trio.current_time())
         return None
+
+    def _head_record(self, parent: Node, name: str, info: ObjectInfo, now: float) -> Node:
+        """The file a HEAD answered at ``now`` describes."""
+        node = self.ns.record(parent, name, False, is_link=metadata.is_link_object(info))
+        metadata.apply_head(node, info, now)
+        return node
 
     async def _is_dir(self, key: str) -> bool:
         """Whether anything is under ``key/`` (one LIST of one key)."""
@@ -221,9 +252,6 @@ class Lookups:
             return directory.fits_one_page
         self.ahead.answered_from(directory, now)
         return False
-
-    async def _list_page(self, node: Node) -> None:
-        await self.list_dir(node, max_pages=1)
 
     async def list_dir(self, node: Node, *, max_pages: int | None = None) -> dict[str, Node]:
         """The directory's children as the store lists them, plus the files being written
@@ -350,3 +378,23 @@ class Lookups:
         page = await self.first_page(prefix, max_keys=2)
         return page is None or (not page.prefixes and all(obj.key == prefix
                                                           for obj in page.objects))
+
+
+class _Head:
+    """A lookup's HEAD sent beside a listing (Lookups._relist), and that listing."""
+
+    def __init__(self, sent_at: float) -> None:
+        self.sent_at = self.answered_at = sent_at
+        self.info: ObjectInfo | None = None
+        self.listed: dict[str, Node] | None = None  # None: it waited for one under way
+
+    async def ask(self, client: S3Client, key: str) -> None:
+        with contextlib.suppress(ChuteError):  # no answer: the name is asked about again
+            self.info = await bounded(client.head_object(key))
+            self.answered_at = trio.current_time()
+
+    def agreed(self, name: str) -> ObjectInfo | None:
+        """The HEAD's answer if the listing shows that object (ETag) as the file ``name``."""
+        info, listed = self.info, (self.listed or {}).get(name)
+        same = info and info.etag and listed and not listed.is_dir and listed.etag == info.etag
+        return info if same else None

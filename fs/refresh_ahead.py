@@ -56,11 +56,12 @@ class RefreshAhead(BackgroundTasks):
     nursery :meth:`run` owns, see background.py; cancelling it ends any listing in flight,
     which installs nothing), or waited for (:meth:`relist`)."""
 
-    def __init__(self, namespace: Namespace, list_page: Callable[[Node], Awaitable[object]],
-                 after: float) -> None:
-        """``list_page`` lists a directory's first page and installs it as its snapshot if
-        that is the whole listing (Lookups.list_dir); ``after``: the age of a snapshot past
-        which a lookup it answers renews it."""
+    def __init__(self, namespace: Namespace,
+                 list_page: Callable[[Node], Awaitable[dict[str, Node]]], after: float
+                 ) -> None:
+        """``list_page`` lists a directory's first page, installs it as its snapshot if
+        that is the whole listing and returns the names it found (Lookups.list_dir);
+        ``after``: the age of a snapshot past which a lookup it answers renews it."""
         self.ns = namespace
         self._list_page = list_page
         self.after = after
@@ -93,20 +94,21 @@ class RefreshAhead(BackgroundTasks):
         done = self.underway[directory.inode] = trio.Event()
         self._nursery.start_soon(self._renew, directory, done)
 
-    async def relist(self, node: Node) -> None:
+    async def relist(self, node: Node) -> dict[str, Node] | None:
         """List a directory (that may fit one page) again and wait for it, so that the
         lookups of the next LOOKUP_TTL are answered without a request each; if a listing of
         it is under way (maybe a background one), wait for that one instead (if it failed,
-        the caller asks about its name)."""
+        the caller asks about its name). The names this listing found (the ETags a lookup
+        compares a HEAD with), or None if it waited for another one."""
         inode = node.inode
         underway = self.underway.get(inode)
         if underway is not None:
             await underway.wait()
-            return
+            return None
         done = self.underway[inode] = trio.Event()
         self._failed.pop(inode, None)
         try:
-            await self._list_page(node)
+            return await self._list_page(node)
         finally:
             del self.underway[inode]
             done.set()

@@ -152,7 +152,7 @@ async def test_hostile_metadata_shows_defaults_and_is_logged_once(
 
 async def test_hostile_head_headers_are_clamped(m: Mounted, caplog) -> None:
     m.store.put("f", b"abc")
-    m.store.fail_next("HeadObject", status=200, body=b"", headers={
+    m.store.fail_next("HeadObject", status=200, body=b"", times=2, headers={
         "content-length": THIRTY_NINES, "etag": '"bad etag\u0001"',
         "last-modified": "Fri, 31 Dec 9999 23:59:59 GMT",
         f"x-amz-meta-{MTIME_META}": THIRTY_NINES})

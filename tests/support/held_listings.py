@@ -24,7 +24,8 @@ RELIST_PAGE = "1000"
 class HeldListings(MemoryS3):
     """A store whose directory listings (ListObjectsV2 of a relist's page size) are served
     when asked but answered only once ``gate`` is open, or after ``delay`` seconds: the
-    mount may change the directory between the two."""
+    mount may change the directory between the two. HEADs may be held too, before they are
+    served (``head_gate``, ``head_delay``): the object may change before one is."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,8 +36,19 @@ class HeldListings(MemoryS3):
         """Relist pages served (answered or held)."""
         self.held = trio.Event()
         """Set when a relist page has been served and is being held at the gate."""
+        self.head_gate = trio.Event()
+        self.head_gate.set()
+        self.head_delay = 0.0
+        self.head_held = trio.Event()
+        """Set when a HEAD is being held at ``head_gate`` (not served yet)."""
 
     async def handle(self, request):  # type: ignore[no-untyped-def,override]
+        if request.method == "HEAD":
+            if not self.head_gate.is_set():
+                self.head_held.set()
+            await self.head_gate.wait()
+            if self.head_delay:
+                await trio.sleep(self.head_delay)
         answer = await super().handle(request)
         if request.url.params.get("max-keys") == RELIST_PAGE:
             self.served += 1
@@ -51,6 +63,11 @@ class HeldListings(MemoryS3):
         """Hold the next listings at the gate until ``gate.set()``."""
         self.gate = trio.Event()
         self.held = trio.Event()
+
+    def hold_heads(self) -> None:
+        """Hold the next HEADs, before they are served, until ``head_gate.set()``."""
+        self.head_gate = trio.Event()
+        self.head_held = trio.Event()
 
 
 async def write_file(ops: ChuteOperations, parent: int, name: str, data: bytes = b"x"
