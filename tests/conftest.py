@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from chute.fs.embedded_store import EmbeddedStore
+from tests.support.held_listings import HeldListings
 from tests.support.memory_mount import Mounted, memory_mount
 from tests.support.mounts import Mount, launch_mount, wait_until_mounted
 from tests.support.store import BUCKET, direct_client, store_env
@@ -90,3 +92,16 @@ async def m() -> AsyncIterator[Mounted]:
     """An in-memory mount (tests/support/memory_mount.py) for unit tests of the fs layer."""
     async for mounted in memory_mount():
         yield mounted
+
+
+@pytest.fixture
+async def held_mount() -> AsyncIterator[tuple[Mounted, HeldListings, trio.Nursery]]:
+    """An in-memory mount on a store whose listings and HEADs a test can hold or delay
+    (tests/support/held_listings.py), with the lookups' background nursery running as
+    mount.py runs it; the test may cancel that nursery (unmount)."""
+    store = HeldListings()
+    async for mounted in memory_mount(store=store):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mounted.ops.lookups.run)
+            yield mounted, store, nursery
+            nursery.cancel_scope.cancel()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -19,20 +18,17 @@ import trio.testing
 from chute.fs.lookups import LOOKUP_TTL
 from chute.fs.namespace import ROOT_INODE
 from tests.support.held_listings import HeldListings, mkdir
-from tests.support.memory_mount import CTX, Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, Mounted, errno_of
 
 MTIME_NS = 1_500_000_000_123_456_789
 META = {"chute-mode": "640", "chute-mtime-ns": str(MTIME_NS)}
 
 
 @pytest.fixture
-async def mounted() -> AsyncIterator[tuple[Mounted, HeldListings]]:
-    store = HeldListings()
-    async for m in memory_mount(store=store):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(m.ops.lookups.run)
-            yield m, store
-            nursery.cancel_scope.cancel()
+def mounted(held_mount) -> tuple[Mounted, HeldListings]:
+    """conftest's held_mount without its nursery."""
+    m, store, _ = held_mount
+    return m, store
 
 
 async def test_an_unseen_file_costs_one_round_trip(mounted, mock_clock) -> None:

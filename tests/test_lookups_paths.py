@@ -15,7 +15,6 @@ handlers called directly, the lookups' nursery run as the mount runs it.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator
 
 import pyfuse3
 import pytest
@@ -28,18 +27,15 @@ from chute.fs.operations import ChuteOperations
 from chute.uploader.config import UploaderConfig
 from chute.uploader.uploader import Uploader
 from tests.support.held_listings import HeldListings, landed, mkdir, write_file
-from tests.support.memory_mount import CTX, MiB, Mounted, errno_of, memory_mount
+from tests.support.memory_mount import CTX, MiB, Mounted, errno_of
 from tests.support.memory_s3 import MemoryS3, memory_client
 
 
 @pytest.fixture
-async def mounted() -> AsyncIterator[tuple[Mounted, HeldListings]]:
-    store = HeldListings()
-    async for m in memory_mount(store=store):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(m.ops.lookups.run)
-            yield m, store
-            nursery.cancel_scope.cancel()
+def mounted(held_mount) -> tuple[Mounted, HeldListings]:
+    """conftest's held_mount without its nursery."""
+    m, store, _ = held_mount
+    return m, store
 
 
 async def test_the_directories_above_a_stream_of_creates_never_wait(mounted, mock_clock

@@ -7,7 +7,6 @@ as the mount runs it."""
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -19,15 +18,9 @@ from tests.support.memory_mount import CTX, Mounted, errno_of, memory_mount
 
 
 @pytest.fixture
-async def mounted() -> AsyncIterator[tuple[Mounted, HeldListings, trio.Nursery]]:
-    """An in-memory mount with the lookups' nursery running (mount.py runs it); the test
-    may cancel the nursery (unmount)."""
-    store = HeldListings()
-    async for m in memory_mount(store=store):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(m.ops.lookups.run)
-            yield m, store, nursery
-            nursery.cancel_scope.cancel()
+def mounted(held_mount) -> tuple[Mounted, HeldListings, trio.Nursery]:
+    """conftest's held_mount: the test may cancel the nursery (unmount)."""
+    return held_mount
 
 
 async def test_a_stream_of_creates_never_waits_for_a_listing(mounted, mock_clock) -> None:
