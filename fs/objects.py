@@ -111,7 +111,7 @@ class ObjectOps:
     async def fix_up_metadata(self, node: Node) -> None:
         """A chmod or utimens made after Create/Put was sent reaches the object now, at the
         last close, so the close reports whether it did."""
-        if {**node.metadata, **metadata.chute_metadata(node)} == node.metadata:
+        if self._wanted_metadata(node) is None:
             return  # nothing changed since Create/Put (each small file's close): no lock taken
         try:
             async with self.locked(node):
@@ -127,8 +127,8 @@ class ObjectOps:
         """Make the object's chute metadata match the node (a self-copy, if it differs).
         Caller holds the node's lock. If the copy fails the node is marked for a HEAD, so
         the next stat shows what the bucket really holds."""
-        wanted = {**node.metadata, **metadata.chute_metadata(node)}
-        if wanted == node.metadata:
+        wanted = self._wanted_metadata(node)
+        if wanted is None:
             return
         key = self.ns.key(node)
         try:
@@ -136,6 +136,12 @@ class ObjectOps:
         except BaseException:
             node.needs_head = True
             raise
+
+    @staticmethod
+    def _wanted_metadata(node: Node) -> dict[str, str] | None:
+        """The user metadata the object should carry, or None if it already does."""
+        wanted = {**node.metadata, **metadata.chute_metadata(node)}
+        return None if wanted == node.metadata else wanted
 
     async def _copy(self, node: Node, source_key: str, dest_key: str,
                     wanted: dict[str, str]) -> None:
