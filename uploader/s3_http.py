@@ -56,9 +56,11 @@ import h11
 import httpx
 import trio
 
+from .quick_lock import take
 from .s3_connection import BODY_RECEIVE, HEAD_MAX, HEAD_RECEIVE, Connection, failures
 
 __all__ = ["HEAD_MAX", "ConnectionPool", "Response", "socket_options"]
+
 
 class Response:
     """One answer being read: status, headers (names lower-cased, repeated ones joined with
@@ -240,10 +242,7 @@ class ConnectionPool:
         """Send one request and read its answer's head; the body is the answer's stream."""
         origin = self._origin(url)
         request = _request(method, url[origin.prefix_length:] or "/", headers, origin)
-        try:  # a free connection is taken without a pass of trio's scheduler
-            self._free.acquire_nowait()
-        except trio.WouldBlock:
-            await self._free.acquire()
+        await take(self._free)  # a free connection: no pass of trio's scheduler
         try:
             conn = await self._connection(origin, connect_timeout)
         except BaseException:
