@@ -94,8 +94,10 @@ def make_small_tree(root: Path, count: int, seed: int) -> dict[str, tuple[int, s
 
 def tree_dirs(expected: dict[str, tuple[int, str]]) -> int:
     """The directories ``cp -r`` makes for the tree of ``expected`` (relative paths): the
-    tree's own and every directory a file is in."""
-    return 1 + len({rel.rsplit("/", 1)[0] for rel in expected if "/" in rel}) if expected else 0
+    tree's own and every directory above a file."""
+    parts = [rel.split("/")[:-1] for rel in expected]
+    return 1 + len({"/".join(p[:n]) for p in parts for n in range(1, len(p) + 1)}) \
+        if expected else 0
 
 
 def small_floor_lines(model: LinkModel, files: int, tree_bytes: int, dirs: int) -> list[str]:

@@ -50,7 +50,7 @@ from .common import BUCKET, GiB, MiB, fmt_size, log
 from .contenders import Mounts
 from .data import Data
 from .mounts import MountProcess
-from .sampling import CLK_TCK, proc_number, process_tree, sample
+from .sampling import CLK_TCK, proc_number, process_cpu, sample, store_pid
 
 ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
 READ_FLOOR = Path(__file__).resolve().parent.parent / "read_floor.py"
@@ -180,28 +180,6 @@ def timed_dd(path: Path) -> tuple[float, int, float]:
     return seconds, copied, usage.ru_utime + usage.ru_stime
 
 
-def store_pid(store: Any) -> int | None:
-    """The store's process id (``weed``; a link passes it through), None if not known."""
-    proc = getattr(store, "_process", None)
-    return proc.pid if proc is not None else None
-
-
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds of ``pid`` and its descendants so far (0 without one)."""
-    return sample(pid).cpu if pid else 0.0
-
-
-def system_cpu(pid: int) -> float:
-    """The kernel's part of ``pid``'s CPU seconds (stime + cstime over its tree): for a
-    mount, mostly the copies of each READ reply (into the page cache, or the reader)."""
-    total = 0.0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[12]) + int(fields[14])) / CLK_TCK
-    return total
-
-
 def machine_cpu() -> float:
     """CPU seconds every core together has spent busy since boot (/proc/stat: all but idle
     and iowait; guest time is inside user time already)."""
@@ -225,7 +203,6 @@ def mount_read(mount: MountProcess, target: Path,
         os.sync()
         before, store_before, machine_before = sample(mount.pid), process_cpu(store), \
             machine_cpu()
-        system_before = system_cpu(mount.pid)
         if around is not None:
             around(True)
         seconds, copied, dd_cpu = timed_dd(target)
@@ -233,11 +210,10 @@ def mount_read(mount: MountProcess, target: Path,
             around(False)
         after, store_after, machine_after = sample(mount.pid), process_cpu(store), \
             machine_cpu()
-        system = system_cpu(mount.pid) - system_before
     return {"seconds": seconds, "bytes": copied, "cpu": after.cpu - before.cpu,
             "peak_rss": after.hwm, "store_cpu": store_after - store_before,
             "reader_cpu": dd_cpu, "machine_cpu": machine_after - machine_before,
-            "cpu_system": system}
+            "cpu_system": after.system - before.system}
 
 
 def _floor_mount(mounts: Mounts, mountpoint: Path, size: int) -> MountProcess:

@@ -19,7 +19,7 @@ from .common import BUCKET, FLOORS, KiB, MiB, fmt_size, log
 from .contenders import Mounts, contenders
 from .data import Data, generator_name, make_tree, pipe_into_dd, sha256_file
 from .results import Row, Run
-from .sampling import sample
+from .sampling import process_cpu, sample, store_pid
 from .verify import BucketCheck, check_tree_in_mount
 
 ENTRY = Path(__file__).resolve().parent.parent / "bench.py"
@@ -61,14 +61,8 @@ class Bench:
         self.serial += 1
         return f"{name}-{self.serial:03d}"
 
-    @property
-    def weed_pid(self) -> int | None:
-        proc = getattr(self.store, "_process", None)
-        return proc.pid if proc is not None else None
-
     def store_cpu(self) -> float:
-        pid = self.weed_pid
-        return sample(pid).cpu if pid else 0.0
+        return process_cpu(store_pid(self.store))
 
     def settle(self) -> None:
         """Before a timed region: no dirty pages of the previous one left to write back."""

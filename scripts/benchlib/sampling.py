@@ -43,10 +43,11 @@ class Sample:
     cpu: float  # seconds: utime+stime (+ reaped children's) over the tree
     hwm: int  # bytes: sum of VmHWM over the tree
     write_bytes: int  # bytes: /proc/PID/io write_bytes over the tree
+    system: float = 0.0  # seconds: the kernel's part of ``cpu`` (stime + cstime)
 
 
 def sample(pid: int) -> Sample:
-    cpu = 0.0
+    cpu = system = 0.0
     hwm = written = 0
     for p in process_tree(pid):
         try:
@@ -54,6 +55,18 @@ def sample(pid: int) -> Sample:
         except OSError:
             continue
         cpu += sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+        system += (int(fields[12]) + int(fields[14])) / CLK_TCK
         hwm += proc_number(f"/proc/{p}/status", "VmHWM") * KiB
         written += proc_number(f"/proc/{p}/io", "write_bytes")
-    return Sample(cpu, hwm, written)
+    return Sample(cpu, hwm, written, system)
+
+
+def store_pid(store: object) -> int | None:
+    """The store's process id (``weed``; a link passes it through), None if not known."""
+    proc = getattr(store, "_process", None)
+    return proc.pid if proc is not None else None
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds of ``pid`` and its descendants so far (0 without one)."""
+    return sample(pid).cpu if pid else 0.0
