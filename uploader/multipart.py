@@ -14,9 +14,10 @@ Invariants it keeps:
 
 - Nothing is visible at the key before :meth:`complete` or :meth:`put` succeeds: S3 shows a
   multipart object only once CompleteMultipartUpload returns, and a failed one is aborted.
-- Every multipart upload it creates is recorded by a marker object (leftovers.py) right after
-  the create, and the marker goes once the upload is completed or aborted, so a mount that
-  dies leaves nothing the next mount cannot find.
+- Every multipart upload it creates is recorded by a marker object (leftovers.py), sent
+  beside the upload's first part (upload_marker.py) and in the bucket before Complete; the
+  marker goes once the upload is completed or aborted, so a mount that dies leaves nothing
+  the next mount cannot find. Its deletion runs beside the work after Complete (the tag).
 - A CreateMultipartUpload whose answer was lost may have made an upload nobody heard of; when
   a retry says so, the listing is searched for it and it is aborted (the lost-create check).
 - A Complete or PutObject whose answer was lost may have made the object: a retry then meets
@@ -34,7 +35,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -53,6 +54,7 @@ from .checksums import (
 from .errors import ObjectExists, StoreError, UploadFailed, UploadSessionLost
 from .retry import RetryReason
 from .s3 import S3Client
+from .upload_marker import UploadMarker
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,8 @@ class MultipartSession:
         self._closed = False
         """abort() was called: no upload may be left behind from here on."""
         self._aborted = False
-        self._marker = False
-        """A marker for ``upload_id`` is in the bucket (leftovers.py)."""
+        self._marker = UploadMarker(client)
+        """The leftovers marker of ``upload_id`` (upload_marker.py)."""
         self.keep_marker = False
         """An upload at a temporary key (recompose.py) keeps its marker past Complete and
         abort: recompose.py deletes it with the temporary object (or the janitor does)."""
@@ -159,11 +161,12 @@ class MultipartSession:
                 self._create_error = exc
                 raise
             self.upload_id = upload_id
-            self._marker = True
-            await leftovers.record(self.client, self.key, upload_id)
+            self._marker.expect(upload_id, self.key)  # sent beside the first part
             if self._closed:
                 # The file failed while the Create was on its way, and its abort found no
-                # upload to abort: this one must not stay behind.
+                # upload to abort: this one must not stay behind (nor, if the abort fails,
+                # stay unknown to the next mount).
+                await self._marker.send()
                 if not self._aborted:
                     await self._abort_now()
                 raise UploadFailed(f"upload of {self.name} was abandoned")
@@ -183,11 +186,11 @@ class MultipartSession:
         assert self.upload_id is not None, "create() first"
         if headers is None:
             headers = await body_headers_off_loop(self.checksum, body)
+        upload_id = self.upload_id
         try:
-            etag = await self.client.upload_part(
-                self.key, self.upload_id, part_number, body, headers,
-                on_retry=self._count_retry,
-            )
+            etag = await self._marker.beside(lambda: self.client.upload_part(
+                self.key, upload_id, part_number, body, headers, on_retry=self._count_retry,
+            ))
         except StoreError as exc:
             # Once the file has failed, its upload is aborted while parts may still be in
             # flight; their NoSuchUpload is that abort, not the store losing the upload.
@@ -209,19 +212,24 @@ class MultipartSession:
         (else 412), as one part of the upload :meth:`create` made (overlay.py); its ETag. A
         session with copied parts announces no checksum algorithm at Create (Complete would
         need the copies' checksums): its sent parts carry Content-MD5 instead."""
-        assert self.upload_id is not None, "create() first"
-        etag = await self.client.upload_part_copy(
-            source_key, self.key, self.upload_id, part_number, first, last,
-            if_match_etag=if_match_etag)
+        upload_id = self.upload_id
+        assert upload_id is not None, "create() first"
+        etag = await self._marker.beside(lambda: self.client.upload_part_copy(
+            source_key, self.key, upload_id, part_number, first, last,
+            if_match_etag=if_match_etag))
         self._parts[part_number] = (etag, {})
         return etag
 
-    async def complete(self, size: int, numbers: Collection[int] | None = None) -> str:
+    async def complete(self, size: int, numbers: Collection[int] | None = None, *,
+                       alongside: Callable[[], Awaitable[None]] | None = None) -> str:
         """Complete the upload from the parts sent, in part-number order; the ETag.
 
         ``size`` is the file's length, to recognise the object if the answer was lost;
-        ``numbers``: only these parts (others were cut off by a shrink), all by default."""
+        ``numbers``: only these parts (others were cut off by a shrink), all by default;
+        ``alongside``: what follows the Complete (the hash tag; it must not raise), run beside
+        the marker's deletion so that close waits one round trip for both, not two."""
         assert self.upload_id is not None, "create() first"
+        await self._marker.sent()
         parts = [(n, etag, fields) for n, (etag, fields) in sorted(self._parts.items())
                  if numbers is None or n in numbers]
         if numbers is not None and len(parts) != len(numbers):
@@ -245,7 +253,12 @@ class MultipartSession:
                     raise
                 if not await self._is_ours(size, expected, None):
                     self._raise_refused(exc)
-        await self._forget_marker()
+        if alongside is None:
+            await self._forget_marker()
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forget_marker)
+                await alongside()
         return self.etag
 
     # -- one PutObject ----------------------------------------------------------------
@@ -382,12 +395,5 @@ class MultipartSession:
 
     async def _forget_marker(self) -> None:
         """The upload was completed or aborted: its marker goes (a failure only logs)."""
-        if not self._marker or self.keep_marker:
-            return
-        self._marker = False
-        assert self.upload_id is not None
-        try:
-            await leftovers.forget(self.client, self.upload_id)
-        except Exception as exc:
-            log.warning("could not delete the marker of upload %s of %s: %s",
-                        self.upload_id, self.key, exc)
+        if not self.keep_marker:
+            await self._marker.forget(wait=ABORT_BUDGET)
