@@ -16,10 +16,9 @@ expire and no create (nor ``cp -r`` entering its next directory) waits for a LIS
 ever relies on a snapshot older than LOOKUP_TTL: a lookup that finds it expired waits for
 the listing under way, or lists, as without refresh-ahead.
 
-**A HEAD beside the listing.** The kernel's LOOKUP in a directory never listed (the first
-``open`` in a directory new to the mount) sends the name's HEAD with the LIST (a listed file
-needs one, listings carry no metadata): one round trip, not two. Used only if the listing
-shows that object (ETag) as the file, else asked about as without it. Not for creates.
+**A HEAD beside the listing** (head_beside.py): a lookup that waits for a listing sends
+the name's HEAD with it where one will likely be needed: one round trip, not two. Not for
+creates.
 
 A name is asked about with a HEAD (a file) and a LIST of one key under ``name/`` (a
 directory). Every such metadata request is bounded by METADATA_DEADLINE, retries included:
@@ -35,17 +34,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 from collections.abc import Awaitable
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from chute.uploader.errors import ChuteError, StoreUnreachable
+from chute.uploader.errors import StoreUnreachable
 from chute.uploader.logsafe import quoted
 
 from . import metadata
+from .head_beside import HeadBeside, list_with_head
+from .head_beside import worth_sending as head_beside_worth_sending
 from .namespace import Namespace, Node
 from .refresh_ahead import RefreshAhead
 from .refused import NoAnswer, Refused
@@ -165,24 +165,16 @@ class Lookups:
         asked_at = trio.current_time()
         return await self.in_store(parent, name), asked_at
 
-    async def _relist(self, parent: Node, name: str, head_beside: bool) -> _Head | None:
-        """Wait for a listing of ``parent`` (ahead.relist) and the HEAD of ``name`` sent beside
-        it, each bounded; a failed listing fails the lookup, a failed HEAD leaves no answer."""
-        if not head_beside or parent.listed_at != -math.inf or parent.inode in self.ahead.underway:
-            await self.ahead.relist(parent)  # listed before (creates list again): no HEAD
+    async def _relist(self, parent: Node, name: str, head_beside: bool) -> HeadBeside | None:
+        """Wait for a listing of ``parent`` (ahead.relist) and, where it pays, the HEAD of
+        ``name`` sent beside it (head_beside.py), each bounded."""
+        if (not head_beside or parent.inode in self.ahead.underway
+                or not head_beside_worth_sending(self.ns, parent, name)):
+            await self.ahead.relist(parent)
             return None
-        head = _Head(trio.current_time())
-        failure: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head.ask, self.client, self.ns.child_key(parent, name))
-            try:
-                head.listed = await self.ahead.relist(parent)
-            except Exception as exc:  # raised below, not wrapped in an exception group
-                failure = exc
-                nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        return head
+        key = self.ns.child_key(parent, name)
+        return await list_with_head(partial(self.ahead.relist, parent),
+                                    lambda: bounded(self.client.head_object(key)))
 
     async def child(self, parent: Node, name: str) -> Node:
         """The node of an existing name (the kernel looked it up just before); else ENOENT."""
@@ -379,22 +371,3 @@ class Lookups:
         return page is None or (not page.prefixes and all(obj.key == prefix
                                                           for obj in page.objects))
 
-
-class _Head:
-    """A lookup's HEAD sent beside a listing (Lookups._relist), and that listing."""
-
-    def __init__(self, sent_at: float) -> None:
-        self.sent_at = self.answered_at = sent_at
-        self.info: ObjectInfo | None = None
-        self.listed: dict[str, Node] | None = None  # None: it waited for one under way
-
-    async def ask(self, client: S3Client, key: str) -> None:
-        with contextlib.suppress(ChuteError):  # no answer: the name is asked about again
-            self.info = await bounded(client.head_object(key))
-            self.answered_at = trio.current_time()
-
-    def agreed(self, name: str) -> ObjectInfo | None:
-        """The HEAD's answer if the listing shows that object (ETag) as the file ``name``."""
-        info, listed = self.info, (self.listed or {}).get(name)
-        same = info and info.etag and listed and not listed.is_dir and listed.etag == info.etag
-        return info if same else None

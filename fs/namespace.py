@@ -380,6 +380,12 @@ class Namespace:
         entry: Node | bool | None = self._snapshots.entry(directory, name)
         return entry
 
+    def listed_by_name_only(self, directory: Node, name: str) -> bool:
+        """Whether the directory's snapshot, fresh or expired, shows ``name`` as a file known
+        by name only (its attributes need a HEAD): a hint of what a lookup will need, never
+        an answer."""
+        return self._snapshots.entry(directory, name) is False
+
     def unsure_of(self, directory: Node) -> None:
         """A name of ``directory`` left the table although its key may still exist (a
         failed replacement, a delete that failed): its listing no longer proves absence,

@@ -1,8 +1,9 @@
-"""A HEAD beside the listing (fs/lookups.py): a lookup of a name in a directory the mount has
-never listed sends the name's HEAD together with the directory's LIST, so opening a file the
-mount has not seen costs one round trip, not two; the HEAD's answer is used only if the
-listing shows the same object, else the name is asked about again as before. A lookup
-answered from a snapshot, or in a directory listed before (the create path), sends no HEAD.
+"""A HEAD beside the listing (fs/head_beside.py): a lookup of a name in a directory the mount
+has never listed, or of a file its expired snapshot shows by name, sends the name's HEAD
+together with the directory's LIST, so opening a file the mount has not seen costs one round
+trip, not two; the HEAD's answer is used only if the listing shows the same object, else the
+name is asked about again as before. A lookup answered from a snapshot, or of a name the
+expired snapshot did not show (the create path), sends no HEAD.
 Over the in-memory S3 on trio's MockClock, the FUSE handlers called directly, the lookups'
 nursery run as the mount runs it."""
 
@@ -135,4 +136,26 @@ async def test_a_missing_name_and_a_fresh_snapshot(mounted, mock_clock) -> None:
     mock_clock.jump(LOOKUP_TTL + 0.1)
     start = len(m.store.requests)
     assert await errno_of(m.ops.lookup(d.inode, b"new", CTX)) == errno.ENOENT
+    assert m.ops_since(start) == ["ListObjectsV2"]
+
+
+async def test_a_file_of_an_expired_snapshot_costs_one_round_trip(mounted, mock_clock
+                                                                 ) -> None:
+    """A directory listed a while ago: opening a file its old snapshot shows by name sends
+    the HEAD beside the new LIST (one round trip); a name it did not show gets none."""
+    m, store = mounted
+    m.store.put("f", b"hello", metadata=META)
+    m.store.put("g", b"world", metadata=META)
+    await m.ops.lookup(ROOT_INODE, b"f", CTX)  # lists the root; g is known by name only
+    mock_clock.jump(LOOKUP_TTL + 0.1)
+    mock_clock.autojump_threshold = 0
+    store.delay = store.head_delay = 0.2
+    start, before = len(m.store.requests), trio.current_time()
+    attrs = await m.ops.lookup(ROOT_INODE, b"g", CTX)
+    assert trio.current_time() - before == pytest.approx(0.2)
+    assert sorted(m.ops_since(start)) == ["HeadObject", "ListObjectsV2"]
+    assert stat.S_IMODE(attrs.st_mode) == 0o640 and attrs.st_mtime_ns == MTIME_NS
+    mock_clock.jump(LOOKUP_TTL + 0.1)
+    start = len(m.store.requests)
+    assert await errno_of(m.ops.lookup(ROOT_INODE, b"new", CTX)) == errno.ENOENT
     assert m.ops_since(start) == ["ListObjectsV2"]
