@@ -95,25 +95,26 @@ class Commit:
         parts = {k + 1 for k in slices.sent} | plan.part_numbers
         if self._late is not None and self._late.temp_key is not None:
             return await self._recompose(parts, None if slices.rehash else xxh3_128)
-        size, hashed = slices.size, [xxh3_128]
+        size = slices.size
 
         async def tag() -> None:
             # beside the marker's deletion (MultipartSession.complete); never raises
+            nonlocal xxh3_128
             try:
                 if slices.rehash:
                     log.info("%s: %s; reading the object back to record its xxh3-128",
                              self.path, "parts of it were copied server-side from the object "
                              "it replaces" if plan.copies else "it was not written in file order")
-                    hashed[0] = await self._session.read_back_hash(size, self._config.slice_size)
+                    xxh3_128 = await self._session.read_back_hash(size, self._config.slice_size)
                     self._cost.fetched += size
                     self._counters.bytes_fetched += size
-                await self._session.tag(hashed[0])
+                await self._session.tag(xxh3_128)
             except Exception as exc:
                 log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
                             self.path, exc)
 
         etag = await self._session.complete(size, parts, alongside=tag)
-        return etag, hashed[0]
+        return etag, xxh3_128
 
     async def _recompose(self, parts: set[int], xxh3_128: str | None) -> tuple[str, str]:
         """The upload was made at a temporary key: complete it there, and compose the object

@@ -6,9 +6,9 @@ Create and the first part put one more round trip in front of every big file's f
 sent beside the first part (or copied part) instead, it costs none, and it still lands
 before anything is billed for long: the part and its marker travel together. Its life::
 
-    NONE ──due()──> DUE ──send()──> SENDING ──> SENT      ──forget()──> NONE
-                     │                      └─> FAILED    ──forget()──> NONE
-                     └──forget()──> NONE  (never sent: nothing to delete)
+    NONE ──expect()──> DUE ──send()──> SENDING ──> SENT   ──forget()──> NONE
+                        │                      └─> FAILED ──forget()──> NONE
+                        └──forget()──> NONE  (never sent: nothing to delete)
 
 Invariants:
 
