@@ -233,6 +233,11 @@ async def test_a_marker_never_sent_is_not_deleted(autojump_clock, store, client)
     marker.expect("u1", "k")
     await marker.forget(wait=1.0)
     assert "DeleteObject" not in store.operations()
+    with pytest.raises(UploadFailed):  # asked for once forgotten: an error, not a hang
+        await marker.sent()
+    with pytest.raises(UploadFailed):
+        await UploadMarker(client).sent()
+    assert store.operations() == []
 
 
 async def test_a_failed_marker_fails_the_complete(autojump_clock, store, client) -> None:

@@ -34,6 +34,7 @@ from typing import TypeVar
 import trio
 
 from . import leftovers
+from .errors import UploadFailed
 from .s3 import S3Client
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,16 @@ class UploadMarker:
 
     async def sent(self) -> None:
         """The marker is in the bucket: sent now if nobody did, awaited if on its way; its
-        failure raised (a cancelled send counts as failed)."""
+        failure raised (a cancelled send counts as failed, and so does a marker forgotten or
+        never expected: an error, never a wait that no send will end)."""
         await self.send()
-        await self._settled.wait()
-        if self._error is not None:
-            if isinstance(self._error, Exception):
-                raise self._error
-            raise RuntimeError(f"the marker of upload {self._upload_id} was not sent")
+        if self.state is MarkerState.SENDING:
+            await self._settled.wait()
+        if self.state is MarkerState.SENT:
+            return
+        if isinstance(self._error, Exception):
+            raise self._error
+        raise UploadFailed(f"the marker of upload {self._upload_id or '(none)'} was not sent")
 
     async def forget(self, wait: float) -> None:
         """The upload is completed or aborted: its marker goes, after a PUT still on its way
