@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from . import overlay
 from .config import UploaderConfig
+from .hash_tag import tag_object
 from .late_patches import LatePatches
 from .multipart import MultipartSession
 from .overlay import Base
@@ -97,21 +98,15 @@ class Commit:
             return await self._recompose(parts, None if slices.rehash else xxh3_128)
         size = slices.size
 
-        async def tag() -> None:
-            # beside the marker's deletion (MultipartSession.complete); never raises
+        async def tag() -> None:  # beside the marker's deletion (MultipartSession.complete)
             nonlocal xxh3_128
-            try:
-                if slices.rehash:
-                    log.info("%s: %s; reading the object back to record its xxh3-128",
-                             self.path, "parts of it were copied server-side from the object "
-                             "it replaces" if plan.copies else "it was not written in file order")
-                    xxh3_128 = await self._session.read_back_hash(size, self._config.slice_size)
-                    self._cost.fetched += size
-                    self._counters.bytes_fetched += size
-                await self._session.tag(xxh3_128)
-            except Exception as exc:
-                log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
-                            self.path, exc)
+            why = ("parts of it were copied server-side from the object it replaces"
+                   if plan.copies else "it was not written in file order")
+            xxh3_128, fetched = await tag_object(
+                self._session, self.path, None if slices.rehash else xxh3_128, size=size,
+                chunk=self._config.slice_size, why=why)
+            self._cost.fetched += fetched
+            self._counters.bytes_fetched += fetched
 
         etag = await self._session.complete(size, parts, alongside=tag)
         return etag, xxh3_128

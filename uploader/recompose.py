@@ -40,6 +40,7 @@ import logging
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 import xxhash
@@ -47,6 +48,7 @@ import xxhash
 from . import leftovers
 from .bounded import each_bounded
 from .copy import COPY_PART_BYTES, COPY_PARTS_IN_FLIGHT
+from .hash_tag import tag_object
 from .late_patches import LatePatches
 from .multipart import ABORT_BUDGET, MultipartSession
 from .object_options import TEMP_KEY_DIR
@@ -187,6 +189,7 @@ class _Job:
         self.temp_etag = ""
         self.temp_size = 0
         self.copied = self.fetched = self.sent = 0
+        self.xxh3_128 = ""
 
     async def run(self, xxh3_128: str | None) -> Recomposed:
         temp, final, size = self.temp, self.final, self.size
@@ -208,8 +211,8 @@ class _Job:
             parts = len(plan)
             await final.create(metadata)
             await self._send(plan)
-            etag = await final.complete(size)
-            xxh3_128 = await self._tag(xxh3_128)
+            etag = await final.complete(size, alongside=partial(self._tag, xxh3_128))
+            xxh3_128 = self.xxh3_128
         await self.r._drop_temp(temp, pending=False)
         log.info("%s: composed from its temporary object: %d parts, %s copied server-side, "
                  "%s re-read, %s sent", temp.name, parts, format_size(self.copied),
@@ -303,17 +306,10 @@ class _Job:
             ring.release(slot)
         return etag, xxh3_128
 
-    async def _tag(self, xxh3_128: str | None) -> str:
-        """Tag K with the file's hash, reading K back for it if not given; a failure here
-        only logs (the object is complete), as for any file."""
-        try:
-            if xxh3_128 is None:
-                log.info("%s: reading the composed object back to record its xxh3-128",
-                         self.temp.name)
-                xxh3_128 = await self.final.read_back_hash(self.size, self.r.slice_size)
-                self.fetched += self.size
-            await self.final.tag(xxh3_128)
-        except Exception as exc:
-            log.warning("%s: object complete, but storing its xxh3-128 tag failed: %s",
-                        self.temp.name, exc)
-        return xxh3_128 or ""
+    async def _tag(self, xxh3_128: str | None) -> None:
+        """Tag K with the file's hash, reading K back for it if not given (hash_tag.py:
+        a failure only logs); the hash goes to ``self.xxh3_128``."""
+        self.xxh3_128, fetched = await tag_object(
+            self.final, self.temp.name, xxh3_128, size=self.size, chunk=self.r.slice_size,
+            why="it was composed server-side with its late patches")
+        self.fetched += fetched
