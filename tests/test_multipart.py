@@ -14,10 +14,12 @@ import hashlib
 import httpx
 import pytest
 import trio
+import xxhash
 
 from chute.uploader import multipart
 from chute.uploader.checksums import HASH_TAG, multipart_etag
 from chute.uploader.errors import StoreError, UploadFailed, UploadSessionLost
+from chute.uploader.hash_tag import tag_object
 from chute.uploader.janitor import AbortJanitor
 from chute.uploader.leftovers import MARKER_DIR
 from chute.uploader.multipart import MultipartSession
@@ -167,12 +169,29 @@ async def test_failed_abort_goes_to_the_janitor(autojump_clock, store, client) -
 
 
 async def test_read_back_hash(autojump_clock, store, client) -> None:
-    import xxhash
 
     data = bytes(range(256)) * 1000
     store.put("k", data)
     session = MultipartSession(client, "k")
     assert await session.read_back_hash(len(data), 4096) == xxhash.xxh3_128_hexdigest(data)
+
+
+async def test_the_hash_tag_after_complete_only_logs_a_failure(autojump_clock, store, client,
+                                                              caplog) -> None:
+    """hash_tag.tag_object: the hash read back when not given, tagged; a failed read-back
+    gives no hash (not a wrong one), a failed tag keeps the hash; neither raises."""
+    session = MultipartSession(client, "k")
+    await session.create({})
+    await session.upload_part(1, b"data")
+    await session.complete(4)
+    digest = xxhash.xxh3_128_hexdigest(b"data")
+    assert await tag_object(session, "/k", None, size=4, chunk=2, why="test") == (digest, 4)
+    assert store.objects["k"].tags == {HASH_TAG: digest}
+    store.fail_next("GetObject", status=403, code="AccessDenied")
+    assert await tag_object(session, "/k", None, size=4, chunk=4, why="test") == ("", 0)
+    store.fail_next("PutObjectTagging", status=403, code="AccessDenied")
+    assert await tag_object(session, "/k", "abc", size=4, chunk=4, why="test") == ("abc", 0)
+    assert caplog.text.count("storing its xxh3-128 tag failed") == 2
 
 
 # -- the upload marker (upload_marker.py) --------------------------------------
