@@ -169,7 +169,6 @@ async def test_failed_abort_goes_to_the_janitor(autojump_clock, store, client) -
 
 
 async def test_read_back_hash(autojump_clock, store, client) -> None:
-
     data = bytes(range(256)) * 1000
     store.put("k", data)
     session = MultipartSession(client, "k")
